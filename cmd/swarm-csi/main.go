@@ -1,0 +1,201 @@
+// Command swarm-csi is the swarm-csi CSI driver: Identity, Controller and
+// Node services on one unix socket. This file is wiring only.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend/loop"
+	"github.com/swarm-csi/swarm-csi/pkg/controller"
+	"github.com/swarm-csi/swarm-csi/pkg/identity"
+	"github.com/swarm-csi/swarm-csi/pkg/node"
+	"github.com/swarm-csi/swarm-csi/pkg/server"
+)
+
+// version is set with -ldflags "-X main.version=..."; otherwise it comes
+// from the module's build information.
+var version = ""
+
+type config struct {
+	endpoint, dataDir, nodeID, driverName, backend, logLevel string
+	maxVolumesPerNode                                        int64
+	showVersion                                              bool
+}
+
+// driverNamePattern is the CSI spec's rule for plugin names.
+var driverNamePattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$`)
+
+// parseConfig reads flags, each falling back to an environment variable,
+// since Docker plugin settings arrive as env (docker plugin set).
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("swarm-csi", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	env := func(name, def string) string {
+		if v := getenv(name); v != "" {
+			return v
+		}
+		return def
+	}
+	host, _ := os.Hostname()
+	fs.StringVar(&c.endpoint, "endpoint", env("CSI_ENDPOINT", "unix:///run/swarm-csi/csi.sock"), "CSI socket: unix:///path or /path (env CSI_ENDPOINT)")
+	fs.StringVar(&c.dataDir, "data-dir", env("DATA_DIR", "/var/lib/swarm-csi"), "directory for volumes and state (env DATA_DIR)")
+	fs.StringVar(&c.nodeID, "node-id", env("NODE_ID", host), "this node's id (env NODE_ID; default the hostname)")
+	fs.StringVar(&c.driverName, "driver-name", env("DRIVER_NAME", "swarm-csi"), "CSI driver name (env DRIVER_NAME)")
+	fs.StringVar(&c.backend, "backend", env("BACKEND", "loop"), "storage backend: loop (env BACKEND)")
+	fs.StringVar(&c.logLevel, "log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
+	maxVols := env("MAX_VOLUMES_PER_NODE", "128")
+	fs.StringVar(&maxVols, "max-volumes-per-node", maxVols, "most volumes published to one node (env MAX_VOLUMES_PER_NODE)")
+	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if c.showVersion {
+		return c, nil
+	}
+	n, err := strconv.ParseInt(maxVols, 10, 64)
+	if err != nil || n < 1 {
+		return nil, fmt.Errorf("--max-volumes-per-node (MAX_VOLUMES_PER_NODE) %q: want a whole number of at least 1", maxVols)
+	}
+	c.maxVolumesPerNode = n
+	if _, err := server.SocketPath(c.endpoint); err != nil {
+		return nil, fmt.Errorf("--endpoint (CSI_ENDPOINT): %w", err)
+	}
+	if !filepath.IsAbs(c.dataDir) {
+		return nil, fmt.Errorf("--data-dir (DATA_DIR) %q: want an absolute path", c.dataDir)
+	}
+	if !loop.ValidNodeID(c.nodeID) {
+		return nil, fmt.Errorf("--node-id (NODE_ID) %q: use letters, digits, '.', '_' and '-', at most 128", c.nodeID)
+	}
+	if !driverNamePattern.MatchString(c.driverName) {
+		return nil, fmt.Errorf("--driver-name (DRIVER_NAME) %q: at most 63 letters, digits, '-' and '.', starting and ending with a letter or digit", c.driverName)
+	}
+	if c.backend != "loop" {
+		return nil, fmt.Errorf("--backend (BACKEND) %q: the backends are: loop", c.backend)
+	}
+	if _, err := parseLevel(c.logLevel); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil || strings.ContainsAny(s, "+-") {
+		return 0, fmt.Errorf("--log-level (LOG_LEVEL) %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v := bi.Main.Version
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v += "+" + s.Value[:12]
+			}
+		}
+		return v
+	}
+	return "unknown"
+}
+
+func main() {
+	cfg, err := parseConfig(os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "swarm-csi:", err)
+		os.Exit(2)
+	}
+	if cfg.showVersion {
+		fmt.Println("swarm-csi", versionString())
+		return
+	}
+	level, _ := parseLevel(cfg.logLevel)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if err := run(cfg, log); err != nil {
+		log.Error("swarm-csi stopped", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run(cfg *config, log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	be, err := loop.New(cfg.dataDir)
+	if err != nil {
+		return err
+	}
+	nodeSrv, err := node.New(ctx, be.ForNode(cfg.nodeID), node.NewMounter(), node.Config{
+		NodeID:            cfg.nodeID,
+		MaxVolumesPerNode: cfg.maxVolumesPerNode,
+		StateDir:          filepath.Join(cfg.dataDir, "node-state", cfg.nodeID),
+		Topology:          be.Topology(),
+	})
+	if err != nil {
+		return err
+	}
+	ctrl := controller.New(be, cfg.maxVolumesPerNode)
+	srv := server.New(log, server.Services{
+		Identity: identity.New(cfg.driverName, versionString(),
+			csi.PluginCapability_Service_CONTROLLER_SERVICE,
+			csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE,
+			csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS,
+			csi.PluginCapability_Service_SNAPSHOT_ACCESSIBILITY_CONSTRAINTS),
+		Controller:      ctrl,
+		GroupController: ctrl,
+		Node:            nodeSrv,
+	})
+	sock, _ := server.SocketPath(cfg.endpoint)
+	lis, err := server.Listen(sock)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(sock)
+	log.Info("serving", "endpoint", sock, "backend", cfg.backend, "data-dir", cfg.dataDir, "node-id", cfg.nodeID,
+		"driver", cfg.driverName, "version", versionString())
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	// Attached volumes stay attached: containers keep using them, and the
+	// next process finds them again by their loop device tags and mounts.
+	log.Info("shutting down")
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		srv.Stop()
+	}
+	return nil
+}

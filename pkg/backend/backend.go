@@ -1,0 +1,159 @@
+// Package backend defines the storage interface the controller and node
+// services are written against. Each backend lives in its own package under
+// pkg/backend/<name>; only cmd chooses one.
+package backend
+
+import (
+	"context"
+	"time"
+)
+
+// Info describes a backend's fixed properties.
+type Info struct {
+	// Name is the backend's name as given to --backend.
+	Name string
+	// Parameters are the CreateVolume parameters the backend accepts beyond
+	// the common fsType and mkfsOptions.
+	Parameters []string
+	// DefaultSize is the size of a volume created without a capacity range.
+	DefaultSize int64
+	// Granularity is the unit volume sizes are rounded up to.
+	Granularity int64
+	// MinSize is the smallest volume the backend creates.
+	MinSize int64
+	// MutableParameters are the parameters ModifyVolume may change.
+	MutableParameters []string
+	// Topology is the segment that nodes reaching this backend's storage
+	// report, and that its volumes are accessible from.
+	Topology map[string]string
+}
+
+// Source is where a new volume's content comes from. At most one field is set.
+type Source struct {
+	SnapshotID string `json:"snapshotId,omitempty"`
+	VolumeID   string `json:"volumeId,omitempty"`
+}
+
+// VolumeSpec is a validated request for a volume.
+type VolumeSpec struct {
+	Name          string            `json:"name"`
+	CapacityBytes int64             `json:"capacityBytes"`
+	FsType        string            `json:"fsType,omitempty"`
+	MkfsOptions   string            `json:"mkfsOptions,omitempty"`
+	Block         bool              `json:"block,omitempty"`
+	AccessMode    string            `json:"accessMode"`
+	Parameters    map[string]string `json:"parameters,omitempty"`
+	// MutableParameters are settings that ModifyVolume may change later.
+	MutableParameters map[string]string `json:"mutableParameters,omitempty"`
+	Source            *Source           `json:"source,omitempty"`
+}
+
+// Attachment records that a volume is published to a node.
+type Attachment struct {
+	NodeID   string `json:"nodeId"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+}
+
+// Volume is a volume as the backend stores it.
+type Volume struct {
+	ID string `json:"id"`
+	VolumeSpec
+	Attachments []Attachment `json:"attachments,omitempty"`
+	CreatedAt   time.Time    `json:"createdAt"`
+}
+
+// AttachedTo returns the attachment for nodeID, if any.
+func (v *Volume) AttachedTo(nodeID string) (Attachment, bool) {
+	for _, a := range v.Attachments {
+		if a.NodeID == nodeID {
+			return a, true
+		}
+	}
+	return Attachment{}, false
+}
+
+// SnapshotSpec is a validated request for a snapshot.
+type SnapshotSpec struct {
+	Name           string `json:"name"`
+	SourceVolumeID string `json:"sourceVolumeId"`
+	// GroupID is set for the members of a volume group snapshot, and
+	// GroupSources lists the group's source volumes, sorted.
+	GroupID      string   `json:"groupId,omitempty"`
+	GroupSources []string `json:"groupSources,omitempty"`
+}
+
+// Snapshot is a point-in-time copy of a volume.
+type Snapshot struct {
+	ID string `json:"id"`
+	SnapshotSpec
+	SizeBytes int64     `json:"sizeBytes"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// Condition is the health of a volume as the backend sees it.
+type Condition struct {
+	Abnormal bool
+	Message  string
+}
+
+// Controller is the backend's side of the CSI controller service. Every
+// method is idempotent. Errors wrap the sentinels of package csierr.
+type Controller interface {
+	Info() Info
+	// CreateVolume creates the volume named spec.Name, or returns the one
+	// that already has that name, unchanged, for the caller to compare. A
+	// retry after a crash at any point resumes the creation.
+	CreateVolume(ctx context.Context, spec VolumeSpec) (*Volume, error)
+	// DeleteVolume deletes a volume; an unknown id is not an error.
+	DeleteVolume(ctx context.Context, id string) error
+	// Volume returns a volume or an ErrNotFound error.
+	Volume(ctx context.Context, id string) (*Volume, error)
+	// ListVolumes returns all volumes, sorted by id.
+	ListVolumes(ctx context.Context) ([]*Volume, error)
+	// Publish records (and, where the storage needs it, performs) the
+	// attachment of a volume to a node and returns the publish context.
+	Publish(ctx context.Context, id string, a Attachment) (map[string]string, error)
+	// Unpublish removes the attachment of a volume to a node, if any.
+	Unpublish(ctx context.Context, id, nodeID string) error
+	// ExpandVolume grows a volume to at least size bytes and returns its size.
+	ExpandVolume(ctx context.Context, id string, size int64) (int64, error)
+	// ModifyVolume changes a volume's mutable parameters (validated by the
+	// backend); they take effect when the volume is next attached.
+	ModifyVolume(ctx context.Context, id string, params map[string]string) error
+	// CreateSnapshot creates the snapshot named spec.Name, or returns the
+	// existing snapshot with that name, unchanged.
+	CreateSnapshot(ctx context.Context, spec SnapshotSpec) (*Snapshot, error)
+	// DeleteSnapshot deletes a snapshot; an unknown id is not an error.
+	DeleteSnapshot(ctx context.Context, id string) error
+	// Snapshot returns a snapshot or an ErrNotFound error.
+	Snapshot(ctx context.Context, id string) (*Snapshot, error)
+	// ListSnapshots returns all snapshots, sorted by id.
+	ListSnapshots(ctx context.Context) ([]*Snapshot, error)
+	// Capacity returns the bytes available for new volumes.
+	Capacity(ctx context.Context) (int64, error)
+	// NodeKnown reports whether a node id names a node of this cluster.
+	NodeKnown(ctx context.Context, nodeID string) (bool, error)
+	// Condition reports whether a volume's storage is healthy.
+	Condition(ctx context.Context, v *Volume) Condition
+}
+
+// Node is the backend's side of the CSI node service. Every method is
+// idempotent.
+type Node interface {
+	// Register announces this node to the controller side.
+	Register(ctx context.Context, nodeID string) error
+	// Volume returns a volume or an ErrNotFound error. It must work without
+	// any publish context: Swarm may send none (SwarmKit #3276).
+	Volume(ctx context.Context, id string) (*Volume, error)
+	// Attach makes the volume's block device present on this node and
+	// returns its path. On an attached volume it returns the same device,
+	// after making the device see the volume's current size.
+	Attach(ctx context.Context, v *Volume, publishContext map[string]string) (string, error)
+	// Detach removes the volume's block device from this node.
+	Detach(ctx context.Context, volumeID string) error
+	// Device returns the path of the volume's block device on this node, or
+	// "" when it is not attached.
+	Device(ctx context.Context, volumeID string) (string, error)
+	// Health reports whether this node can reach the storage.
+	Health(ctx context.Context) error
+}

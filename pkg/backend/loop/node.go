@@ -1,0 +1,72 @@
+package loop
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+)
+
+// NodeSide is the loop backend as the node service uses it: it attaches the
+// data directory's images to this machine's loop devices.
+type NodeSide struct {
+	*Backend
+	tag string // hash of the node id, part of every device tag
+}
+
+var _ backend.Node = (*NodeSide)(nil)
+
+// ForNode returns the node side of b for the node named nodeID.
+func (b *Backend) ForNode(nodeID string) *NodeSide {
+	sum := sha256.Sum256([]byte(nodeID))
+	return &NodeSide{Backend: b, tag: hex.EncodeToString(sum[:6])}
+}
+
+// Attach implements backend.Node. No publish context is needed: the image
+// follows from the volume id (SwarmKit #3276 may send none).
+func (n *NodeSide) Attach(_ context.Context, v *backend.Volume, _ map[string]string) (string, error) {
+	image := n.store.volumeImage(v.ID)
+	tag := loopTag(v.ID, n.tag)
+	dev, err := n.loops.find(image, tag)
+	if err != nil {
+		return "", err
+	}
+	if dev == "" {
+		return n.loops.attach(image, tag, directIO(v))
+	}
+	return dev, n.loops.refresh(dev, image)
+}
+
+// Detach implements backend.Node.
+func (n *NodeSide) Detach(ctx context.Context, volumeID string) error {
+	dev, err := n.Device(ctx, volumeID)
+	if err != nil || dev == "" {
+		return err
+	}
+	return n.loops.detach(dev)
+}
+
+// Device implements backend.Node.
+func (n *NodeSide) Device(_ context.Context, volumeID string) (string, error) {
+	if !ValidVolumeID(volumeID) {
+		return "", nil
+	}
+	return n.loops.find(n.store.volumeImage(volumeID), loopTag(volumeID, n.tag))
+}
+
+// Health implements backend.Node: the data directory must be readable and
+// loop devices available.
+func (n *NodeSide) Health(context.Context) error {
+	if _, err := os.ReadDir(n.store.path(volumesDir)); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(n.loops.dev, "loop-control"), os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("loop devices: %w", err)
+	}
+	return f.Close()
+}

@@ -1,0 +1,107 @@
+package loop
+
+import (
+	"context"
+	"errors"
+	"os"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+)
+
+// CreateSnapshot implements backend.Controller. A snapshot is a copy of the
+// volume's image: a reflink where the filesystem supports it, a sparse copy
+// otherwise. Of a volume in use it is crash-consistent.
+func (b *Backend) CreateSnapshot(_ context.Context, spec backend.SnapshotSpec) (*backend.Snapshot, error) {
+	id, err := b.store.lookupName(snapshotPrefix, spec.Name, ValidSnapshotID)
+	if err != nil {
+		return nil, err
+	}
+	if id != "" {
+		s, err := b.readSnapshot(id)
+		if err == nil {
+			return s, nil
+		}
+		if !errors.Is(err, csierr.ErrNotFound) {
+			return nil, err
+		}
+	}
+	if _, err := b.readVolume(spec.SourceVolumeID); err != nil {
+		return nil, err
+	}
+	if id == "" {
+		if id, err = newID(snapshotPrefix); err != nil {
+			return nil, err
+		}
+		if id, err = b.store.claimName(snapshotPrefix, spec.Name, id, ValidSnapshotID); err != nil {
+			return nil, err
+		}
+	}
+	img := b.store.snapshotImage(id)
+	if err := buildImage(img, b.store.volumeImage(spec.SourceVolumeID), 0); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(img)
+	if err != nil {
+		return nil, err
+	}
+	s := &backend.Snapshot{ID: id, SnapshotSpec: spec, SizeBytes: fi.Size(), CreatedAt: b.now().UTC()}
+	if err := writeJSON(b.store.snapshotRecord(id), s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// DeleteSnapshot implements backend.Controller.
+func (b *Backend) DeleteSnapshot(_ context.Context, id string) error {
+	s, err := b.readSnapshot(id)
+	if errors.Is(err, csierr.ErrNotFound) {
+		if ValidSnapshotID(id) {
+			return removeFiles(b.store.snapshotImage(id))
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := b.store.releaseName(snapshotPrefix, s.Name, id); err != nil {
+		return err
+	}
+	return removeFiles(b.store.snapshotImage(id), b.store.snapshotRecord(id))
+}
+
+// Snapshot implements backend.Controller.
+func (b *Backend) Snapshot(_ context.Context, id string) (*backend.Snapshot, error) {
+	return b.readSnapshot(id)
+}
+
+func (b *Backend) readSnapshot(id string) (*backend.Snapshot, error) {
+	if !ValidSnapshotID(id) {
+		return nil, csierr.NotFound("snapshot %q is not a loop snapshot id", id)
+	}
+	var s backend.Snapshot
+	if err := readJSON(b.store.snapshotRecord(id), &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// ListSnapshots implements backend.Controller.
+func (b *Backend) ListSnapshots(context.Context) ([]*backend.Snapshot, error) {
+	ids, err := b.store.listIDs(snapshotsDir, ValidSnapshotID)
+	if err != nil {
+		return nil, err
+	}
+	snaps := make([]*backend.Snapshot, 0, len(ids))
+	for _, id := range ids {
+		s, err := b.readSnapshot(id)
+		if errors.Is(err, csierr.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		snaps = append(snaps, s)
+	}
+	return snaps, nil
+}

@@ -1,0 +1,243 @@
+package loop
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+)
+
+// CreateVolume implements backend.Controller. The steps are ordered so that
+// a crash anywhere leaves state a retry completes: the name is claimed first,
+// the image is built under a temporary name and renamed into place, and the
+// record that makes the volume exist is written last.
+func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
+	if len(spec.Parameters) > 0 {
+		return nil, csierr.Invalid("the loop backend takes no parameters beyond fsType and mkfsOptions")
+	}
+	if err := checkMutable(spec.MutableParameters); err != nil {
+		return nil, err
+	}
+	id, err := b.store.lookupName(volumePrefix, spec.Name, ValidVolumeID)
+	if err != nil {
+		return nil, err
+	}
+	if id != "" {
+		v, err := b.readVolume(id)
+		if err == nil {
+			return v, nil
+		}
+		if !errors.Is(err, csierr.ErrNotFound) {
+			return nil, err
+		}
+		// Claimed by an attempt that did not finish: resume under its id.
+	} else {
+		if id, err = newID(volumePrefix); err != nil {
+			return nil, err
+		}
+		if id, err = b.store.claimName(volumePrefix, spec.Name, id, ValidVolumeID); err != nil {
+			return nil, err
+		}
+	}
+
+	src, err := b.sourceImage(spec.Source)
+	if err != nil {
+		return nil, err
+	}
+	if err := buildImage(b.store.volumeImage(id), src, spec.CapacityBytes); err != nil {
+		return nil, err
+	}
+	v := &backend.Volume{ID: id, VolumeSpec: spec, CreatedAt: b.now().UTC()}
+	if err := writeJSON(b.store.volumeRecord(id), v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// sourceImage returns the image file a new volume is copied from, or "".
+func (b *Backend) sourceImage(src *backend.Source) (string, error) {
+	switch {
+	case src == nil:
+		return "", nil
+	case src.SnapshotID != "":
+		if _, err := b.readSnapshot(src.SnapshotID); err != nil {
+			return "", err
+		}
+		return b.store.snapshotImage(src.SnapshotID), nil
+	case src.VolumeID != "":
+		if _, err := b.readVolume(src.VolumeID); err != nil {
+			return "", err
+		}
+		return b.store.volumeImage(src.VolumeID), nil
+	}
+	return "", nil
+}
+
+// DeleteVolume implements backend.Controller.
+func (b *Backend) DeleteVolume(_ context.Context, id string) error {
+	v, err := b.readVolume(id)
+	if errors.Is(err, csierr.ErrNotFound) {
+		if ValidVolumeID(id) { // remains of a creation that never finished
+			return removeFiles(b.store.volumeImage(id))
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if len(v.Attachments) > 0 {
+		return fmt.Errorf("%w: volume %s is still published to node %s", csierr.ErrInUse, id, v.Attachments[0].NodeID)
+	}
+	// Release the name first: a crash after it leaves a record that a
+	// retried DeleteVolume still finds, and never a name pointing nowhere.
+	if err := b.store.releaseName(volumePrefix, v.Name, id); err != nil {
+		return err
+	}
+	return removeFiles(b.store.volumeImage(id), b.store.volumeRecord(id))
+}
+
+// Volume implements backend.Controller and backend.Node.
+func (b *Backend) Volume(_ context.Context, id string) (*backend.Volume, error) {
+	return b.readVolume(id)
+}
+
+func (b *Backend) readVolume(id string) (*backend.Volume, error) {
+	if !ValidVolumeID(id) {
+		return nil, csierr.NotFound("volume %q is not a loop volume id", id)
+	}
+	var v backend.Volume
+	if err := readJSON(b.store.volumeRecord(id), &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// ListVolumes implements backend.Controller.
+func (b *Backend) ListVolumes(context.Context) ([]*backend.Volume, error) {
+	ids, err := b.store.listIDs(volumesDir, ValidVolumeID)
+	if err != nil {
+		return nil, err
+	}
+	vols := make([]*backend.Volume, 0, len(ids))
+	for _, id := range ids {
+		v, err := b.readVolume(id)
+		if errors.Is(err, csierr.ErrNotFound) {
+			continue // deleted while listing
+		}
+		if err != nil {
+			return nil, err
+		}
+		vols = append(vols, v)
+	}
+	return vols, nil
+}
+
+// Publish implements backend.Controller: the attachment is recorded; the
+// node attaches the image itself.
+func (b *Backend) Publish(_ context.Context, id string, a backend.Attachment) (map[string]string, error) {
+	v, err := b.readVolume(id)
+	if err != nil {
+		return nil, err
+	}
+	if cur, ok := v.AttachedTo(a.NodeID); !ok || cur != a {
+		v.Attachments = append(without(v.Attachments, a.NodeID), a)
+		if err := writeJSON(b.store.volumeRecord(id), v); err != nil {
+			return nil, err
+		}
+	}
+	return publishContext(v), nil
+}
+
+// publishContext tells the node how the volume is formatted. The node reads
+// the same facts from the volume record when Swarm sends no context.
+func publishContext(v *backend.Volume) map[string]string {
+	if v.Block {
+		return map[string]string{"accessType": "block"}
+	}
+	return map[string]string{"accessType": "mount", "fsType": v.FsType}
+}
+
+// Unpublish implements backend.Controller.
+func (b *Backend) Unpublish(_ context.Context, id, nodeID string) error {
+	v, err := b.readVolume(id)
+	if errors.Is(err, csierr.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, ok := v.AttachedTo(nodeID); !ok {
+		return nil
+	}
+	v.Attachments = without(v.Attachments, nodeID)
+	return writeJSON(b.store.volumeRecord(id), v)
+}
+
+func without(as []backend.Attachment, nodeID string) []backend.Attachment {
+	out := make([]backend.Attachment, 0, len(as))
+	for _, a := range as {
+		if a.NodeID != nodeID {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// ModifyVolume implements backend.Controller.
+func (b *Backend) ModifyVolume(_ context.Context, id string, params map[string]string) error {
+	if err := checkMutable(params); err != nil {
+		return err
+	}
+	v, err := b.readVolume(id)
+	if err != nil {
+		return err
+	}
+	if v.MutableParameters == nil {
+		v.MutableParameters = map[string]string{}
+	}
+	maps.Copy(v.MutableParameters, params)
+	return writeJSON(b.store.volumeRecord(id), v)
+}
+
+// ExpandVolume implements backend.Controller. The image grows first; the
+// record follows, so a crash in between is completed by a retry.
+func (b *Backend) ExpandVolume(_ context.Context, id string, size int64) (int64, error) {
+	v, err := b.readVolume(id)
+	if err != nil {
+		return 0, err
+	}
+	if size <= v.CapacityBytes {
+		return v.CapacityBytes, nil
+	}
+	if err := growFile(b.store.volumeImage(id), size); err != nil {
+		return 0, err
+	}
+	v.CapacityBytes = size
+	if err := writeJSON(b.store.volumeRecord(id), v); err != nil {
+		return 0, err
+	}
+	return size, nil
+}
+
+// growFile extends a file to size bytes (sparse) and makes that durable.
+func growFile(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() < size {
+		if err := f.Truncate(size); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
+}

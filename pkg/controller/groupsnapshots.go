@@ -1,0 +1,172 @@
+package controller
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+)
+
+// A volume group snapshot is a set of snapshots, one per source volume,
+// that carry the group's id and its sorted list of sources. The snapshots
+// are taken one after another: each is crash-consistent on its own, the
+// group is not a single point in time.
+
+// GroupControllerGetCapabilities implements csi.GroupControllerServer.
+func (s *Server) GroupControllerGetCapabilities(context.Context, *csi.GroupControllerGetCapabilitiesRequest) (*csi.GroupControllerGetCapabilitiesResponse, error) {
+	return &csi.GroupControllerGetCapabilitiesResponse{Capabilities: []*csi.GroupControllerServiceCapability{{
+		Type: &csi.GroupControllerServiceCapability_Rpc{Rpc: &csi.GroupControllerServiceCapability_RPC{
+			Type: csi.GroupControllerServiceCapability_RPC_CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT,
+		}},
+	}}}, nil
+}
+
+// groupID derives a group's id from its name, so a retry finds the group.
+func groupID(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return "group-" + hex.EncodeToString(sum[:16])
+}
+
+// groupMembers returns the snapshots of a group, sorted by id.
+func (s *Server) groupMembers(ctx context.Context, id string) ([]*backend.Snapshot, error) {
+	all, err := s.be.ListSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var members []*backend.Snapshot
+	for _, sn := range all {
+		if sn.GroupID == id {
+			members = append(members, sn)
+		}
+	}
+	return members, nil
+}
+
+// CreateVolumeGroupSnapshot implements csi.GroupControllerServer,
+// idempotent by name; a retry after a partial attempt completes the group.
+func (s *Server) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateVolumeGroupSnapshotRequest) (*csi.CreateVolumeGroupSnapshotResponse, error) {
+	switch {
+	case req.GetName() == "":
+		return nil, csierr.Invalid("name is required")
+	case len(req.GetSourceVolumeIds()) == 0:
+		return nil, csierr.Invalid("source_volume_ids are required")
+	case len(req.GetParameters()) > 0:
+		return nil, csierr.Invalid("group snapshots take no parameters")
+	}
+	sources := slices.Clone(req.GetSourceVolumeIds())
+	slices.Sort(sources)
+	if slices.Contains(sources, "") || len(slices.Compact(slices.Clone(sources))) != len(sources) {
+		return nil, csierr.Invalid("source_volume_ids must be distinct and not empty")
+	}
+	id := groupID(req.GetName())
+	keys := []string{snapshotNameKey(id)}
+	for _, v := range sources {
+		keys = append(keys, volumeKey(v))
+	}
+	release, err := s.lock(keys...)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	existing, err := s.groupMembers(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if len(existing) > 0 && !slices.Equal(existing[0].GroupSources, sources) {
+		return nil, fmt.Errorf("%w: group snapshot %q exists for other volumes", csierr.ErrAlreadyExists, req.GetName())
+	}
+	for _, v := range sources {
+		if _, err := s.be.Volume(ctx, v); err != nil {
+			return nil, err
+		}
+	}
+	members := make([]*backend.Snapshot, 0, len(sources))
+	for _, v := range sources {
+		sn, err := s.be.CreateSnapshot(ctx, backend.SnapshotSpec{
+			Name: id + "/" + v, SourceVolumeID: v, GroupID: id, GroupSources: sources,
+		})
+		if err != nil {
+			return nil, err
+		}
+		members = append(members, sn)
+	}
+	return &csi.CreateVolumeGroupSnapshotResponse{GroupSnapshot: groupSnapshot(id, members)}, nil
+}
+
+func groupSnapshot(id string, members []*backend.Snapshot) *csi.VolumeGroupSnapshot {
+	g := &csi.VolumeGroupSnapshot{GroupSnapshotId: id, ReadyToUse: true}
+	for _, sn := range members {
+		g.Snapshots = append(g.Snapshots, csiSnapshot(sn))
+		if t := timestamppb.New(sn.CreatedAt); g.CreationTime == nil || t.AsTime().After(g.CreationTime.AsTime()) {
+			g.CreationTime = t
+		}
+	}
+	return g
+}
+
+// checkMembers refuses a request whose snapshot ids are not the group's.
+func checkMembers(members []*backend.Snapshot, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	have := make([]string, len(members))
+	for i, sn := range members {
+		have[i] = sn.ID
+	}
+	want := slices.Sorted(slices.Values(ids))
+	slices.Sort(have)
+	if !slices.Equal(have, want) {
+		return csierr.Precondition("snapshot_ids %v are not the members of the group, %v", ids, have)
+	}
+	return nil
+}
+
+// DeleteVolumeGroupSnapshot implements csi.GroupControllerServer.
+func (s *Server) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteVolumeGroupSnapshotRequest) (*csi.DeleteVolumeGroupSnapshotResponse, error) {
+	if req.GetGroupSnapshotId() == "" {
+		return nil, csierr.Invalid("group_snapshot_id is required")
+	}
+	release, err := s.lock(snapshotNameKey(req.GetGroupSnapshotId()))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	members, err := s.groupMembers(ctx, req.GetGroupSnapshotId())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMembers(members, req.GetSnapshotIds()); err != nil {
+		return nil, err
+	}
+	for _, sn := range members {
+		if err := s.be.DeleteSnapshot(ctx, sn.ID); err != nil {
+			return nil, err
+		}
+	}
+	return &csi.DeleteVolumeGroupSnapshotResponse{}, nil
+}
+
+// GetVolumeGroupSnapshot implements csi.GroupControllerServer.
+func (s *Server) GetVolumeGroupSnapshot(ctx context.Context, req *csi.GetVolumeGroupSnapshotRequest) (*csi.GetVolumeGroupSnapshotResponse, error) {
+	if req.GetGroupSnapshotId() == "" {
+		return nil, csierr.Invalid("group_snapshot_id is required")
+	}
+	members, err := s.groupMembers(ctx, req.GetGroupSnapshotId())
+	if err != nil {
+		return nil, err
+	}
+	if len(members) == 0 {
+		return nil, csierr.NotFound("group snapshot %q does not exist", req.GetGroupSnapshotId())
+	}
+	if err := checkMembers(members, req.GetSnapshotIds()); err != nil {
+		return nil, err
+	}
+	return &csi.GetVolumeGroupSnapshotResponse{GroupSnapshot: groupSnapshot(req.GetGroupSnapshotId(), members)}, nil
+}

@@ -1,0 +1,63 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+)
+
+// checkMutable checks mutable parameter names; the backend checks values.
+func (s *Server) checkMutable(params map[string]string) error {
+	for k := range params {
+		if !slices.Contains(s.info.MutableParameters, k) {
+			return csierr.Invalid("mutable parameter %q is not supported; the %s backend accepts: %s",
+				k, s.info.Name, strings.Join(s.info.MutableParameters, ", "))
+		}
+	}
+	return nil
+}
+
+// ControllerModifyVolume implements csi.ControllerServer.
+func (s *Server) ControllerModifyVolume(ctx context.Context, req *csi.ControllerModifyVolumeRequest) (*csi.ControllerModifyVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, csierr.Invalid("volume_id is required")
+	}
+	if len(req.GetMutableParameters()) == 0 {
+		return nil, csierr.Invalid("mutable_parameters are required")
+	}
+	if err := s.checkMutable(req.GetMutableParameters()); err != nil {
+		return nil, err
+	}
+	release, err := s.lock(volumeKey(req.GetVolumeId()))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := s.be.ModifyVolume(ctx, req.GetVolumeId(), maps.Clone(req.GetMutableParameters())); err != nil {
+		return nil, err
+	}
+	return &csi.ControllerModifyVolumeResponse{}, nil
+}
+
+// checkTopology refuses requisite topologies the backend cannot serve.
+func (s *Server) checkTopology(r *csi.TopologyRequirement) error {
+	if len(r.GetRequisite()) == 0 || len(s.info.Topology) == 0 {
+		return nil
+	}
+	for _, t := range r.GetRequisite() {
+		ok := true
+		for k, v := range t.GetSegments() {
+			ok = ok && s.info.Topology[k] == v
+		}
+		if ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: the volume can only be made where its storage is, topology %v, which no requisite topology names", csierr.ErrResourceExhausted, s.info.Topology)
+}

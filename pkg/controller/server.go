@@ -1,0 +1,68 @@
+// Package controller implements the CSI Controller service on top of a
+// backend.Controller. It validates requests, enforces access modes and
+// per-node limits, and leaves storage to the backend.
+package controller
+
+import (
+	"context"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/locks"
+)
+
+// Server is the CSI Controller service and the GroupController service.
+type Server struct {
+	csi.UnimplementedControllerServer
+	csi.UnimplementedGroupControllerServer
+	be         backend.Controller
+	info       backend.Info
+	locks      *locks.Set
+	maxPerNode int64
+}
+
+// New returns a controller that keeps at most maxVolumesPerNode volumes
+// published to one node (0: no limit).
+func New(be backend.Controller, maxVolumesPerNode int64) *Server {
+	return &Server{be: be, info: be.Info(), locks: locks.New(), maxPerNode: maxVolumesPerNode}
+}
+
+var capabilities = []csi.ControllerServiceCapability_RPC_Type{
+	csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+	// Swarm publishes only through a controller that has this (SWARM.md).
+	csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
+	csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+	csi.ControllerServiceCapability_RPC_LIST_VOLUMES_PUBLISHED_NODES,
+	csi.ControllerServiceCapability_RPC_GET_VOLUME,
+	csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
+	csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
+	csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+	csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+	csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+	csi.ControllerServiceCapability_RPC_MODIFY_VOLUME,
+	csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
+	csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+	csi.ControllerServiceCapability_RPC_PUBLISH_READONLY,
+	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+}
+
+// ControllerGetCapabilities implements csi.ControllerServer.
+func (s *Server) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	resp := &csi.ControllerGetCapabilitiesResponse{}
+	for _, c := range capabilities {
+		resp.Capabilities = append(resp.Capabilities, &csi.ControllerServiceCapability{
+			Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: c}},
+		})
+	}
+	return resp, nil
+}
+
+// lock takes the operation locks for keys, failing with Aborted if busy.
+func (s *Server) lock(keys ...string) (func(), error) { return s.locks.TryLock(keys...) }
+
+func volumeKey(id string) string      { return "volume " + id }
+func snapshotKey(id string) string    { return "snapshot " + id }
+func volumeNameKey(n string) string   { return "volume name " + n }
+func snapshotNameKey(n string) string { return "snapshot name " + n }

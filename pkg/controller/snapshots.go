@@ -1,0 +1,119 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+)
+
+// CreateSnapshot implements csi.ControllerServer, idempotent by name.
+func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	switch {
+	case req.GetName() == "":
+		return nil, csierr.Invalid("name is required")
+	case req.GetSourceVolumeId() == "":
+		return nil, csierr.Invalid("source_volume_id is required")
+	case len(req.GetParameters()) > 0:
+		return nil, csierr.Invalid("snapshots take no parameters")
+	}
+	release, err := s.lock(snapshotNameKey(req.GetName()), volumeKey(req.GetSourceVolumeId()))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	sn, err := s.be.CreateSnapshot(ctx, backend.SnapshotSpec{Name: req.GetName(), SourceVolumeID: req.GetSourceVolumeId()})
+	if err != nil {
+		return nil, err
+	}
+	if sn.SourceVolumeID != req.GetSourceVolumeId() {
+		return nil, fmt.Errorf("%w: snapshot %q exists for another volume, %s", csierr.ErrAlreadyExists, req.GetName(), sn.SourceVolumeID)
+	}
+	return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(sn)}, nil
+}
+
+func csiSnapshot(sn *backend.Snapshot) *csi.Snapshot {
+	return &csi.Snapshot{
+		SnapshotId:      sn.ID,
+		SourceVolumeId:  sn.SourceVolumeID,
+		SizeBytes:       sn.SizeBytes,
+		CreationTime:    timestamppb.New(sn.CreatedAt),
+		ReadyToUse:      true,
+		GroupSnapshotId: sn.GroupID,
+	}
+}
+
+// GetSnapshot implements csi.ControllerServer.
+func (s *Server) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	if req.GetSnapshotId() == "" {
+		return nil, csierr.Invalid("snapshot_id is required")
+	}
+	sn, err := s.be.Snapshot(ctx, req.GetSnapshotId())
+	if err != nil {
+		return nil, err
+	}
+	return &csi.GetSnapshotResponse{Snapshot: csiSnapshot(sn)}, nil
+}
+
+// DeleteSnapshot implements csi.ControllerServer.
+func (s *Server) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	if req.GetSnapshotId() == "" {
+		return nil, csierr.Invalid("snapshot_id is required")
+	}
+	release, err := s.lock(snapshotKey(req.GetSnapshotId()))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := s.be.DeleteSnapshot(ctx, req.GetSnapshotId()); err != nil {
+		return nil, err
+	}
+	return &csi.DeleteSnapshotResponse{}, nil
+}
+
+// ListSnapshots implements csi.ControllerServer.
+func (s *Server) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+	if _, err := pageStart(req.GetStartingToken()); err != nil {
+		return nil, err
+	}
+	var snaps []*backend.Snapshot
+	if id := req.GetSnapshotId(); id != "" {
+		sn, err := s.be.Snapshot(ctx, id)
+		if err != nil {
+			return &csi.ListSnapshotsResponse{}, ignoreNotFound(err)
+		}
+		snaps = []*backend.Snapshot{sn}
+	} else {
+		all, err := s.be.ListSnapshots(ctx)
+		if err != nil {
+			return nil, err
+		}
+		snaps = all
+	}
+	if src := req.GetSourceVolumeId(); src != "" {
+		kept := snaps[:0]
+		for _, sn := range snaps {
+			if sn.SourceVolumeID == src {
+				kept = append(kept, sn)
+			}
+		}
+		snaps = kept
+	}
+	ids := make([]string, len(snaps))
+	for i, sn := range snaps {
+		ids[i] = sn.ID
+	}
+	start, end, next, err := page(ids, req.GetStartingToken(), req.GetMaxEntries())
+	if err != nil {
+		return nil, err
+	}
+	resp := &csi.ListSnapshotsResponse{NextToken: next}
+	for _, sn := range snaps[start:end] {
+		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(sn)})
+	}
+	return resp, nil
+}

@@ -1,0 +1,170 @@
+package controller
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/volcap"
+)
+
+// Parameters every backend accepts in CreateVolume.
+const (
+	paramFsType      = "fsType"
+	paramMkfsOptions = "mkfsOptions"
+)
+
+// splitParameters checks the parameter names and separates the common ones
+// from the backend's own.
+func (s *Server) splitParameters(params map[string]string) (fsType, mkfs string, rest map[string]string, err error) {
+	allowed := append([]string{paramFsType, paramMkfsOptions}, s.info.Parameters...)
+	for k := range params {
+		if !slices.Contains(allowed, k) {
+			return "", "", nil, csierr.Invalid("parameter %q is not supported; the %s backend accepts: %s",
+				k, s.info.Name, strings.Join(allowed, ", "))
+		}
+	}
+	rest = maps.Clone(params)
+	delete(rest, paramFsType)
+	delete(rest, paramMkfsOptions)
+	if len(rest) == 0 {
+		rest = nil
+	}
+	if _, err := volcap.SplitMkfsOptions(params[paramMkfsOptions]); err != nil {
+		return "", "", nil, err
+	}
+	return params[paramFsType], params[paramMkfsOptions], rest, nil
+}
+
+// accessOf checks a CreateVolume's capabilities: they must agree on the
+// access type, and on the filesystem with each other and with fsType.
+func accessOf(caps []*csi.VolumeCapability, fsType string) (block bool, fs string, mode volcap.Mode, err error) {
+	if err := volcap.CheckAll(caps); err != nil {
+		return false, "", 0, err
+	}
+	block = volcap.IsBlock(caps[0])
+	fs = fsType
+	for _, c := range caps {
+		if volcap.IsBlock(c) != block {
+			return false, "", 0, csierr.Invalid("volume capabilities mix block and mount access")
+		}
+		if f := c.GetMount().GetFsType(); f != "" {
+			if fs != "" && fs != f {
+				return false, "", 0, csierr.Invalid("fsType %q conflicts with capability fs_type %q", fs, f)
+			}
+			fs = f
+		}
+	}
+	if err := volcap.CheckFsType(fs); err != nil {
+		return false, "", 0, err
+	}
+	if block {
+		fs = ""
+	} else if fs == "" {
+		fs = volcap.DefaultFsType
+	}
+	return block, fs, caps[0].GetAccessMode().GetMode(), nil
+}
+
+// sizeFor picks a volume size for a capacity range: required bytes rounded
+// up to the backend's granularity and at least min, within limit. No range
+// gets the backend's default size.
+func (s *Server) sizeFor(r *csi.CapacityRange, min int64) (int64, error) {
+	req, lim := r.GetRequiredBytes(), r.GetLimitBytes()
+	if req < 0 || lim < 0 {
+		return 0, csierr.Invalid("capacity range must not be negative")
+	}
+	if lim > 0 && req > lim {
+		return 0, csierr.Invalid("required_bytes %d exceeds limit_bytes %d", req, lim)
+	}
+	g := s.info.Granularity
+	size := req
+	if size == 0 {
+		size = s.info.DefaultSize
+		if lim > 0 && size > lim {
+			size = lim / g * g
+		}
+	}
+	size = max(size, min, s.info.MinSize)
+	size = (size + g - 1) / g * g
+	if lim > 0 && size > lim {
+		return 0, fmt.Errorf("%w: the smallest volume that fits is %d bytes, above limit_bytes %d", csierr.ErrOutOfRange, size, lim)
+	}
+	return size, nil
+}
+
+// fits reports whether size satisfies a capacity range.
+func fits(size int64, r *csi.CapacityRange) bool {
+	return size >= r.GetRequiredBytes() && (r.GetLimitBytes() == 0 || size <= r.GetLimitBytes())
+}
+
+// sameVolume explains how an existing volume differs from a new request
+// for the same name, or returns "" when the request is a retry.
+func sameVolume(v *backend.Volume, want backend.VolumeSpec, r *csi.CapacityRange) string {
+	switch {
+	case !fits(v.CapacityBytes, r):
+		return fmt.Sprintf("its size %d bytes does not fit the requested range", v.CapacityBytes)
+	case v.Block != want.Block:
+		return "its access type differs"
+	case v.FsType != want.FsType:
+		return fmt.Sprintf("its fsType is %q", v.FsType)
+	case v.MkfsOptions != want.MkfsOptions:
+		return fmt.Sprintf("its mkfsOptions are %q", v.MkfsOptions)
+	case v.AccessMode != want.AccessMode:
+		return fmt.Sprintf("its access mode is %s", v.AccessMode)
+	case !maps.Equal(v.Parameters, want.Parameters):
+		return "its parameters differ"
+	case derefSource(v.Source) != derefSource(want.Source):
+		return "its content source differs"
+	}
+	return ""
+}
+
+func derefSource(s *backend.Source) backend.Source {
+	if s == nil {
+		return backend.Source{}
+	}
+	return *s
+}
+
+// pageToken encodes where the next page of a listing starts: after the id.
+const tokenPrefix = "after:"
+
+func pageStart(token string) (string, error) {
+	if token == "" {
+		return "", nil
+	}
+	after, ok := strings.CutPrefix(token, tokenPrefix)
+	if !ok || after == "" {
+		return "", fmt.Errorf("%w: starting_token %q was not issued by this driver", csierr.ErrAborted, token)
+	}
+	return after, nil
+}
+
+// page returns the ids' window after token and the next token.
+func page(ids []string, token string, maxEntries int32) (start, end int, next string, err error) {
+	if maxEntries < 0 {
+		return 0, 0, "", csierr.Invalid("max_entries must not be negative")
+	}
+	after, err := pageStart(token)
+	if err != nil {
+		return 0, 0, "", err
+	}
+	if after != "" {
+		start, _ = slices.BinarySearch(ids, after)
+		if start < len(ids) && ids[start] == after {
+			start++
+		}
+	}
+	end = len(ids)
+	if maxEntries > 0 && start+int(maxEntries) < end {
+		end = start + int(maxEntries)
+		next = tokenPrefix + ids[end-1]
+	}
+	return start, end, next, nil
+}

@@ -1,0 +1,51 @@
+// Package identity implements the CSI Identity service.
+package identity
+
+import (
+	"context"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// Server is the CSI Identity service.
+type Server struct {
+	csi.UnimplementedIdentityServer
+	name, version string
+	services      []csi.PluginCapability_Service_Type
+}
+
+// New returns the identity of a driver called name, at version, offering
+// the given plugin services besides online expansion.
+func New(name, version string, services ...csi.PluginCapability_Service_Type) *Server {
+	return &Server{name: name, version: version, services: services}
+}
+
+// GetPluginInfo implements csi.IdentityServer.
+func (s *Server) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
+	return &csi.GetPluginInfoResponse{Name: s.name, VendorVersion: s.version}, nil
+}
+
+// GetPluginCapabilities implements csi.IdentityServer.
+func (s *Server) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
+	resp := &csi.GetPluginCapabilitiesResponse{}
+	for _, t := range s.services {
+		resp.Capabilities = append(resp.Capabilities, &csi.PluginCapability{
+			Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{Type: t}},
+		})
+	}
+	resp.Capabilities = append(resp.Capabilities, &csi.PluginCapability{
+		Type: &csi.PluginCapability_VolumeExpansion_{VolumeExpansion: &csi.PluginCapability_VolumeExpansion{
+			Type: csi.PluginCapability_VolumeExpansion_ONLINE,
+		}},
+	})
+	return resp, nil
+}
+
+// Probe implements csi.IdentityServer. It answers ready at once: SwarmKit
+// caches the client when the plugin starts, and a Probe that fails then
+// leaves the manager treating the plugin as having no controller until the
+// next leader change (SWARM.md).
+func (s *Server) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
+	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
+}

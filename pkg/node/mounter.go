@@ -1,0 +1,156 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+)
+
+// Mounter is what the node service needs from the operating system. The
+// real one is NewMounter; tests use a fake.
+type Mounter interface {
+	// FormatAndMount mounts device at target, formatting it first only if
+	// it holds no filesystem at all.
+	FormatAndMount(device, target, fsType string, mkfsArgs, options []string) error
+	// BindMount bind-mounts source at target with the given options.
+	BindMount(source, target string, options []string) error
+	// Unmount unmounts target; a target that is not mounted is no error.
+	Unmount(target string) error
+	// IsMountPoint reports whether path is a mount point; fs.ErrNotExist
+	// when it does not exist.
+	IsMountPoint(path string) (bool, error)
+	// Resize grows the filesystem on device, mounted at mountPath, to the
+	// device's size.
+	Resize(device, mountPath string) error
+}
+
+// NewMounter returns the real Mounter: k8s.io/mount-utils' SafeFormatAndMount
+// for formatting (it never formats a device that holds a filesystem) and
+// resizing, with mounts done by system calls rather than mount(8).
+func NewMounter() Mounter {
+	sys := &sysMounter{Interface: mount.New("")}
+	exec := utilexec.New()
+	return &realMounter{
+		sys:    sys,
+		safe:   &mount.SafeFormatAndMount{Interface: sys, Exec: exec},
+		resize: mount.NewResizeFs(exec),
+	}
+}
+
+type realMounter struct {
+	sys    *sysMounter
+	safe   *mount.SafeFormatAndMount
+	resize *mount.ResizeFs
+}
+
+func (m *realMounter) FormatAndMount(device, target, fsType string, mkfsArgs, options []string) error {
+	return m.safe.FormatAndMountSensitiveWithFormatOptions(device, target, fsType, options, nil, mkfsArgs)
+}
+
+func (m *realMounter) BindMount(source, target string, options []string) error {
+	return m.sys.Mount(source, target, "", append([]string{"bind"}, options...))
+}
+
+func (m *realMounter) Unmount(target string) error { return m.sys.Unmount(target) }
+
+func (m *realMounter) IsMountPoint(path string) (bool, error) { return m.sys.IsMountPoint(path) }
+
+func (m *realMounter) Resize(device, mountPath string) error {
+	_, err := m.resize.Resize(device, mountPath)
+	return err
+}
+
+// sysMounter is mount-utils' Mounter with mount and unmount done by system
+// calls: the same semantics without a mount(8) process per call.
+type sysMounter struct {
+	mount.Interface
+}
+
+var mountFlags = map[string]uintptr{
+	"ro":          unix.MS_RDONLY,
+	"nosuid":      unix.MS_NOSUID,
+	"nodev":       unix.MS_NODEV,
+	"noexec":      unix.MS_NOEXEC,
+	"noatime":     unix.MS_NOATIME,
+	"nodiratime":  unix.MS_NODIRATIME,
+	"relatime":    unix.MS_RELATIME,
+	"strictatime": unix.MS_STRICTATIME,
+	"lazytime":    unix.MS_LAZYTIME,
+	"sync":        unix.MS_SYNCHRONOUS,
+	"dirsync":     unix.MS_DIRSYNC,
+	"bind":        unix.MS_BIND,
+	"rw":          0,
+	"defaults":    0,
+	"suid":        0,
+	"dev":         0,
+	"exec":        0,
+}
+
+// parseOptions splits mount options into flags and filesystem data.
+func parseOptions(options []string) (uintptr, string) {
+	var flags uintptr
+	var data []string
+	for _, o := range options {
+		if f, ok := mountFlags[o]; ok {
+			flags |= f
+		} else {
+			data = append(data, o)
+		}
+	}
+	return flags, strings.Join(data, ",")
+}
+
+func (m *sysMounter) Mount(source, target, fstype string, options []string) error {
+	flags, data := parseOptions(options)
+	if flags&unix.MS_BIND == 0 {
+		if err := unix.Mount(source, target, fstype, flags, data); err != nil {
+			return fmt.Errorf("mount %s on %s (%s, %v): %w", source, target, fstype, options, err)
+		}
+		return nil
+	}
+	if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mount %s on %s: %w", source, target, err)
+	}
+	// Flags of a bind mount take effect only through a remount.
+	if rest := flags &^ unix.MS_BIND; rest != 0 {
+		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|rest, ""); err != nil {
+			_ = unix.Unmount(target, 0)
+			return fmt.Errorf("remount %s with %v: %w", target, options, err)
+		}
+	}
+	return nil
+}
+
+func (m *sysMounter) MountSensitive(source, target, fstype string, options, _ []string) error {
+	return m.Mount(source, target, fstype, options)
+}
+
+func (m *sysMounter) MountSensitiveWithoutSystemd(source, target, fstype string, options, sensitive []string) error {
+	return m.Mount(source, target, fstype, options)
+}
+
+func (m *sysMounter) MountSensitiveWithoutSystemdWithMountFlags(source, target, fstype string, options, sensitive, _ []string) error {
+	return m.Mount(source, target, fstype, options)
+}
+
+func (m *sysMounter) Unmount(target string) error {
+	err := unix.Unmount(target, 0)
+	if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+		return nil // not mounted, or gone
+	}
+	return fmt.Errorf("unmount %s: %w", target, err)
+}
+
+// removePath removes a mount point directory or file, if present.
+func removePath(p string) error {
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}

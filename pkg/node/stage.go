@@ -1,0 +1,190 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"k8s.io/mount-utils"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/volcap"
+)
+
+// NodeStageVolume implements csi.NodeServer: attach the device, format it
+// if it is blank, mount it at the staging path and grow the filesystem if
+// the volume was expanded since.
+func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, csierr.Invalid("volume_id is required")
+	}
+	staging, err := cleanPath("staging_target_path", req.GetStagingTargetPath())
+	if err != nil {
+		return nil, err
+	}
+	c := req.GetVolumeCapability()
+	if err := errors.Join(volcap.Check(c), volcap.CheckShared(c)); err != nil {
+		return nil, err
+	}
+	release, err := s.lock(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	v, err := s.volumeFor(ctx, req.GetVolumeId(), c)
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.state.load(v.ID)
+	if err != nil {
+		return nil, err
+	}
+	if st != nil && st.StagingPath != staging {
+		return nil, fmt.Errorf("%w: volume %s is staged at %s already", csierr.ErrAlreadyExists, v.ID, st.StagingPath)
+	}
+	if _, err := s.stage(ctx, v, st, staging, c, req.GetPublishContext()); err != nil {
+		return nil, err
+	}
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// volumeFor looks the volume up in the backend, which needs nothing but the
+// id (Swarm may send no publish context, SwarmKit #3276), and checks that
+// the capability suits it.
+func (s *Server) volumeFor(ctx context.Context, id string, c *csi.VolumeCapability) (*backend.Volume, error) {
+	v, err := s.be.Volume(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if volcap.IsBlock(c) != v.Block {
+		kind := map[bool]string{true: "block", false: "mount"}
+		return nil, csierr.Invalid("volume %s was created for %s access, not %s", id, kind[v.Block], kind[volcap.IsBlock(c)])
+	}
+	if f := c.GetMount().GetFsType(); f != "" && f != v.FsType {
+		return nil, csierr.Invalid("volume %s has an %s filesystem, not %s", id, v.FsType, f)
+	}
+	return v, nil
+}
+
+// stage brings a volume to the staged state from wherever it is: nothing
+// done yet, a crash half-way, or released after its last unpublish.
+func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, staging string, c *csi.VolumeCapability, pc map[string]string) (*staged, error) {
+	if st == nil {
+		// Remember the volume before touching anything, so that whatever
+		// a crash leaves behind is found and released later.
+		st = &staged{VolumeID: v.ID, StagingPath: staging, Block: v.Block}
+		if err := s.state.save(st); err != nil {
+			return nil, err
+		}
+	}
+	dev, err := s.be.Attach(ctx, v, pc)
+	if err != nil {
+		return nil, err
+	}
+	if v.Block {
+		return st, nil // published straight from the device
+	}
+	if err := os.MkdirAll(staging, 0o750); err != nil {
+		return nil, err
+	}
+	mounted, err := s.mounter.IsMountPoint(staging)
+	if err != nil {
+		return nil, err
+	}
+	readOnly := volcap.ReadOnly(c.GetAccessMode().GetMode())
+	if !mounted {
+		mkfsArgs, err := volcap.SplitMkfsOptions(v.MkfsOptions)
+		if err != nil {
+			return nil, err
+		}
+		opts := append([]string{}, c.GetMount().GetMountFlags()...)
+		if v.FsType == "xfs" {
+			// Clones and snapshots share the source's XFS uuid; without
+			// nouuid the second one would not mount on the same node.
+			opts = append(opts, "nouuid")
+		}
+		if readOnly {
+			opts = append(opts, "ro")
+		}
+		if err := s.mounter.FormatAndMount(dev, staging, v.FsType, mkfsArgs, opts); err != nil {
+			var me mount.MountError
+			if errors.As(err, &me) && me.Type == mount.UnformattedReadOnly {
+				return nil, csierr.Precondition("volume %s has no filesystem and its access mode is read-only: create it from a snapshot or volume", v.ID)
+			}
+			return nil, fmt.Errorf("stage volume %s: %w", v.ID, err)
+		}
+	}
+	if !readOnly {
+		if err := s.grow(dev, staging, v.FsType); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// grow resizes the filesystem when the device is larger than it: an
+// expanded volume grows at its next stage, because Swarm never calls
+// NodeExpandVolume (SWARM.md).
+func (s *Server) grow(dev, mountPath, fsType string) error {
+	need, err := needsGrow(dev, fsType)
+	if err != nil || !need {
+		return err
+	}
+	if err := s.mounter.Resize(dev, mountPath); err != nil {
+		return fmt.Errorf("grow filesystem on %s: %w", dev, err)
+	}
+	return nil
+}
+
+// NodeUnstageVolume implements csi.NodeServer. After Swarm's last unpublish
+// the volume is released already and this is a no-op.
+func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, csierr.Invalid("volume_id is required")
+	}
+	staging, err := cleanPath("staging_target_path", req.GetStagingTargetPath())
+	if err != nil {
+		return nil, err
+	}
+	release, err := s.lock(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	st, err := s.state.load(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	if st != nil {
+		for _, t := range st.Targets {
+			if mounted, _ := s.mounter.IsMountPoint(t); mounted {
+				return nil, csierr.Precondition("volume %s is still published at %s", st.VolumeID, t)
+			}
+		}
+		staging = st.StagingPath
+	}
+	if err := s.release(ctx, req.GetVolumeId(), staging); err != nil {
+		return nil, err
+	}
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// release unmounts the staging path, detaches the device and forgets the
+// volume. Every step tolerates having been done already.
+func (s *Server) release(ctx context.Context, volumeID, staging string) error {
+	if err := s.mounter.Unmount(staging); err != nil {
+		return err
+	}
+	// A directory that still holds files is left in place.
+	if err := removePath(staging); err != nil && !errors.Is(err, unix.ENOTEMPTY) {
+		return err
+	}
+	if err := s.be.Detach(ctx, volumeID); err != nil {
+		return err
+	}
+	return s.state.remove(volumeID)
+}

@@ -1,0 +1,96 @@
+package node
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+)
+
+// staged is what the node remembers about a volume it has staged: enough
+// to release it after the last NodeUnpublishVolume (Swarm sends no
+// NodeUnstageVolume, SwarmKit PR #3178) and to find its mounts after a
+// restart.
+type staged struct {
+	VolumeID    string   `json:"volumeId"`
+	StagingPath string   `json:"stagingPath"`
+	Block       bool     `json:"block,omitempty"`
+	Targets     []string `json:"targets,omitempty"`
+}
+
+func (s *staged) addTarget(t string) bool {
+	if slices.Contains(s.Targets, t) {
+		return false
+	}
+	s.Targets = append(s.Targets, t)
+	return true
+}
+
+func (s *staged) removeTarget(t string) bool {
+	i := slices.Index(s.Targets, t)
+	if i < 0 {
+		return false
+	}
+	s.Targets = slices.Delete(s.Targets, i, i+1)
+	return true
+}
+
+// stateStore keeps one small file per staged volume. The files are replaced
+// atomically but not fsynced: they describe mounts and loop devices, which
+// a machine crash takes away too, while a process crash keeps the page cache.
+type stateStore struct{ dir string }
+
+func newStateStore(dir string) (*stateStore, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("node state directory: %w", err)
+	}
+	return &stateStore{dir: dir}, nil
+}
+
+// file names a volume's state by a hash of its id, so no id from a request
+// ever becomes a path.
+func (s *stateStore) file(volumeID string) string {
+	sum := sha256.Sum256([]byte(volumeID))
+	return filepath.Join(s.dir, hex.EncodeToString(sum[:16])+".json")
+}
+
+// load returns the volume's state, or nil.
+func (s *stateStore) load(volumeID string) (*staged, error) {
+	b, err := os.ReadFile(s.file(volumeID))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var st staged
+	if err := json.Unmarshal(b, &st); err != nil || st.VolumeID != volumeID {
+		return nil, fmt.Errorf("node state for volume %s is corrupt", volumeID)
+	}
+	return &st, nil
+}
+
+func (s *stateStore) save(st *staged) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	path := s.file(st.VolumeID)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func (s *stateStore) remove(volumeID string) error {
+	if err := os.Remove(s.file(volumeID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,135 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+
+	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+)
+
+// NodeGetVolumeStats implements csi.NodeServer: bytes and inodes of a
+// mounted volume, the size of a block volume. A volume whose mount or
+// device is gone is NotFound at that path, with the reason; its condition
+// is reported by NodeGetVolumeHealth.
+func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, csierr.Invalid("volume_id is required")
+	}
+	if req.GetVolumePath() == "" {
+		return nil, csierr.Invalid("volume_path is required")
+	}
+	v, err := s.be.Volume(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	path, err := cleanPath("volume_path", req.GetVolumePath())
+	if err != nil {
+		return nil, csierr.NotFound("volume %s cannot be at %s: %v", v.ID, req.GetVolumePath(), err)
+	}
+	p := s.probe(ctx, v.ID, path)
+	if p.problem != nil {
+		return nil, csierr.NotFound("volume %s at %s: %s", v.ID, path, p.problem.GetMessage())
+	}
+	if v.Block {
+		size, err := blockdev.Size(p.device)
+		if err != nil {
+			return nil, err
+		}
+		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return nil, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	bs := st.Bsize
+	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
+		{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs, Used: int64(st.Blocks-st.Bfree) * bs},
+		{Unit: csi.VolumeUsage_INODES, Total: int64(st.Files), Available: int64(st.Ffree), Used: int64(st.Files - st.Ffree)},
+	}}, nil
+}
+
+// probed is what probe found of a volume on this node.
+type probed struct {
+	device  string
+	problem *csi.VolumeHealth_VolumeHealthEntry // nil when healthy
+}
+
+// probe checks that the volume's device is attached and, when path is not
+// empty, that path exists and is mounted.
+func (s *Server) probe(ctx context.Context, volumeID, path string) probed {
+	inaccessible := func(reason, format string, args ...any) probed {
+		return probed{problem: &csi.VolumeHealth_VolumeHealthEntry{
+			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reason, Message: fmt.Sprintf(format, args...)}}
+	}
+	if path != "" {
+		mounted, err := s.mounter.IsMountPoint(path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return inaccessible("PathMissing", "%s does not exist", path)
+		case err != nil:
+			return inaccessible("PathUnreadable", "%s: %v", path, err)
+		case !mounted:
+			return inaccessible("NotMounted", "%s is not mounted", path)
+		}
+	}
+	dev, err := s.be.Device(ctx, volumeID)
+	switch {
+	case err != nil:
+		return inaccessible("DeviceUnknown", "looking for the device: %v", err)
+	case dev == "":
+		return inaccessible("DeviceDetached", "the volume's device is not attached on this node")
+	}
+	return probed{device: dev}
+}
+
+// NodeGetVolumeHealth implements csi.NodeServer: the volume's device must be
+// attached, and its staging and published paths mounted.
+func (s *Server) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, csierr.Invalid("volume_id is required")
+	}
+	v, err := s.be.Volume(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	var paths []string
+	for field, p := range map[string]string{"volume_publish_path": req.GetVolumePublishPath(), "staging_target_path": req.GetStagingTargetPath()} {
+		if p == "" {
+			continue
+		}
+		c, err := cleanPath(field, p)
+		if err != nil {
+			return nil, err
+		}
+		if !(v.Block && field == "staging_target_path") {
+			paths = append(paths, c)
+		}
+	}
+	if len(paths) == 0 {
+		paths = []string{""} // the device alone
+	}
+	h := &csi.VolumeHealth{VolumeId: v.ID}
+	for _, p := range paths {
+		if pr := s.probe(ctx, v.ID, p); pr.problem != nil {
+			h.HealthStatuses = append(h.HealthStatuses, pr.problem)
+			break
+		}
+	}
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
+}
+
+// NodeGetStorageHealth implements csi.NodeServer.
+func (s *Server) NodeGetStorageHealth(ctx context.Context, _ *csi.NodeGetStorageHealthRequest) (*csi.NodeGetStorageHealthResponse, error) {
+	resp := &csi.NodeGetStorageHealthResponse{}
+	if err := s.be.Health(ctx); err != nil {
+		resp.BackendHealth = append(resp.BackendHealth, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
+			Status: csi.StorageHealthErrorType_STORAGE_UNREACHABLE, Reason: "BackendUnreachable", Message: err.Error()})
+	}
+	return resp, nil
+}
