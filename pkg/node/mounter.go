@@ -25,6 +25,9 @@ type Mounter interface {
 	// IsMountPoint reports whether path is a mount point; fs.ErrNotExist
 	// when it does not exist.
 	IsMountPoint(path string) (bool, error)
+	// NeedsResize reports whether the fsType filesystem on device is
+	// smaller than the device.
+	NeedsResize(device, fsType string) (bool, error)
 	// Resize grows the filesystem on device, mounted at mountPath, to the
 	// device's size.
 	Resize(device, mountPath string) error
@@ -60,6 +63,10 @@ func (m *realMounter) BindMount(source, target string, options []string) error {
 func (m *realMounter) Unmount(target string) error { return m.sys.Unmount(target) }
 
 func (m *realMounter) IsMountPoint(path string) (bool, error) { return m.sys.IsMountPoint(path) }
+
+func (m *realMounter) NeedsResize(device, fsType string) (bool, error) {
+	return needsGrow(device, fsType)
+}
 
 func (m *realMounter) Resize(device, mountPath string) error {
 	_, err := m.resize.Resize(device, mountPath)

@@ -130,7 +130,7 @@ func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, stagi
 // expanded volume grows at its next stage, because Swarm never calls
 // NodeExpandVolume (SWARM.md).
 func (s *Server) grow(dev, mountPath, fsType string) error {
-	need, err := needsGrow(dev, fsType)
+	need, err := s.mounter.NeedsResize(dev, fsType)
 	if err != nil || !need {
 		return err
 	}

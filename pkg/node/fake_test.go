@@ -1,0 +1,155 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"sync"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+)
+
+// fakeBackend is an in-memory backend.Node.
+type fakeBackend struct {
+	mu       sync.Mutex
+	volumes  map[string]*backend.Volume
+	attached map[string]string // volume id -> device
+	attachPC []map[string]string
+	detaches int
+	attachFn func(v *backend.Volume) error // optional hook
+}
+
+func newFakeBackend(vols ...*backend.Volume) *fakeBackend {
+	b := &fakeBackend{volumes: map[string]*backend.Volume{}, attached: map[string]string{}}
+	for _, v := range vols {
+		b.volumes[v.ID] = v
+	}
+	return b
+}
+
+func (b *fakeBackend) Register(context.Context, string) error { return nil }
+func (b *fakeBackend) Health(context.Context) error           { return nil }
+
+func (b *fakeBackend) Volume(_ context.Context, id string) (*backend.Volume, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	v, ok := b.volumes[id]
+	if !ok {
+		return nil, csierr.NotFound("volume %q", id)
+	}
+	c := *v
+	return &c, nil
+}
+
+func (b *fakeBackend) Attach(_ context.Context, v *backend.Volume, pc map[string]string) (string, error) {
+	if b.attachFn != nil {
+		if err := b.attachFn(v); err != nil {
+			return "", err
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.attachPC = append(b.attachPC, pc)
+	if dev, ok := b.attached[v.ID]; ok {
+		return dev, nil
+	}
+	dev := fmt.Sprintf("/dev/fake%d", len(b.attached))
+	b.attached[v.ID] = dev
+	return dev, nil
+}
+
+func (b *fakeBackend) Detach(_ context.Context, id string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.detaches++
+	delete(b.attached, id)
+	return nil
+}
+
+func (b *fakeBackend) Device(_ context.Context, id string) (string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.attached[id], nil
+}
+
+func (b *fakeBackend) isAttached(id string) bool {
+	dev, _ := b.Device(context.Background(), id)
+	return dev != ""
+}
+
+// fakeMounter keeps a mount table in memory; paths are real directories.
+type fakeMounter struct {
+	mu       sync.Mutex
+	mounts   map[string]fakeMount // target -> mount
+	formats  int
+	resizes  int
+	needGrow bool
+}
+
+type fakeMount struct {
+	source  string
+	options []string
+}
+
+func newFakeMounter() *fakeMounter { return &fakeMounter{mounts: map[string]fakeMount{}} }
+
+func (m *fakeMounter) FormatAndMount(device, target, fsType string, mkfsArgs, options []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, err := os.Stat(target); err != nil {
+		return err
+	}
+	m.formats++
+	m.mounts[target] = fakeMount{source: device, options: options}
+	return nil
+}
+
+func (m *fakeMounter) BindMount(source, target string, options []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, err := os.Stat(target); err != nil {
+		return err
+	}
+	m.mounts[target] = fakeMount{source: source, options: options}
+	return nil
+}
+
+func (m *fakeMounter) Unmount(target string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.mounts, target)
+	return nil
+}
+
+func (m *fakeMounter) IsMountPoint(path string) (bool, error) {
+	if _, err := os.Stat(path); err != nil {
+		return false, fs.ErrNotExist
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.mounts[path]
+	return ok, nil
+}
+
+func (m *fakeMounter) NeedsResize(string, string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.needGrow, nil
+}
+
+func (m *fakeMounter) Resize(string, string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.resizes++
+	m.needGrow = false
+	return nil
+}
+
+func (m *fakeMounter) mounted(path string) (fakeMount, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mt, ok := m.mounts[path]
+	return mt, ok
+}
