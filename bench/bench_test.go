@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+// requireSystem skips the test when the machine cannot run the benchmark,
+// and fails instead when CI=true: there the benchmark must run.
+func requireSystem(t *testing.T) {
+	t.Helper()
+	reason := ""
+	switch {
+	case os.Geteuid() != 0:
+		reason = "needs root"
+	case !exists("/dev/loop-control"):
+		reason = "needs /dev/loop-control"
+	default:
+		for _, tool := range []string{"truncate", "losetup", "mkfs.ext4", "mount", "umount"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				reason = "needs " + tool
+			}
+		}
+	}
+	if reason == "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true but the benchmark cannot run: %s", reason)
+	}
+	t.Skip(reason)
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// TestQuickRun runs the benchmark in --quick mode and checks that it
+// produces figures and leaves nothing behind. It asserts no timings.
+func TestQuickRun(t *testing.T) {
+	requireSystem(t)
+	cfg := defaultConfig()
+	cfg.applyQuick(nil)
+	cfg.Driver = os.Getenv("SWARM_CSI_DRIVER") // a prebuilt binary; default: build it
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+
+	rep, err := run(ctx, cfg, t.Output())
+	if rep != nil {
+		if mounts, loops, lerr := leftovers(rep.Dir); lerr != nil || len(mounts)+len(loops) > 0 {
+			t.Errorf("left behind under %s: mounts %v, loop devices %v (%v)", rep.Dir, mounts, loops, lerr)
+		}
+		if exists(rep.Dir) {
+			t.Errorf("temp dir %s not removed", rep.Dir)
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Leftovers) > 0 {
+		t.Errorf("teardown left %v behind (removed by the sweep)", rep.Leftovers)
+	}
+
+	if len(rep.Modes) != 2 {
+		t.Fatalf("got %d modes, want sequential and parallel", len(rep.Modes))
+	}
+	for _, m := range rep.Modes {
+		for _, s := range []struct {
+			name  string
+			r     SideReport
+			steps int
+		}{{"driver", m.Driver, 8}, {"raw", m.Raw, 7}} {
+			if len(s.r.Steps) != s.steps {
+				t.Errorf("%s %s: %d steps, want %d", m.Mode, s.name, len(s.r.Steps), s.steps)
+			}
+			for _, st := range append(s.r.Steps, s.r.Lifecycle) {
+				if st.Samples != cfg.Volumes || st.P50ms <= 0 || st.P95ms <= 0 {
+					t.Errorf("%s %s %s: %+v, want %d samples and positive figures", m.Mode, s.name, st.Step, st, cfg.Volumes)
+				}
+			}
+			if s.r.WallSeconds <= 0 || s.r.VolumesPerSec <= 0 {
+				t.Errorf("%s %s: wall %v s, %v volumes/s", m.Mode, s.name, s.r.WallSeconds, s.r.VolumesPerSec)
+			}
+		}
+		if m.RatioP50 <= 0 || m.RatioP95 <= 0 {
+			t.Errorf("%s: ratios p50 %v p95 %v, want > 0", m.Mode, m.RatioP50, m.RatioP95)
+		}
+	}
+	if rep.RSS == nil || rep.RSS.VmRSSKiB <= 0 || rep.RSS.Volumes != cfg.RSSVolumes {
+		t.Errorf("memory figure: %+v", rep.RSS)
+	}
+	rep.print(t.Output())
+}

@@ -1,0 +1,127 @@
+// Command bench measures the swarm-csi driver against the raw tools it
+// replaces (truncate, losetup, mkfs, mount, ...): the full volume lifecycle,
+// sequentially and in parallel, plus the driver's resident memory with many
+// volumes staged.
+//
+//	go run ./bench [--volumes 20] [--size 1GiB] [--fs ext4] [--parallel 8] [--json] [--quick]
+//
+// Driver and raw rounds alternate (per volume, or per batch of --parallel
+// volumes) so machine noise hits both alike. A volume's lifecycle time is the
+// sum of its steps. The target is a driver/raw lifecycle ratio <= 1.15 at p50
+// for ext4; a miss is reported, never an exit status.
+//
+// It needs root and loop devices. Everything it creates lives in one temp
+// dir (under --dir) and is removed at the end, also on error or Ctrl-C.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const (
+	mib = 1 << 20
+	gib = 1 << 30
+)
+
+type config struct {
+	Driver     string `json:"driver,omitempty"`
+	Dir        string `json:"dir"`
+	Volumes    int    `json:"volumes"`
+	Size       int64  `json:"size_bytes"`
+	FS         string `json:"fs"`
+	Parallel   int    `json:"parallel"`
+	RSSVolumes int    `json:"rss_volumes"`
+	RSSSize    int64  `json:"rss_size_bytes"`
+}
+
+func defaultConfig() config {
+	return config{
+		Dir:        "/var/tmp",
+		Volumes:    20,
+		Size:       gib,
+		FS:         "ext4",
+		Parallel:   8,
+		RSSVolumes: 100,
+		RSSSize:    64 * mib,
+	}
+}
+
+// applyQuick shrinks the run for a smoke test, keeping explicitly set flags.
+func (c *config) applyQuick(explicit map[string]bool) {
+	if !explicit["volumes"] {
+		c.Volumes = 4
+	}
+	if !explicit["rss-volumes"] {
+		c.RSSVolumes = 4
+	}
+}
+
+func (c *config) validate() error {
+	switch {
+	case c.FS != "ext4" && c.FS != "xfs":
+		return fmt.Errorf("--fs %q: want ext4 or xfs", c.FS)
+	case c.FS == "xfs" && c.Size < 300*mib:
+		return fmt.Errorf("--size %s: xfs needs at least 300MiB", formatSize(c.Size))
+	case c.Size <= 0 || c.RSSSize <= 0:
+		return fmt.Errorf("sizes must be positive")
+	case c.Volumes < 1 || c.Parallel < 1 || c.RSSVolumes < 0:
+		return fmt.Errorf("--volumes and --parallel must be >= 1, --rss-volumes >= 0")
+	}
+	return nil
+}
+
+func main() {
+	cfg := defaultConfig()
+	var quick, asJSON bool
+	flag.StringVar(&cfg.Driver, "driver", "", "driver binary (default: build ./cmd/swarm-csi)")
+	flag.StringVar(&cfg.Dir, "dir", cfg.Dir, "parent of the run's temp dir, which holds the driver data dir, raw files and mounts")
+	flag.IntVar(&cfg.Volumes, "volumes", cfg.Volumes, "volumes per mode and side")
+	flag.Var((*byteSize)(&cfg.Size), "size", "volume size, e.g. 1GiB or 512MiB")
+	flag.StringVar(&cfg.FS, "fs", cfg.FS, "filesystem: ext4 or xfs (xfs needs --size >= 300MiB)")
+	flag.IntVar(&cfg.Parallel, "parallel", cfg.Parallel, "volumes in flight in parallel mode")
+	flag.IntVar(&cfg.RSSVolumes, "rss-volumes", cfg.RSSVolumes, "volumes staged and published for the memory figure (0 skips it)")
+	flag.Var((*byteSize)(&cfg.RSSSize), "rss-size", "size of the ext4 volumes for the memory figure")
+	flag.BoolVar(&quick, "quick", false, "small run (4 volumes) unless --volumes/--rss-volumes are given")
+	flag.BoolVar(&asJSON, "json", false, "print the figures as JSON on stdout (tables go to stderr)")
+	flag.Parse()
+	if quick {
+		explicit := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+		cfg.applyQuick(explicit)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop() // a second Ctrl-C kills the process without cleanup
+	}()
+
+	rep, err := run(ctx, cfg, os.Stderr)
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("interrupted: %w", err)
+		}
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	tables := os.Stdout
+	if asJSON {
+		tables = os.Stderr
+	}
+	rep.print(tables)
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+	}
+}

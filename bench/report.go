@@ -1,0 +1,164 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// targetRatio is the goal for driver/raw lifecycle time at p50, for ext4.
+const targetRatio = 1.15
+
+type Report struct {
+	Config    config       `json:"config"`
+	Dir       string       `json:"dir"`
+	Modes     []ModeReport `json:"modes"`
+	RSS       *RSSReport   `json:"rss,omitempty"`
+	Leftovers []string     `json:"leftovers,omitempty"` // mounts and loop devices the final sweep removed
+}
+
+type ModeReport struct {
+	Mode         string     `json:"mode"`
+	Parallel     int        `json:"parallel"`
+	Driver       SideReport `json:"driver"`
+	Raw          SideReport `json:"raw"`
+	RatioP50     float64    `json:"ratio_p50"`
+	RatioP95     float64    `json:"ratio_p95"`
+	WithinTarget *bool      `json:"within_target,omitempty"` // ext4 only
+}
+
+type SideReport struct {
+	Steps         []Stat  `json:"steps"`
+	Lifecycle     Stat    `json:"lifecycle"`
+	WallSeconds   float64 `json:"wall_s"`
+	VolumesPerSec float64 `json:"volumes_per_s"`
+}
+
+type Stat struct {
+	Step    string  `json:"step"`
+	Samples int     `json:"samples"`
+	P50ms   float64 `json:"p50_ms"`
+	P95ms   float64 `json:"p95_ms"`
+}
+
+type RSSReport struct {
+	Volumes  int   `json:"volumes"`
+	VmRSSKiB int64 `json:"vm_rss_kib"`
+	VmHWMKiB int64 `json:"vm_hwm_kib"`
+}
+
+func newModeReport(mode string, parallel int, cfg config, drv, raw *side) *ModeReport {
+	m := &ModeReport{Mode: mode, Parallel: parallel, Driver: drv.report(), Raw: raw.report()}
+	m.RatioP50 = m.Driver.Lifecycle.P50ms / m.Raw.Lifecycle.P50ms
+	m.RatioP95 = m.Driver.Lifecycle.P95ms / m.Raw.Lifecycle.P95ms
+	if cfg.FS == "ext4" {
+		ok := m.RatioP50 <= targetRatio
+		m.WithinTarget = &ok
+	}
+	return m
+}
+
+func (s *side) report() SideReport {
+	r := SideReport{Lifecycle: stat("lifecycle", s.total), WallSeconds: s.wall.Seconds()}
+	for i, name := range s.steps {
+		r.Steps = append(r.Steps, stat(name, s.times[i]))
+	}
+	if r.WallSeconds > 0 {
+		r.VolumesPerSec = float64(len(s.total)) / r.WallSeconds
+	}
+	return r
+}
+
+func stat(name string, ds []time.Duration) Stat {
+	return Stat{Step: name, Samples: len(ds), P50ms: percentile(ds, 0.50), P95ms: percentile(ds, 0.95)}
+}
+
+// percentile is the nearest-rank percentile of ds, in milliseconds.
+func percentile(ds []time.Duration, p float64) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(math.Ceil(p*float64(len(s)))) - 1
+	return float64(s[max(i, 0)]) / float64(time.Millisecond)
+}
+
+func (r *Report) print(w io.Writer) {
+	c := r.Config
+	for _, m := range r.Modes {
+		fmt.Fprintf(w, "\n%s: %d volumes of %s %s per side, up to %d at a time\n",
+			m.Mode, c.Volumes, formatSize(c.Size), c.FS, m.Parallel)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  side\tstep\t  n\t  p50 ms\t  p95 ms")
+		for _, s := range []struct {
+			name string
+			r    SideReport
+		}{{"driver", m.Driver}, {"raw", m.Raw}} {
+			for _, st := range append(s.r.Steps, s.r.Lifecycle) {
+				fmt.Fprintf(tw, "  %s\t%s\t%3d\t%8.1f\t%8.1f\n", s.name, st.Step, st.Samples, st.P50ms, st.P95ms)
+			}
+		}
+		tw.Flush()
+		verdict := "target applies to ext4 only"
+		if m.WithinTarget != nil {
+			verdict = "NOT within target"
+			if *m.WithinTarget {
+				verdict = "within target"
+			}
+		}
+		fmt.Fprintf(w, "  lifecycle ratio driver/raw: p50 %.2f (target <= %.2f: %s), p95 %.2f\n",
+			m.RatioP50, targetRatio, verdict, m.RatioP95)
+		fmt.Fprintf(w, "  wall time: driver %.2fs (%.2f volumes/s), raw %.2fs (%.2f volumes/s)\n",
+			m.Driver.WallSeconds, m.Driver.VolumesPerSec, m.Raw.WallSeconds, m.Raw.VolumesPerSec)
+	}
+	if r.RSS != nil {
+		fmt.Fprintf(w, "\ndriver memory, idle with %d volumes (%s ext4) staged and published: VmRSS %.1f MiB, VmHWM %.1f MiB\n",
+			r.RSS.Volumes, formatSize(c.RSSSize), float64(r.RSS.VmRSSKiB)/1024, float64(r.RSS.VmHWMKiB)/1024)
+	}
+	if len(r.Leftovers) > 0 {
+		fmt.Fprintf(w, "\nWARNING: left behind after teardown, removed by the final sweep: %s\n", strings.Join(r.Leftovers, " "))
+	}
+}
+
+// byteSize is a flag value: bytes, or a number with a K, M, G or T suffix
+// (binary units; "1G", "1GiB" and "1GB" all mean 2^30).
+type byteSize int64
+
+func (b *byteSize) String() string { return formatSize(int64(*b)) }
+
+func (b *byteSize) Set(s string) error {
+	value := strings.TrimSuffix(strings.TrimSuffix(s, "B"), "i")
+	num := strings.TrimRight(value, "KMGTkmgt")
+	shift := 0
+	if unit := value[len(num):]; unit != "" {
+		i := strings.Index("KMGT", strings.ToUpper(unit))
+		if len(unit) != 1 || i < 0 {
+			return fmt.Errorf("bad size %q", s)
+		}
+		shift = 10 * (i + 1)
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > math.MaxInt64>>shift {
+		return fmt.Errorf("bad size %q", s)
+	}
+	*b = byteSize(n << shift)
+	return nil
+}
+
+func formatSize(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		shift  int
+	}{{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10}} {
+		if n >= 1<<u.shift && n%(1<<u.shift) == 0 {
+			return fmt.Sprintf("%d%s", n>>u.shift, u.suffix)
+		}
+	}
+	return fmt.Sprintf("%dB", n)
+}
