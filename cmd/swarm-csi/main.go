@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"k8s.io/klog/v2"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend/loop"
 	"github.com/swarm-csi/swarm-csi/pkg/controller"
@@ -137,6 +138,9 @@ func main() {
 	}
 	level, _ := parseLevel(cfg.logLevel)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// k8s.io/mount-utils logs through klog: send it to the same handler,
+	// so --log-level applies to it too.
+	klog.SetSlogLogger(log.With("source", "mount-utils"))
 	if err := run(cfg, log); err != nil {
 		log.Error("swarm-csi stopped", "error", err)
 		os.Exit(1)
@@ -156,6 +160,7 @@ func run(cfg *config, log *slog.Logger) error {
 		MaxVolumesPerNode: cfg.maxVolumesPerNode,
 		StateDir:          filepath.Join(cfg.dataDir, "node-state", cfg.nodeID),
 		Topology:          be.Topology(),
+		Log:               log,
 	})
 	if err != nil {
 		return err

@@ -139,7 +139,9 @@ func (m *fakeMounter) NeedsResize(string, string) (bool, error) {
 	return m.needGrow, nil
 }
 
-func (m *fakeMounter) Resize(string, string) error {
+func (m *fakeMounter) ResizeUnmounted(string, string) (bool, error) { return false, nil }
+
+func (m *fakeMounter) Resize(string, string, string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.resizes++

@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 
@@ -27,11 +28,16 @@ func needsGrow(dev, fsType string) (bool, error) {
 		return false, err
 	}
 	fsSize, err := filesystemSize(f, fsType)
+	if errors.Is(err, errNoFilesystem) {
+		return false, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("%s: %w", dev, err)
 	}
 	return devSize-fsSize >= growSlack, nil
 }
+
+var errNoFilesystem = errors.New("no filesystem of that type")
 
 // filesystemSize returns the size in bytes an ext4 or xfs filesystem spans,
 // from its superblock.
@@ -45,7 +51,7 @@ func filesystemSize(f *os.File, fsType string) (int64, error) {
 		ext := sb[1024:]
 		le := binary.LittleEndian
 		if le.Uint16(ext[0x38:]) != 0xEF53 {
-			return 0, fmt.Errorf("no ext4 superblock")
+			return 0, errNoFilesystem
 		}
 		blocks := uint64(le.Uint32(ext[0x4:]))
 		if le.Uint32(ext[0x60:])&0x80 != 0 { // INCOMPAT_64BIT
@@ -55,7 +61,7 @@ func filesystemSize(f *os.File, fsType string) (int64, error) {
 	case "xfs":
 		be := binary.BigEndian
 		if string(sb[:4]) != "XFSB" {
-			return 0, fmt.Errorf("no xfs superblock")
+			return 0, errNoFilesystem
 		}
 		return int64(be.Uint64(sb[8:]) * uint64(be.Uint32(sb[4:]))), nil
 	}

@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
+
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
 // Mounter is what the node service needs from the operating system. The
@@ -26,11 +29,14 @@ type Mounter interface {
 	// when it does not exist.
 	IsMountPoint(path string) (bool, error)
 	// NeedsResize reports whether the fsType filesystem on device is
-	// smaller than the device.
+	// smaller than the device; false when the device holds none.
 	NeedsResize(device, fsType string) (bool, error)
 	// Resize grows the filesystem on device, mounted at mountPath, to the
 	// device's size.
-	Resize(device, mountPath string) error
+	Resize(device, mountPath, fsType string) error
+	// ResizeUnmounted grows an unmounted filesystem to its device's size,
+	// where the filesystem allows it (ext4); it reports whether it did.
+	ResizeUnmounted(device, fsType string) (bool, error)
 }
 
 // NewMounter returns the real Mounter: k8s.io/mount-utils' SafeFormatAndMount
@@ -41,6 +47,7 @@ func NewMounter() Mounter {
 	exec := utilexec.New()
 	return &realMounter{
 		sys:    sys,
+		exec:   exec,
 		safe:   &mount.SafeFormatAndMount{Interface: sys, Exec: exec},
 		resize: mount.NewResizeFs(exec),
 	}
@@ -48,6 +55,7 @@ func NewMounter() Mounter {
 
 type realMounter struct {
 	sys    *sysMounter
+	exec   utilexec.Interface
 	safe   *mount.SafeFormatAndMount
 	resize *mount.ResizeFs
 }
@@ -68,9 +76,50 @@ func (m *realMounter) NeedsResize(device, fsType string) (bool, error) {
 	return needsGrow(device, fsType)
 }
 
-func (m *realMounter) Resize(device, mountPath string) error {
+func (m *realMounter) Resize(device, mountPath, fsType string) error {
+	// The kernel lets only CAP_SYS_RESOURCE resize a mounted ext4.
+	if fsType == "ext4" && !hasCapability(unix.CAP_SYS_RESOURCE) {
+		return csierr.Precondition("growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this process lacks; " +
+			"it grows at the volume's next stage instead")
+	}
 	_, err := m.resize.Resize(device, mountPath)
 	return err
+}
+
+// ResizeUnmounted checks an ext4 filesystem and grows it with resize2fs,
+// which needs no capability on an unmounted filesystem. XFS grows only
+// while mounted.
+func (m *realMounter) ResizeUnmounted(device, fsType string) (bool, error) {
+	if fsType != "ext4" {
+		return false, nil
+	}
+	// resize2fs insists on a freshly checked filesystem. Exit codes 1 and 2
+	// of e2fsck -p mean errors were corrected.
+	if out, err := m.exec.Command("e2fsck", "-f", "-p", device).CombinedOutput(); err != nil {
+		var ee utilexec.ExitError
+		if !errors.As(err, &ee) || ee.ExitStatus() > 2 {
+			return false, fmt.Errorf("e2fsck %s: %v: %s", device, err, out)
+		}
+	}
+	if out, err := m.exec.Command("resize2fs", device).CombinedOutput(); err != nil {
+		return false, fmt.Errorf("resize2fs %s: %v: %s", device, err, out)
+	}
+	return true, nil
+}
+
+// hasCapability reports whether the process has capability c in effect.
+func hasCapability(c int) bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && mask&(1<<uint(c)) != 0
+		}
+	}
+	return false
 }
 
 // sysMounter is mount-utils' Mounter with mount and unmount done by system

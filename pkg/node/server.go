@@ -5,6 +5,7 @@ package node
 
 import (
 	"context"
+	"log/slog"
 	"path/filepath"
 	"strings"
 
@@ -23,6 +24,8 @@ type Config struct {
 	StateDir string
 	// Topology is reported by NodeGetInfo (Swarm ignores it, SwarmKit PR #3270).
 	Topology map[string]string
+	// Log receives what the node does not return as an error; nil discards.
+	Log *slog.Logger
 }
 
 // Server is the CSI Node service.
@@ -37,6 +40,9 @@ type Server struct {
 
 // New returns a node service and registers the node with the backend.
 func New(ctx context.Context, be backend.Node, m Mounter, cfg Config) (*Server, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
 	st, err := newStateStore(cfg.StateDir)
 	if err != nil {
 		return nil, err

@@ -97,6 +97,12 @@ func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, stagi
 	}
 	readOnly := volcap.ReadOnly(c.GetAccessMode().GetMode())
 	if !mounted {
+		// An expanded volume grows at its next stage, since Swarm never
+		// calls NodeExpandVolume (SWARM.md). ext4 grows best unmounted:
+		// that needs no CAP_SYS_RESOURCE.
+		if !readOnly {
+			s.growUnmounted(dev, v)
+		}
 		mkfsArgs, err := volcap.SplitMkfsOptions(v.MkfsOptions)
 		if err != nil {
 			return nil, err
@@ -119,22 +125,35 @@ func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, stagi
 		}
 	}
 	if !readOnly {
+		// What could not grow unmounted (XFS) grows now. A filesystem that
+		// cannot grow yet is still usable: staging goes on.
 		if err := s.grow(dev, staging, v.FsType); err != nil {
-			return nil, err
+			s.cfg.Log.Warn("filesystem not grown at stage", "volume", v.ID, "error", err)
 		}
 	}
 	return st, nil
 }
 
-// grow resizes the filesystem when the device is larger than it: an
-// expanded volume grows at its next stage, because Swarm never calls
-// NodeExpandVolume (SWARM.md).
+// growUnmounted grows a filesystem that is smaller than its device before
+// it is mounted, where the filesystem allows it. A failure leaves the
+// filesystem as it was, still usable, so it is logged, not returned.
+func (s *Server) growUnmounted(dev string, v *backend.Volume) {
+	need, err := s.mounter.NeedsResize(dev, v.FsType)
+	if err == nil && need {
+		_, err = s.mounter.ResizeUnmounted(dev, v.FsType)
+	}
+	if err != nil {
+		s.cfg.Log.Warn("filesystem not grown before mount", "volume", v.ID, "device", dev, "error", err)
+	}
+}
+
+// grow resizes a mounted filesystem when its device is larger than it.
 func (s *Server) grow(dev, mountPath, fsType string) error {
 	need, err := s.mounter.NeedsResize(dev, fsType)
 	if err != nil || !need {
 		return err
 	}
-	if err := s.mounter.Resize(dev, mountPath); err != nil {
+	if err := s.mounter.Resize(dev, mountPath, fsType); err != nil {
 		return fmt.Errorf("grow filesystem on %s: %w", dev, err)
 	}
 	return nil
