@@ -35,23 +35,12 @@ func (s *Server) ControllerGetVolumeHealth(ctx context.Context, req *csi.Control
 // ControllerListVolumeHealth implements csi.ControllerServer: the abnormal
 // volumes among a page of volumes.
 func (s *Server) ControllerListVolumeHealth(ctx context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
-	if _, err := pageStart(req.GetStartingToken()); err != nil {
-		return nil, err
-	}
-	vols, err := s.be.ListVolumes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ids := make([]string, len(vols))
-	for i, v := range vols {
-		ids[i] = v.ID
-	}
-	start, end, next, err := page(ids, req.GetStartingToken(), req.GetMaxEntries())
+	vols, next, err := s.pageVolumes(ctx, req.GetStartingToken(), req.GetMaxEntries())
 	if err != nil {
 		return nil, err
 	}
 	resp := &csi.ControllerListVolumeHealthResponse{NextToken: next}
-	for _, v := range vols[start:end] {
+	for _, v := range vols {
 		if h := s.volumeHealth(ctx, v); len(h.HealthStatuses) > 0 {
 			resp.Entries = append(resp.Entries, h)
 		}

@@ -103,16 +103,12 @@ func (s *Server) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 		}
 		snaps = kept
 	}
-	ids := make([]string, len(snaps))
-	for i, sn := range snaps {
-		ids[i] = sn.ID
-	}
-	start, end, next, err := page(ids, req.GetStartingToken(), req.GetMaxEntries())
+	snaps, next, err := page(snaps, func(sn *backend.Snapshot) string { return sn.ID }, req.GetStartingToken(), req.GetMaxEntries())
 	if err != nil {
 		return nil, err
 	}
 	resp := &csi.ListSnapshotsResponse{NextToken: next}
-	for _, sn := range snaps[start:end] {
+	for _, sn := range snaps {
 		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(sn)})
 	}
 	return resp, nil

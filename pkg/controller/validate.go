@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sort"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -146,25 +147,25 @@ func pageStart(token string) (string, error) {
 	return after, nil
 }
 
-// page returns the ids' window after token and the next token.
-func page(ids []string, token string, maxEntries int32) (start, end int, next string, err error) {
+// page returns the items after token, at most maxEntries of them (0: all),
+// and the token of the next page. items are sorted by id.
+func page[T any](items []T, id func(T) string, token string, maxEntries int32) ([]T, string, error) {
 	if maxEntries < 0 {
-		return 0, 0, "", csierr.Invalid("max_entries must not be negative")
+		return nil, "", csierr.Invalid("max_entries must not be negative")
 	}
 	after, err := pageStart(token)
 	if err != nil {
-		return 0, 0, "", err
+		return nil, "", err
 	}
+	start := 0
 	if after != "" {
-		start, _ = slices.BinarySearch(ids, after)
-		if start < len(ids) && ids[start] == after {
-			start++
-		}
+		// The entry named by the token may be gone: start after its place.
+		start = sort.Search(len(items), func(i int) bool { return id(items[i]) > after })
 	}
-	end = len(ids)
-	if maxEntries > 0 && start+int(maxEntries) < end {
-		end = start + int(maxEntries)
-		next = tokenPrefix + ids[end-1]
+	items = items[start:]
+	if maxEntries > 0 && int(maxEntries) < len(items) {
+		items = items[:maxEntries]
+		return items, tokenPrefix + id(items[len(items)-1]), nil
 	}
-	return start, end, next, nil
+	return items, "", nil
 }

@@ -150,28 +150,29 @@ func (s *Server) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 
 // ListVolumes implements csi.ControllerServer.
 func (s *Server) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	if _, err := pageStart(req.GetStartingToken()); err != nil {
-		return nil, err
-	}
-	vols, err := s.be.ListVolumes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ids := make([]string, len(vols))
-	for i, v := range vols {
-		ids[i] = v.ID
-	}
-	start, end, next, err := page(ids, req.GetStartingToken(), req.GetMaxEntries())
+	vols, next, err := s.pageVolumes(ctx, req.GetStartingToken(), req.GetMaxEntries())
 	if err != nil {
 		return nil, err
 	}
 	resp := &csi.ListVolumesResponse{NextToken: next}
-	for _, v := range vols[start:end] {
+	for _, v := range vols {
 		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: s.csiVolume(v), Status: &csi.ListVolumesResponse_VolumeStatus{
 			PublishedNodeIds: nodeIDs(v),
 		}})
 	}
 	return resp, nil
+}
+
+// pageVolumes returns one page of the backend's volumes.
+func (s *Server) pageVolumes(ctx context.Context, token string, maxEntries int32) ([]*backend.Volume, string, error) {
+	if _, err := pageStart(token); err != nil {
+		return nil, "", err // before listing: a bad token costs nothing
+	}
+	vols, err := s.be.ListVolumes(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	return page(vols, func(v *backend.Volume) string { return v.ID }, token, maxEntries)
 }
 
 // ControllerGetVolume implements csi.ControllerServer.

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,22 +27,11 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	c := req.GetVolumeCapability()
-	if err := errors.Join(volcap.Check(c), volcap.CheckShared(c)); err != nil {
-		return nil, err
-	}
-	release, err := s.lock(req.GetVolumeId())
+	v, st, release, err := s.begin(ctx, req.GetVolumeId(), c)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	v, err := s.volumeFor(ctx, req.GetVolumeId(), c)
-	if err != nil {
-		return nil, err
-	}
-	st, err := s.state.load(v.ID)
-	if err != nil {
-		return nil, err
-	}
 	if st != nil && st.StagingPath != staging {
 		return nil, csierr.Invalid("volume %s is staged at %s, not %s", v.ID, st.StagingPath, staging)
 	}

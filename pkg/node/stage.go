@@ -27,22 +27,11 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, err
 	}
 	c := req.GetVolumeCapability()
-	if err := errors.Join(volcap.Check(c), volcap.CheckShared(c)); err != nil {
-		return nil, err
-	}
-	release, err := s.lock(req.GetVolumeId())
+	v, st, release, err := s.begin(ctx, req.GetVolumeId(), c)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	v, err := s.volumeFor(ctx, req.GetVolumeId(), c)
-	if err != nil {
-		return nil, err
-	}
-	st, err := s.state.load(v.ID)
-	if err != nil {
-		return nil, err
-	}
 	if st != nil && st.StagingPath != staging {
 		return nil, fmt.Errorf("%w: volume %s is staged at %s already", csierr.ErrAlreadyExists, v.ID, st.StagingPath)
 	}
@@ -50,6 +39,27 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, err
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// begin does what stage and publish start with: check the capability, take
+// the volume's lock, and look up the volume and what this node knows of it.
+func (s *Server) begin(ctx context.Context, volumeID string, c *csi.VolumeCapability) (*backend.Volume, *staged, func(), error) {
+	if err := errors.Join(volcap.Check(c), volcap.CheckShared(c)); err != nil {
+		return nil, nil, nil, err
+	}
+	release, err := s.lock(volumeID)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	v, err := s.volumeFor(ctx, volumeID, c)
+	if err == nil {
+		var st *staged
+		if st, err = s.state.load(v.ID); err == nil {
+			return v, st, release, nil
+		}
+	}
+	release()
+	return nil, nil, nil, err
 }
 
 // volumeFor looks the volume up in the backend, which needs nothing but the
