@@ -55,7 +55,9 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		if !block && srcFs != "" && spec.FsType != srcFs {
 			return nil, csierr.Invalid("fsType %q differs from the %q filesystem of the content source", spec.FsType, srcFs)
 		}
-		keys = append(keys, volumeKey(spec.Source.VolumeID))
+		if spec.Source.VolumeID != "" {
+			keys = append(keys, volumeKey(spec.Source.VolumeID))
+		}
 	}
 	minSize := max(volcap.FsTypes[spec.FsType], srcSize)
 	if spec.CapacityBytes, err = s.sizeFor(req.GetCapacityRange(), minSize); err != nil {

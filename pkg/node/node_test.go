@@ -379,3 +379,14 @@ func TestNodeGetInfo(t *testing.T) {
 		t.Fatalf("NodeGetInfo = %v", info)
 	}
 }
+
+// Unpublishing a path the volume was never published at releases nothing.
+func TestUnpublishOfUnknownTargetKeepsStage(t *testing.T) {
+	h := newHarness(t, mountVolume())
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	h.must(h.stage(c, nil))
+	h.must(h.unpublish(filepath.Join(h.root, "never-published")))
+	if _, ok := h.m.mounted(h.staging); !ok || !h.be.isAttached(volID) {
+		t.Fatal("an unpublish of a path never published released the staged volume")
+	}
+}

@@ -2,11 +2,13 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 	"github.com/swarm-csi/swarm-csi/pkg/volcap"
@@ -123,14 +125,14 @@ func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	if err := s.mounter.Unmount(target); err != nil {
 		return nil, err
 	}
-	if err := removePath(target); err != nil {
+	// A directory that still holds files was never our mount: leave it.
+	if err := removePath(target); err != nil && !errors.Is(err, unix.ENOTEMPTY) {
 		return nil, err
 	}
 	st, err := s.state.load(req.GetVolumeId())
-	if err != nil || st == nil {
+	if err != nil || st == nil || !st.removeTarget(target) {
 		return &csi.NodeUnpublishVolumeResponse{}, err
 	}
-	st.removeTarget(target)
 	if len(st.Targets) > 0 {
 		return &csi.NodeUnpublishVolumeResponse{}, s.state.save(st)
 	}
