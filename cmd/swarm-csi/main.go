@@ -22,7 +22,6 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/klog/v2"
 
-	"github.com/swarm-csi/swarm-csi/pkg/backend/loop"
 	"github.com/swarm-csi/swarm-csi/pkg/controller"
 	"github.com/swarm-csi/swarm-csi/pkg/identity"
 	"github.com/swarm-csi/swarm-csi/pkg/node"
@@ -37,7 +36,13 @@ type config struct {
 	endpoint, dataDir, nodeID, driverName, backend, logLevel string
 	maxVolumesPerNode                                        int64
 	showVersion                                              bool
+	// open opens the chosen backend.
+	open opener
 }
+
+// nodeIDPattern is what a node id may be: it names files in the data
+// directory.
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // driverNamePattern is the CSI spec's rule for plugin names.
 var driverNamePattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$`)
@@ -59,11 +64,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&c.dataDir, "data-dir", env("DATA_DIR", "/var/lib/swarm-csi"), "directory for volumes and state (env DATA_DIR)")
 	fs.StringVar(&c.nodeID, "node-id", env("NODE_ID", host), "this node's id (env NODE_ID; default the hostname)")
 	fs.StringVar(&c.driverName, "driver-name", env("DRIVER_NAME", "swarm-csi"), "CSI driver name (env DRIVER_NAME)")
-	fs.StringVar(&c.backend, "backend", env("BACKEND", "loop"), "storage backend: loop (env BACKEND)")
+	fs.StringVar(&c.backend, "backend", env("BACKEND", "loop"), "storage backend: "+backendNames()+" (env BACKEND)")
 	fs.StringVar(&c.logLevel, "log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
 	maxVols := env("MAX_VOLUMES_PER_NODE", "128")
 	fs.StringVar(&maxVols, "max-volumes-per-node", maxVols, "most volumes published to one node (env MAX_VOLUMES_PER_NODE)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
+	openers := configureBackends(fs, env)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -84,14 +90,14 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	if !filepath.IsAbs(c.dataDir) {
 		return nil, fmt.Errorf("--data-dir (DATA_DIR) %q: want an absolute path", c.dataDir)
 	}
-	if !loop.ValidNodeID(c.nodeID) {
+	if !nodeIDPattern.MatchString(c.nodeID) {
 		return nil, fmt.Errorf("--node-id (NODE_ID) %q: use letters, digits, '.', '_' and '-', at most 128", c.nodeID)
 	}
 	if !driverNamePattern.MatchString(c.driverName) {
 		return nil, fmt.Errorf("--driver-name (DRIVER_NAME) %q: at most 63 letters, digits, '-' and '.', starting and ending with a letter or digit", c.driverName)
 	}
-	if c.backend != "loop" {
-		return nil, fmt.Errorf("--backend (BACKEND) %q: the backends are: loop", c.backend)
+	if c.open = openers[c.backend]; c.open == nil {
+		return nil, unknownBackend(c.backend)
 	}
 	if _, err := parseLevel(c.logLevel); err != nil {
 		return nil, err
@@ -151,21 +157,21 @@ func run(cfg *config, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	be, err := loop.New(cfg.dataDir)
+	be, err := cfg.open(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	nodeSrv, err := node.New(ctx, be.ForNode(cfg.nodeID), node.NewMounter(), node.Config{
+	nodeSrv, err := node.New(ctx, be.node, node.NewMounter(), node.Config{
 		NodeID:            cfg.nodeID,
 		MaxVolumesPerNode: cfg.maxVolumesPerNode,
 		StateDir:          filepath.Join(cfg.dataDir, "node-state", cfg.nodeID),
-		Topology:          be.Topology(),
+		Topology:          be.topology,
 		Log:               log,
 	})
 	if err != nil {
 		return err
 	}
-	ctrl := controller.New(be, cfg.maxVolumesPerNode)
+	ctrl := controller.New(be.controller, cfg.maxVolumesPerNode)
 	srv := server.New(log, server.Services{
 		Identity: identity.New(cfg.driverName, versionString(),
 			csi.PluginCapability_Service_CONTROLLER_SERVICE,
