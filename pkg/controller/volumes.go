@@ -57,6 +57,8 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		}
 		if spec.Source.VolumeID != "" {
 			keys = append(keys, volumeKey(spec.Source.VolumeID))
+		} else {
+			keys = append(keys, snapshotKey(spec.Source.SnapshotID))
 		}
 	}
 	minSize := max(volcap.FsTypes[spec.FsType], srcSize)
