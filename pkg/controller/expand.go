@@ -34,9 +34,12 @@ func (s *Server) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	if err != nil {
 		return nil, err
 	}
-	size, err := s.sizeFor(req.GetCapacityRange(), volcap.FsTypes[v.FsType])
-	if err != nil {
-		return nil, err
+	// No required size asks for no growth, not for the default size.
+	size := v.CapacityBytes
+	if req.GetCapacityRange().GetRequiredBytes() > 0 {
+		if size, err = s.sizeFor(req.GetCapacityRange(), volcap.FsTypes[v.FsType]); err != nil {
+			return nil, err
+		}
 	}
 	if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && v.CapacityBytes > lim {
 		return nil, fmt.Errorf("%w: volume is %d bytes already, above limit_bytes %d; volumes do not shrink", csierr.ErrOutOfRange, v.CapacityBytes, lim)

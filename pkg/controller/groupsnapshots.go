@@ -111,8 +111,10 @@ func groupSnapshot(id string, members []*backend.Snapshot) *csi.VolumeGroupSnaps
 	return g
 }
 
-// checkMembers refuses a request whose snapshot ids are not the group's.
-func checkMembers(members []*backend.Snapshot, ids []string) error {
+// checkMembers refuses a request whose snapshot ids are not the group's:
+// the spec's "snapshot list mismatch", INVALID_ARGUMENT. Ids in gone are
+// left out: a retried delete names the members an earlier attempt removed.
+func checkMembers(members []*backend.Snapshot, ids []string, gone map[string]bool) error {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -120,10 +122,16 @@ func checkMembers(members []*backend.Snapshot, ids []string) error {
 	for i, sn := range members {
 		have[i] = sn.ID
 	}
-	want := slices.Sorted(slices.Values(ids))
+	var want []string
+	for _, id := range ids {
+		if !gone[id] {
+			want = append(want, id)
+		}
+	}
+	slices.Sort(want)
 	slices.Sort(have)
 	if !slices.Equal(have, want) {
-		return csierr.Precondition("snapshot_ids %v are not the members of the group, %v", ids, have)
+		return csierr.Invalid("snapshot_ids %v are not the members of the group, %v", ids, have)
 	}
 	return nil
 }
@@ -142,7 +150,19 @@ func (s *Server) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteV
 	if err != nil {
 		return nil, err
 	}
-	if err := checkMembers(members, req.GetSnapshotIds()); err != nil {
+	// snapshot_ids is required, so every retry sends it: after a delete
+	// that was cut short, or whose answer was lost, some or all of them
+	// are gone, and the spec wants OK for what no longer exists.
+	gone := map[string]bool{}
+	for _, id := range req.GetSnapshotIds() {
+		if _, err := s.be.Snapshot(ctx, id); err != nil {
+			if err := ignoreNotFound(err); err != nil {
+				return nil, err
+			}
+			gone[id] = true
+		}
+	}
+	if err := checkMembers(members, req.GetSnapshotIds(), gone); err != nil {
 		return nil, err
 	}
 	for _, sn := range members {
@@ -165,7 +185,7 @@ func (s *Server) GetVolumeGroupSnapshot(ctx context.Context, req *csi.GetVolumeG
 	if len(members) == 0 {
 		return nil, csierr.NotFound("group snapshot %q does not exist", req.GetGroupSnapshotId())
 	}
-	if err := checkMembers(members, req.GetSnapshotIds()); err != nil {
+	if err := checkMembers(members, req.GetSnapshotIds(), nil); err != nil {
 		return nil, err
 	}
 	return &csi.GetVolumeGroupSnapshotResponse{GroupSnapshot: groupSnapshot(req.GetGroupSnapshotId(), members)}, nil

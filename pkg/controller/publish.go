@@ -47,7 +47,9 @@ func (s *Server) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 		return nil, csierr.NotFound("node %q has not registered with the %s backend", req.GetNodeId(), s.info.Name)
 	}
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
-	want := backend.Attachment{NodeID: req.GetNodeId(), ReadOnly: req.GetReadonly() || volcap.ReadOnly(mode)}
+	// A volume created read-only stays read-only, whatever the request says.
+	readOnly := req.GetReadonly() || volcap.ReadOnly(mode) || volcap.ReadOnly(volcap.ParseMode(v.AccessMode))
+	want := backend.Attachment{NodeID: req.GetNodeId(), ReadOnly: readOnly}
 
 	if cur, ok := v.AttachedTo(want.NodeID); ok {
 		if cur.ReadOnly != want.ReadOnly {

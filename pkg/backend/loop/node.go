@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
 // NodeSide is the loop backend as the node service uses it: it attaches the
@@ -29,6 +30,9 @@ func (b *Backend) ForNode(nodeID string) *NodeSide {
 // Attach implements backend.Node. No publish context is needed: the image
 // follows from the volume id (SwarmKit #3276 may send none).
 func (n *NodeSide) Attach(_ context.Context, v *backend.Volume, _ map[string]string) (string, error) {
+	if !ValidVolumeID(v.ID) {
+		return "", csierr.NotFound("volume %q is not a loop volume id", v.ID)
+	}
 	image := n.store.volumeImage(v.ID)
 	tag := loopTag(v.ID, n.tag)
 	dev, err := n.loops.find(image, tag)

@@ -26,6 +26,12 @@ func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*bac
 	if err != nil {
 		return nil, err
 	}
+	// Check the source before claiming the name, so a missing source
+	// leaves nothing behind.
+	src, err := b.sourceImage(spec.Source)
+	if err != nil {
+		return nil, err
+	}
 	if id != "" {
 		v, err := b.readVolume(id)
 		if err == nil {
@@ -44,10 +50,6 @@ func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*bac
 		}
 	}
 
-	src, err := b.sourceImage(spec.Source)
-	if err != nil {
-		return nil, err
-	}
 	if err := buildImage(b.store.volumeImage(id), src, spec.CapacityBytes); err != nil {
 		return nil, err
 	}
