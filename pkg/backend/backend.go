@@ -76,6 +76,9 @@ func (v *Volume) AttachedTo(nodeID string) (Attachment, bool) {
 type SnapshotSpec struct {
 	Name           string `json:"name"`
 	SourceVolumeID string `json:"sourceVolumeId"`
+	// FsType is the source's filesystem ("" for a block volume), so a
+	// volume made from the snapshot keeps it after the source is gone.
+	FsType string `json:"fsType,omitempty"`
 	// GroupID is set for the members of a volume group snapshot, and
 	// GroupSources lists the group's source volumes, sorted.
 	GroupID      string   `json:"groupId,omitempty"`

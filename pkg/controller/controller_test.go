@@ -1518,3 +1518,36 @@ func TestControllerExpandWithoutRequiredBytes(t *testing.T) {
 		t.Fatalf("expansion without required_bytes grew the volume to %d bytes", resp.GetCapacityBytes())
 	}
 }
+
+// A volume restored from a snapshot keeps the snapshot's filesystem even
+// after the snapshot's source volume is gone.
+func TestRestoreKeepsFsTypeAfterSourceDeleted(t *testing.T) {
+	s, _ := newServer(t, 0)
+	ctx := context.Background()
+	req := mountReq("src")
+	req.Parameters = map[string]string{"fsType": "xfs"}
+	src := mustCreate(t, s, req)
+	snap, err := s.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap", SourceVolumeId: src.GetVolumeId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src.GetVolumeId()}); err != nil {
+		t.Fatal(err)
+	}
+	fromSnap := func(name string, params map[string]string) (*csi.CreateVolumeResponse, error) {
+		r := mountReq(name)
+		r.Parameters = params
+		r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshot().GetSnapshotId()}}}
+		return s.CreateVolume(ctx, r)
+	}
+	resp, err := fromSnap("restored", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fs := resp.GetVolume().GetVolumeContext()["fsType"]; fs != "xfs" {
+		t.Fatalf("restored volume has fsType %q, want the snapshot's xfs", fs)
+	}
+	_, err = fromSnap("mislabelled", map[string]string{"fsType": "ext4"})
+	wantCode(t, err, codes.InvalidArgument)
+}

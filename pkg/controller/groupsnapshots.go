@@ -82,15 +82,18 @@ func (s *Server) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateV
 	if len(existing) > 0 && !slices.Equal(existing[0].GroupSources, sources) {
 		return nil, fmt.Errorf("%w: group snapshot %q exists for other volumes", csierr.ErrAlreadyExists, req.GetName())
 	}
-	for _, v := range sources {
-		if _, err := s.be.Volume(ctx, v); err != nil {
+	fsTypes := make([]string, len(sources))
+	for i, v := range sources {
+		vol, err := s.be.Volume(ctx, v)
+		if err != nil {
 			return nil, err
 		}
+		fsTypes[i] = vol.FsType
 	}
 	members := make([]*backend.Snapshot, 0, len(sources))
-	for _, v := range sources {
+	for i, v := range sources {
 		sn, err := s.be.CreateSnapshot(ctx, backend.SnapshotSpec{
-			Name: id + "/" + v, SourceVolumeID: v, GroupID: id, GroupSources: sources,
+			Name: id + "/" + v, SourceVolumeID: v, FsType: fsTypes[i], GroupID: id, GroupSources: sources,
 		})
 		if err != nil {
 			return nil, err

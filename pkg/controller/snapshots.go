@@ -26,7 +26,15 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		return nil, err
 	}
 	defer release()
-	sn, err := s.be.CreateSnapshot(ctx, backend.SnapshotSpec{Name: req.GetName(), SourceVolumeID: req.GetSourceVolumeId()})
+	spec := backend.SnapshotSpec{Name: req.GetName(), SourceVolumeID: req.GetSourceVolumeId()}
+	// A missing source is the backend's to report: a retry for a snapshot
+	// that exists must still succeed.
+	if src, err := s.be.Volume(ctx, spec.SourceVolumeID); err == nil {
+		spec.FsType = src.FsType
+	} else if csierr.Code(err) != csierr.Code(csierr.ErrNotFound) {
+		return nil, err
+	}
+	sn, err := s.be.CreateSnapshot(ctx, spec)
 	if err != nil {
 		return nil, err
 	}

@@ -89,11 +89,7 @@ func (s *Server) source(ctx context.Context, src *csi.VolumeContentSource) (*bac
 		if err != nil {
 			return nil, 0, "", err
 		}
-		fs := ""
-		if v, err := s.be.Volume(ctx, sn.SourceVolumeID); err == nil && !v.Block {
-			fs = v.FsType
-		}
-		return &backend.Source{SnapshotID: sn.ID}, sn.SizeBytes, fs, nil
+		return &backend.Source{SnapshotID: sn.ID}, sn.SizeBytes, sn.FsType, nil
 	}
 	if vol := src.GetVolume(); vol != nil {
 		v, err := s.be.Volume(ctx, vol.GetVolumeId())
