@@ -89,13 +89,26 @@ type mode struct {
 	accessType string            // TestConfig.TestVolumeAccessType
 	params     map[string]string // TestConfig.TestVolumeParameters
 	requires   []string          // host tools without which the mode is skipped
+	// setup, if set, prepares what the mode's backend needs (a storage
+	// system, a fake API) under dir, registers its teardown with
+	// t.Cleanup, and returns extra driver arguments (--backend and the
+	// backend's own flags) and environment variables.
+	setup func(t *testing.T, dir string) (args, env []string)
+	// mutable is the mode's TestVolumeMutableParameters.
+	mutable map[string]string
 }
+
+// Backends other than loop add their modes from files of their own
+// (sanity/<backend>_test.go) with modes = append(modes, ...) in init.
 
 var modes = []mode{
 	{name: "ext4", accessType: "mount", params: map[string]string{"fsType": "ext4"}},
 	{name: "xfs", accessType: "mount", params: map[string]string{"fsType": "xfs"}, requires: []string{"mkfs.xfs"}},
 	{name: "block", accessType: "block"},
 }
+
+// loopMutable is the loop backend's one mutable parameter.
+var loopMutable = map[string]string{"directIO": "false"}
 
 func modeByName(name string) (mode, bool) {
 	for _, m := range modes {
@@ -137,8 +150,10 @@ func runSanityChild(name string) int {
 	cfg.TestVolumeAccessType = m.accessType
 	// Publish up to the node's limit and expect ResourceExhausted beyond it.
 	cfg.TestNodeVolumeAttachLimit = true
-	// The loop backend's one mutable parameter.
-	cfg.TestVolumeMutableParameters = map[string]string{"directIO": "false"}
+	cfg.TestVolumeMutableParameters = loopMutable
+	if m.mutable != nil {
+		cfg.TestVolumeMutableParameters = m.mutable
+	}
 	if m.params != nil {
 		cfg.TestVolumeParameters = maps.Clone(m.params)
 	}
@@ -273,7 +288,11 @@ func runMode(t *testing.T, bin string, m mode, results map[string]string) {
 	sock := filepath.Join(sockDir, "csi.sock")
 	endpoint := "unix://" + sock
 
-	d := startDriver(t, bin, endpoint, dataDir, filepath.Join(dir, "driver.log"))
+	var args, env []string
+	if m.setup != nil {
+		args, env = m.setup(t, dir)
+	}
+	d := startDriver(t, bin, endpoint, dataDir, filepath.Join(dir, "driver.log"), args, env)
 	// Registered after t.TempDir, so it runs before the temp dir is removed.
 	t.Cleanup(func() {
 		d.stop(t)
@@ -474,7 +493,7 @@ type driverProc struct {
 	stopped bool
 }
 
-func startDriver(t *testing.T, bin, endpoint, dataDir, logPath string) *driverProc {
+func startDriver(t *testing.T, bin, endpoint, dataDir, logPath string, extraArgs, env []string) *driverProc {
 	t.Helper()
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -489,6 +508,8 @@ func startDriver(t *testing.T, bin, endpoint, dataDir, logPath string) *driverPr
 		"--max-volumes-per-node", "16",
 		"--log-level", "debug",
 	)
+	cmd.Args = append(cmd.Args, extraArgs...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	// If this test process dies, do not leave the driver running.
