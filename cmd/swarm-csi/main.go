@@ -19,7 +19,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/klog/v2"
 
 	"github.com/swarm-csi/swarm-csi/pkg/controller"
@@ -173,11 +172,7 @@ func run(cfg *config, log *slog.Logger) error {
 	}
 	ctrl := controller.New(be.controller, cfg.maxVolumesPerNode)
 	srv := server.New(log, server.Services{
-		Identity: identity.New(cfg.driverName, versionString(),
-			csi.PluginCapability_Service_CONTROLLER_SERVICE,
-			csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE,
-			csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS,
-			csi.PluginCapability_Service_SNAPSHOT_ACCESSIBILITY_CONSTRAINTS),
+		Identity:        identity.New(cfg.driverName, versionString(), ctrl.PluginServices()...),
 		Controller:      ctrl,
 		GroupController: ctrl,
 		Node:            nodeSrv,

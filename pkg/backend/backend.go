@@ -26,6 +26,11 @@ type Info struct {
 	// Topology is the segment that nodes reaching this backend's storage
 	// report, and that its volumes are accessible from.
 	Topology map[string]string
+	// Snapshots and Clones say whether the backend makes snapshots (and
+	// volumes from them) and copies of volumes. Without them the
+	// controller neither advertises nor serves those RPCs.
+	Snapshots bool
+	Clones    bool
 }
 
 // Source is where a new volume's content comes from. At most one field is set.

@@ -1551,3 +1551,33 @@ func TestRestoreKeepsFsTypeAfterSourceDeleted(t *testing.T) {
 	_, err = fromSnap("mislabelled", map[string]string{"fsType": "ext4"})
 	wantCode(t, err, codes.InvalidArgument)
 }
+
+// A backend without snapshots or clones neither advertises nor serves them.
+func TestBackendWithoutSnapshots(t *testing.T) {
+	fb := newFakeBackend()
+	fb.info.Snapshots, fb.info.Clones, fb.info.MutableParameters = false, false, nil
+	s := New(fb, 0)
+	ctx := context.Background()
+	caps, err := s.ControllerGetCapabilities(ctx, &csi.ControllerGetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range caps.GetCapabilities() {
+		switch c.GetRpc().GetType() {
+		case csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT, csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+			csi.ControllerServiceCapability_RPC_GET_SNAPSHOT, csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
+			csi.ControllerServiceCapability_RPC_MODIFY_VOLUME:
+			t.Fatalf("advertises %v without backend support", c.GetRpc().GetType())
+		}
+	}
+	if slices.Contains(s.PluginServices(), csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE) {
+		t.Fatal("advertises the GroupController service without snapshots")
+	}
+	_, err = s.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "v"})
+	wantCode(t, err, codes.Unimplemented)
+	req := mountReq("clone")
+	req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "v"}}}
+	_, err = s.CreateVolume(ctx, req)
+	wantCode(t, err, codes.Unimplemented)
+}

@@ -53,6 +53,8 @@ func newFakeBackend(nodes ...string) *fakeBackend {
 			MinSize:           16 * miB,
 			MutableParameters: []string{"iops"},
 			Topology:          map[string]string{fakeTopologyKey: "a"},
+			Snapshots:         true,
+			Clones:            true,
 		},
 		vols:      map[string]*backend.Volume{},
 		volNames:  map[string]string{},

@@ -52,6 +52,9 @@ func (s *Server) groupMembers(ctx context.Context, id string) ([]*backend.Snapsh
 // CreateVolumeGroupSnapshot implements csi.GroupControllerServer,
 // idempotent by name; a retry after a partial attempt completes the group.
 func (s *Server) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateVolumeGroupSnapshotRequest) (*csi.CreateVolumeGroupSnapshotResponse, error) {
+	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+		return nil, err
+	}
 	switch {
 	case req.GetName() == "":
 		return nil, csierr.Invalid("name is required")
@@ -141,6 +144,9 @@ func checkMembers(members []*backend.Snapshot, ids []string, gone map[string]boo
 
 // DeleteVolumeGroupSnapshot implements csi.GroupControllerServer.
 func (s *Server) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteVolumeGroupSnapshotRequest) (*csi.DeleteVolumeGroupSnapshotResponse, error) {
+	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+		return nil, err
+	}
 	if req.GetGroupSnapshotId() == "" {
 		return nil, csierr.Invalid("group_snapshot_id is required")
 	}
@@ -178,6 +184,9 @@ func (s *Server) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteV
 
 // GetVolumeGroupSnapshot implements csi.GroupControllerServer.
 func (s *Server) GetVolumeGroupSnapshot(ctx context.Context, req *csi.GetVolumeGroupSnapshotRequest) (*csi.GetVolumeGroupSnapshotResponse, error) {
+	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+		return nil, err
+	}
 	if req.GetGroupSnapshotId() == "" {
 		return nil, csierr.Invalid("group_snapshot_id is required")
 	}

@@ -25,6 +25,9 @@ func (s *Server) checkMutable(params map[string]string) error {
 
 // ControllerModifyVolume implements csi.ControllerServer.
 func (s *Server) ControllerModifyVolume(ctx context.Context, req *csi.ControllerModifyVolumeRequest) (*csi.ControllerModifyVolumeResponse, error) {
+	if err := s.require(len(s.info.MutableParameters) > 0, "mutable parameters"); err != nil {
+		return nil, err
+	}
 	if req.GetVolumeId() == "" {
 		return nil, csierr.Invalid("volume_id is required")
 	}

@@ -5,10 +5,12 @@ package controller
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 	"github.com/swarm-csi/swarm-csi/pkg/locks"
 )
 
@@ -28,35 +30,69 @@ func New(be backend.Controller, maxVolumesPerNode int64) *Server {
 	return &Server{be: be, info: be.Info(), locks: locks.New(), maxPerNode: maxVolumesPerNode}
 }
 
-var capabilities = []csi.ControllerServiceCapability_RPC_Type{
-	csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
-	// Swarm publishes only through a controller that has this (SWARM.md).
-	csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
-	csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
-	csi.ControllerServiceCapability_RPC_LIST_VOLUMES_PUBLISHED_NODES,
-	csi.ControllerServiceCapability_RPC_GET_VOLUME,
-	csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
-	csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
-	csi.ControllerServiceCapability_RPC_GET_CAPACITY,
-	csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
-	csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
-	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
-	csi.ControllerServiceCapability_RPC_MODIFY_VOLUME,
-	csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
-	csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
-	csi.ControllerServiceCapability_RPC_PUBLISH_READONLY,
-	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+// capabilities lists what the controller serves with this backend.
+func (s *Server) capabilities() []csi.ControllerServiceCapability_RPC_Type {
+	caps := []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		// Swarm publishes only through a controller that has this (SWARM.md).
+		csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES_PUBLISHED_NODES,
+		csi.ControllerServiceCapability_RPC_GET_VOLUME,
+		csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
+		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+		csi.ControllerServiceCapability_RPC_PUBLISH_READONLY,
+		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	}
+	if s.info.Snapshots {
+		caps = append(caps,
+			csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+			csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+			csi.ControllerServiceCapability_RPC_GET_SNAPSHOT)
+	}
+	if s.info.Clones {
+		caps = append(caps, csi.ControllerServiceCapability_RPC_CLONE_VOLUME)
+	}
+	if len(s.info.MutableParameters) > 0 {
+		caps = append(caps, csi.ControllerServiceCapability_RPC_MODIFY_VOLUME)
+	}
+	return caps
 }
 
 // ControllerGetCapabilities implements csi.ControllerServer.
 func (s *Server) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
 	resp := &csi.ControllerGetCapabilitiesResponse{}
-	for _, c := range capabilities {
+	for _, c := range s.capabilities() {
 		resp.Capabilities = append(resp.Capabilities, &csi.ControllerServiceCapability{
 			Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: c}},
 		})
 	}
 	return resp, nil
+}
+
+// PluginServices are the plugin services (Identity) this controller
+// offers with its backend.
+func (s *Server) PluginServices() []csi.PluginCapability_Service_Type {
+	svcs := []csi.PluginCapability_Service_Type{csi.PluginCapability_Service_CONTROLLER_SERVICE}
+	if len(s.info.Topology) > 0 {
+		svcs = append(svcs, csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS)
+	}
+	if s.info.Snapshots {
+		svcs = append(svcs, csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE,
+			csi.PluginCapability_Service_SNAPSHOT_ACCESSIBILITY_CONSTRAINTS)
+	}
+	return svcs
+}
+
+// require returns an Unimplemented error unless the backend has the
+// feature.
+func (s *Server) require(has bool, feature string) error {
+	if has {
+		return nil
+	}
+	return fmt.Errorf("%w: the %s backend has no %s", csierr.ErrUnimplemented, s.info.Name, feature)
 }
 
 // lock takes the operation locks for keys, failing with Aborted if busy.

@@ -13,6 +13,9 @@ import (
 
 // CreateSnapshot implements csi.ControllerServer, idempotent by name.
 func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+		return nil, err
+	}
 	switch {
 	case req.GetName() == "":
 		return nil, csierr.Invalid("name is required")
@@ -57,6 +60,9 @@ func csiSnapshot(sn *backend.Snapshot) *csi.Snapshot {
 
 // GetSnapshot implements csi.ControllerServer.
 func (s *Server) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+		return nil, err
+	}
 	if req.GetSnapshotId() == "" {
 		return nil, csierr.Invalid("snapshot_id is required")
 	}
@@ -69,6 +75,9 @@ func (s *Server) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (
 
 // DeleteSnapshot implements csi.ControllerServer.
 func (s *Server) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+		return nil, err
+	}
 	if req.GetSnapshotId() == "" {
 		return nil, csierr.Invalid("snapshot_id is required")
 	}
@@ -85,6 +94,9 @@ func (s *Server) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 
 // ListSnapshots implements csi.ControllerServer.
 func (s *Server) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+		return nil, err
+	}
 	if _, err := pageStart(req.GetStartingToken()); err != nil {
 		return nil, err
 	}

@@ -85,6 +85,9 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 // and its filesystem ("" when unknown).
 func (s *Server) source(ctx context.Context, src *csi.VolumeContentSource) (*backend.Source, int64, string, error) {
 	if snap := src.GetSnapshot(); snap != nil {
+		if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+			return nil, 0, "", err
+		}
 		sn, err := s.be.Snapshot(ctx, snap.GetSnapshotId())
 		if err != nil {
 			return nil, 0, "", err
@@ -92,6 +95,9 @@ func (s *Server) source(ctx context.Context, src *csi.VolumeContentSource) (*bac
 		return &backend.Source{SnapshotID: sn.ID}, sn.SizeBytes, sn.FsType, nil
 	}
 	if vol := src.GetVolume(); vol != nil {
+		if err := s.require(s.info.Clones, "volume clones"); err != nil {
+			return nil, 0, "", err
+		}
 		v, err := s.be.Volume(ctx, vol.GetVolumeId())
 		if err != nil {
 			return nil, 0, "", err
