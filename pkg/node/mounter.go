@@ -43,7 +43,9 @@ type Mounter interface {
 // for formatting (it never formats a device that holds a filesystem) and
 // resizing, with mounts done by system calls rather than mount(8).
 func NewMounter() Mounter {
-	sys := &sysMounter{Interface: mount.New("")}
+	// A bare Mounter: mount.New would probe umount(8) and systemd-run at
+	// start, and sysMounter replaces the calls those probes are for.
+	sys := &sysMounter{Interface: &mount.Mounter{}}
 	exec := utilexec.New()
 	return &realMounter{
 		sys:    sys,
