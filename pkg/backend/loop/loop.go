@@ -65,6 +65,8 @@ func (b *Backend) Info() backend.Info {
 		MinSize:           MinSize,
 		MutableParameters: []string{ParamDirectIO},
 		Topology:          b.Topology(),
+		Snapshots:         true,
+		Clones:            true,
 	}
 }
 

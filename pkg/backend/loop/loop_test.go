@@ -997,3 +997,14 @@ func TestCreateFromMissingSourceLeavesNoName(t *testing.T) {
 		t.Fatalf("a failed copy left %d name links behind", len(names))
 	}
 }
+
+// The loop backend copies images, so it offers snapshots and clones.
+func TestInfoOffersSnapshotsAndClones(t *testing.T) {
+	b, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := b.Info(); !info.Snapshots || !info.Clones {
+		t.Fatalf("Info() = %+v: the loop backend must offer snapshots and clones", info)
+	}
+}
