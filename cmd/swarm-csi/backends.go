@@ -16,6 +16,9 @@ type openedBackend struct {
 	node       backend.Node
 	// topology is what this node reports in NodeGetInfo.
 	topology map[string]string
+	// nodeID, if set, is the node id the storage dictates (a cloud
+	// server's id), in place of --node-id.
+	nodeID string
 }
 
 // opener validates a backend's settings and opens it.

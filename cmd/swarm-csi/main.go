@@ -160,17 +160,29 @@ func run(cfg *config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	nodeID := cfg.nodeID
+	if be.nodeID != "" {
+		if !nodeIDPattern.MatchString(be.nodeID) {
+			return fmt.Errorf("the %s backend gave node id %q, which cannot name a state directory", cfg.backend, be.nodeID)
+		}
+		nodeID = be.nodeID
+	}
+	// The storage's own per-node limit caps --max-volumes-per-node.
+	maxPerNode := cfg.maxVolumesPerNode
+	if m := be.controller.Info().MaxVolumesPerNode; m > 0 {
+		maxPerNode = min(maxPerNode, m)
+	}
 	nodeSrv, err := node.New(ctx, be.node, node.NewMounter(), node.Config{
-		NodeID:            cfg.nodeID,
-		MaxVolumesPerNode: cfg.maxVolumesPerNode,
-		StateDir:          filepath.Join(cfg.dataDir, "node-state", cfg.nodeID),
+		NodeID:            nodeID,
+		MaxVolumesPerNode: maxPerNode,
+		StateDir:          filepath.Join(cfg.dataDir, "node-state", nodeID),
 		Topology:          be.topology,
 		Log:               log,
 	})
 	if err != nil {
 		return err
 	}
-	ctrl := controller.New(be.controller, cfg.maxVolumesPerNode)
+	ctrl := controller.New(be.controller, maxPerNode)
 	srv := server.New(log, server.Services{
 		Identity:        identity.New(cfg.driverName, versionString(), ctrl.PluginServices()...),
 		Controller:      ctrl,
@@ -183,7 +195,7 @@ func run(cfg *config, log *slog.Logger) error {
 		return err
 	}
 	defer os.Remove(sock)
-	log.Info("serving", "endpoint", sock, "backend", cfg.backend, "data-dir", cfg.dataDir, "node-id", cfg.nodeID,
+	log.Info("serving", "endpoint", sock, "backend", cfg.backend, "data-dir", cfg.dataDir, "node-id", nodeID,
 		"driver", cfg.driverName, "version", versionString())
 
 	errc := make(chan error, 1)

@@ -21,6 +21,9 @@ type Info struct {
 	Granularity int64
 	// MinSize is the smallest volume the backend creates.
 	MinSize int64
+	// MaxSize is the largest volume the backend creates (0: no limit of
+	// its own). Larger requests and expansions are OutOfRange.
+	MaxSize int64
 	// MutableParameters are the parameters ModifyVolume may change.
 	MutableParameters []string
 	// Topology is the segment that nodes reaching this backend's storage
@@ -31,6 +34,16 @@ type Info struct {
 	// controller neither advertises nor serves those RPCs.
 	Snapshots bool
 	Clones    bool
+	// SingleNodeOnly says a volume attaches to one node at a time: the
+	// multi-node access modes are refused.
+	SingleNodeOnly bool
+	// NoCapacity says the storage reports no free capacity: GetCapacity is
+	// neither advertised nor served.
+	NoCapacity bool
+	// MaxVolumesPerNode is how many volumes the storage attaches to one
+	// node at most (0: no limit of its own). The driver's per-node limit
+	// never exceeds it.
+	MaxVolumesPerNode int64
 }
 
 // Source is where a new volume's content comes from. At most one field is set.

@@ -929,8 +929,13 @@ func TestGetCapacity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.GetAvailableCapacity() != 42*giB || resp.GetMinimumVolumeSize().GetValue() != 16*miB {
+	if resp.GetAvailableCapacity() != 42*giB || resp.GetMinimumVolumeSize().GetValue() != 16*miB || resp.GetMaximumVolumeSize() != nil {
 		t.Errorf("GetCapacity = %v", resp)
+	}
+	fb.info.MaxSize = 64 * giB
+	s = New(fb, 0)
+	if resp, err = s.GetCapacity(context.Background(), &csi.GetCapacityRequest{}); err != nil || resp.GetMaximumVolumeSize().GetValue() != 64*giB {
+		t.Errorf("GetCapacity with a largest size = %v, %v", resp, err)
 	}
 	_, err = s.GetCapacity(context.Background(), &csi.GetCapacityRequest{Parameters: map[string]string{"nope": "1"}})
 	wantCode(t, err, codes.InvalidArgument)
@@ -1550,6 +1555,60 @@ func TestRestoreKeepsFsTypeAfterSourceDeleted(t *testing.T) {
 	}
 	_, err = fromSnap("mislabelled", map[string]string{"fsType": "ext4"})
 	wantCode(t, err, codes.InvalidArgument)
+}
+
+// A backend that reports no capacity, attaches a volume to one node at a
+// time and has a largest size says so, and the controller keeps to it.
+func TestBackendLimits(t *testing.T) {
+	fb := newFakeBackend("n1")
+	fb.info.NoCapacity, fb.info.SingleNodeOnly, fb.info.MaxSize = true, true, 4*giB
+	s := New(fb, 0)
+	ctx := context.Background()
+	caps, err := s.ControllerGetCapabilities(ctx, &csi.ControllerGetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range caps.GetCapabilities() {
+		if c.GetRpc().GetType() == csi.ControllerServiceCapability_RPC_GET_CAPACITY {
+			t.Fatal("advertises GET_CAPACITY for a backend without a capacity figure")
+		}
+	}
+	_, err = s.GetCapacity(ctx, &csi.GetCapacityRequest{})
+	wantCode(t, err, codes.Unimplemented)
+
+	for _, mode := range []csi.VolumeCapability_AccessMode_Mode{mnro, mnsw} {
+		req := mountReq("multi-" + mode.String())
+		req.VolumeCapabilities = []*csi.VolumeCapability{mountCap(mode, "")}
+		_, err = s.CreateVolume(ctx, req)
+		wantCode(t, err, codes.InvalidArgument)
+		if !strings.Contains(err.Error(), "one node at a time") {
+			t.Errorf("%v: error %q does not say why", mode, err)
+		}
+	}
+	req := mountReq("big")
+	req.CapacityRange = &csi.CapacityRange{RequiredBytes: 5 * giB}
+	_, err = s.CreateVolume(ctx, req)
+	wantCode(t, err, codes.OutOfRange)
+
+	req = mountReq("fits")
+	req.CapacityRange = &csi.CapacityRange{RequiredBytes: 4 * giB}
+	resp, err := s.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetVolume().GetVolumeId()
+	_, err = s.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: 4*giB + 1}})
+	wantCode(t, err, codes.OutOfRange)
+	v, err := s.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: id,
+		VolumeCapabilities: []*csi.VolumeCapability{mountCap(mnro, "")}})
+	if err != nil || v.GetConfirmed() != nil || !strings.Contains(v.GetMessage(), "one node at a time") {
+		t.Errorf("ValidateVolumeCapabilities(MULTI_NODE_READER_ONLY) = %v, %v; want unconfirmed with the reason", v, err)
+	}
+	v, err = s.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: id,
+		VolumeCapabilities: []*csi.VolumeCapability{mountCap(snw, "")}})
+	if err != nil || v.GetConfirmed() == nil {
+		t.Errorf("ValidateVolumeCapabilities(SINGLE_NODE_WRITER) = %v, %v; want confirmed", v, err)
+	}
 }
 
 // A backend without snapshots or clones neither advertises nor serves them.

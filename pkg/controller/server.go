@@ -41,10 +41,12 @@ func (s *Server) capabilities() []csi.ControllerServiceCapability_RPC_Type {
 		csi.ControllerServiceCapability_RPC_GET_VOLUME,
 		csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
 		csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
-		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csi.ControllerServiceCapability_RPC_PUBLISH_READONLY,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	}
+	if !s.info.NoCapacity {
+		caps = append(caps, csi.ControllerServiceCapability_RPC_GET_CAPACITY)
 	}
 	if s.info.Snapshots {
 		caps = append(caps,

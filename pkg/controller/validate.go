@@ -96,7 +96,19 @@ func (s *Server) sizeFor(r *csi.CapacityRange, min int64) (int64, error) {
 	if lim > 0 && size > lim {
 		return 0, fmt.Errorf("%w: the smallest volume that fits is %d bytes, above limit_bytes %d", csierr.ErrOutOfRange, size, lim)
 	}
+	if s.info.MaxSize > 0 && size > s.info.MaxSize {
+		return 0, fmt.Errorf("%w: %d bytes asked for; the largest %s volume is %d bytes", csierr.ErrOutOfRange, size, s.info.Name, s.info.MaxSize)
+	}
 	return size, nil
+}
+
+// checkSingleNode refuses the multi-node access modes when the backend
+// attaches a volume to one node at a time.
+func (s *Server) checkSingleNode(m volcap.Mode) error {
+	if !s.info.SingleNodeOnly || volcap.SingleNode(m) {
+		return nil
+	}
+	return csierr.Invalid("access mode %v shares the volume between nodes, but a %s volume attaches to one node at a time: use a SINGLE_NODE mode (Swarm: --scope single)", m, s.info.Name)
 }
 
 // fits reports whether size satisfies a capacity range.

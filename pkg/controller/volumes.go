@@ -26,6 +26,11 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
+	for _, c := range req.GetVolumeCapabilities() {
+		if err := s.checkSingleNode(c.GetAccessMode().GetMode()); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.checkMutable(req.GetMutableParameters()); err != nil {
 		return nil, err
 	}
@@ -215,7 +220,7 @@ func (s *Server) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 	if err != nil {
 		return nil, err
 	}
-	if why := unsupported(v, req.GetVolumeCapabilities()); why != "" {
+	if why := s.unsupported(v, req.GetVolumeCapabilities()); why != "" {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: why}, nil
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
@@ -226,9 +231,9 @@ func (s *Server) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 }
 
 // unsupported explains why a volume cannot serve the capabilities, or "".
-func unsupported(v *backend.Volume, caps []*csi.VolumeCapability) string {
+func (s *Server) unsupported(v *backend.Volume, caps []*csi.VolumeCapability) string {
 	for _, c := range caps {
-		if err := errors.Join(volcap.Check(c), volcap.CheckShared(c)); err != nil {
+		if err := errors.Join(volcap.Check(c), volcap.CheckShared(c), s.checkSingleNode(c.GetAccessMode().GetMode())); err != nil {
 			return err.Error()
 		}
 		if volcap.IsBlock(c) != v.Block {
@@ -243,6 +248,9 @@ func unsupported(v *backend.Volume, caps []*csi.VolumeCapability) string {
 
 // GetCapacity implements csi.ControllerServer.
 func (s *Server) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+	if err := s.require(!s.info.NoCapacity, "capacity figure"); err != nil {
+		return nil, err
+	}
 	for _, c := range req.GetVolumeCapabilities() {
 		if err := volcap.Check(c); err != nil {
 			return nil, err
@@ -255,5 +263,9 @@ func (s *Server) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	if err != nil {
 		return nil, err
 	}
-	return &csi.GetCapacityResponse{AvailableCapacity: avail, MinimumVolumeSize: wrapInt(s.info.MinSize)}, nil
+	resp := &csi.GetCapacityResponse{AvailableCapacity: avail, MinimumVolumeSize: wrapInt(s.info.MinSize)}
+	if s.info.MaxSize > 0 {
+		resp.MaximumVolumeSize = wrapInt(s.info.MaxSize)
+	}
+	return resp, nil
 }

@@ -24,6 +24,10 @@ var (
 	ErrAborted            = errors.New("operation in progress")
 	ErrUnimplemented      = errors.New("not supported")
 	ErrUnavailable        = errors.New("unavailable")
+	// ErrUnauthenticated and ErrPermissionDenied are a storage API's
+	// refusal of the driver's credentials, or of what they may do.
+	ErrUnauthenticated  = errors.New("unauthenticated")
+	ErrPermissionDenied = errors.New("permission denied")
 )
 
 var codeFor = []struct {
@@ -40,6 +44,8 @@ var codeFor = []struct {
 	{ErrAborted, codes.Aborted},
 	{ErrUnimplemented, codes.Unimplemented},
 	{ErrUnavailable, codes.Unavailable},
+	{ErrUnauthenticated, codes.Unauthenticated},
+	{ErrPermissionDenied, codes.PermissionDenied},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 	{context.Canceled, codes.Canceled},
 }

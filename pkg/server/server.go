@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
@@ -123,6 +124,11 @@ func interceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 			}
 			log.Log(ctx, level, "rpc", attrs...)
 		}()
+		// Backends that take credentials from a request's secrets find
+		// them in the context; the log line above never shows them.
+		if r, ok := req.(interface{ GetSecrets() map[string]string }); ok {
+			ctx = backend.WithSecrets(ctx, r.GetSecrets())
+		}
 		return handler(ctx, req)
 	}
 }

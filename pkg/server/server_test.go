@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 	"github.com/swarm-csi/swarm-csi/pkg/identity"
 )
@@ -267,6 +269,30 @@ func TestInterceptorHidesSecrets(t *testing.T) {
 	})
 	if req.GetSecrets()["key"] != secret {
 		t.Error("logging removed the secret from the request itself")
+	}
+}
+
+// A request's secrets reach the backend through the context; a request
+// without secrets leaves the context without any.
+func TestInterceptorPassesSecrets(t *testing.T) {
+	log, _ := testLogger(slog.LevelInfo)
+	for _, tt := range []struct {
+		req  any
+		want map[string]string
+	}{
+		{&csi.ControllerPublishVolumeRequest{VolumeId: "v", Secrets: map[string]string{"token": "t1"}}, map[string]string{"token": "t1"}},
+		{&csi.NodeStageVolumeRequest{VolumeId: "v", Secrets: map[string]string{"token": "t2"}}, map[string]string{"token": "t2"}},
+		{&csi.ControllerGetVolumeRequest{VolumeId: "v"}, nil},
+		{&csi.DeleteVolumeRequest{VolumeId: "v"}, nil},
+	} {
+		var got map[string]string
+		_, _ = call(log, "/csi.v1.Controller/X", tt.req, func(ctx context.Context, _ any) (any, error) {
+			got = backend.Secrets(ctx)
+			return nil, nil
+		})
+		if !maps.Equal(got, tt.want) {
+			t.Errorf("%T: backend sees secrets %v, want %v", tt.req, got, tt.want)
+		}
 	}
 }
 
