@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
+	"github.com/swarm-csi/swarm-csi/pkg/loopdev"
 )
 
 // needLoopDevices skips a test that attaches real loop devices when this
@@ -139,14 +140,14 @@ func TestAttachDirectIO(t *testing.T) {
 	spec.MutableParameters = map[string]string{ParamDirectIO: "false"}
 	cached := mustCreate(t, b, spec)
 	dev := attachForTest(t, n, cached.ID)
-	info, err := n.loops.status(dev)
+	info, err := n.loops.devs.Status(dev)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if info.Flags&unix.LO_FLAGS_DIRECT_IO != 0 {
 		t.Fatalf("directIO=false, but %s has LO_FLAGS_DIRECT_IO", dev)
 	}
-	if got := cString(info.File_name[:]); got != loopTag(cached.ID, n.tag) {
+	if got := loopdev.CString(info.File_name[:]); got != loopTag(cached.ID, n.tag) {
 		t.Fatalf("device tag %q, want %q", got, loopTag(cached.ID, n.tag))
 	}
 	// The default asks for direct I/O; whether the kernel grants it depends

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
@@ -68,7 +67,7 @@ func (n *NodeSide) Health(context.Context) error {
 	if _, err := os.ReadDir(n.store.path(volumesDir)); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(n.loops.dev, "loop-control"), os.O_RDWR, 0)
+	f, err := os.OpenFile(n.loops.devs.Control(), os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("loop devices: %w", err)
 	}

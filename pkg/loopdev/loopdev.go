@@ -1,0 +1,203 @@
+// Package loopdev attaches files to the kernel's loop devices with its loop
+// ioctls, and finds them again after a restart by a tag kept in the
+// device's lo_file_name. The loop backend attaches its image files with it;
+// the rbd backend's fuse mode attaches the file rbd-fuse exposes.
+package loopdev
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
+)
+
+// Devices attaches files to loop devices and finds them again. Each device
+// is tagged (lo_file_name), usually with the volume id and a hash of the
+// node id, so that several node processes sharing one kernel (a test swarm
+// on one machine) never mistake each other's devices for their own.
+type Devices struct {
+	sysBlock string // /sys/block
+	dev      string // /dev
+	// attachMu serialises this process's attaches; the kernel's free-device
+	// race with other processes is handled by retrying.
+	attachMu sync.Mutex
+}
+
+// New returns the loop devices of this machine's /dev and /sys/block.
+func New() *Devices {
+	return &Devices{sysBlock: "/sys/block", dev: "/dev"}
+}
+
+// MaxTag is the longest tag a device keeps (lo_file_name less its NUL).
+const MaxTag = unix.LO_NAME_SIZE - 1
+
+// Tag is what a device's lo_file_name holds: "<volume-id>@<node-tag>".
+func Tag(volumeID, nodeTag string) string { return volumeID + "@" + nodeTag }
+
+// Control is the path of the loop-control device.
+func (l *Devices) Control() string { return filepath.Join(l.dev, "loop-control") }
+
+// Find returns the device attached to image under tag, or "".
+func (l *Devices) Find(image, tag string) (string, error) {
+	var want unix.Stat_t
+	if err := unix.Stat(image, &want); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return "", nil
+		}
+		return "", err
+	}
+	entries, err := os.ReadDir(l.sysBlock)
+	if err != nil {
+		return "", err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, "loop") {
+			continue
+		}
+		// The loop/ directory exists only while a file is attached.
+		if _, err := os.Stat(filepath.Join(l.sysBlock, name, "loop")); err != nil {
+			continue
+		}
+		info, err := l.Status(filepath.Join(l.dev, name))
+		if err != nil {
+			continue // detached meanwhile, or not ours to read
+		}
+		if CString(info.File_name[:]) == tag && info.Inode == want.Ino && info.Device == want.Dev {
+			return filepath.Join(l.dev, name), nil
+		}
+	}
+	return "", nil
+}
+
+// Status returns the loop status of dev.
+func (l *Devices) Status(dev string) (*unix.LoopInfo64, error) {
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	return unix.IoctlLoopGetStatus64(fd)
+}
+
+// Attach binds image to a free loop device tagged with tag (at most MaxTag
+// bytes) and returns the device's path. With directIO the device bypasses
+// the page cache where the image's filesystem allows it.
+func (l *Devices) Attach(image, tag string, directIO bool) (string, error) {
+	if len(tag) > MaxTag {
+		return "", fmt.Errorf("loop device tag %q is longer than %d bytes", tag, MaxTag)
+	}
+	l.attachMu.Lock()
+	defer l.attachMu.Unlock()
+	file, err := os.OpenFile(image, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", err
+	}
+	defer file.Close()
+	ctl, err := unix.Open(l.Control(), unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("open loop-control: %w", err)
+	}
+	defer unix.Close(ctl)
+
+	cfg := unix.LoopConfig{Fd: uint32(file.Fd())}
+	if directIO {
+		cfg.Info.Flags = unix.LO_FLAGS_DIRECT_IO
+	}
+	copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], tag)
+	for attempt := 0; attempt < 20; attempt++ {
+		n, err := unix.IoctlRetInt(ctl, unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			return "", fmt.Errorf("find a free loop device: %w", err)
+		}
+		dev := fmt.Sprintf("%s/loop%d", l.dev, n)
+		fd, err := openLoop(dev)
+		if err != nil {
+			return "", err
+		}
+		err = unix.IoctlLoopConfigure(fd, &cfg)
+		if errors.Is(err, unix.EINVAL) && cfg.Info.Flags&unix.LO_FLAGS_DIRECT_IO != 0 {
+			// The backing filesystem cannot do direct I/O: use the page cache.
+			cfg.Info.Flags &^= unix.LO_FLAGS_DIRECT_IO
+			err = unix.IoctlLoopConfigure(fd, &cfg)
+		}
+		unix.Close(fd)
+		if errors.Is(err, unix.EBUSY) {
+			continue // another process took it first
+		}
+		if err != nil {
+			return "", fmt.Errorf("configure %s: %w", dev, err)
+		}
+		return dev, nil
+	}
+	return "", errors.New("no free loop device after 20 attempts")
+}
+
+// openLoop opens a loop device node, waiting briefly for devtmpfs to create
+// a freshly added one.
+func openLoop(dev string) (int, error) {
+	for i := 0; ; i++ {
+		fd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err == nil || !errors.Is(err, unix.ENOENT) || i == 50 {
+			if err != nil {
+				return -1, fmt.Errorf("open %s: %w", dev, err)
+			}
+			return fd, nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Detach unbinds a loop device. If something still holds it open, the
+// kernel detaches it when the last holder lets go.
+func (l *Devices) Detach(dev string) error {
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
+		return fmt.Errorf("detach %s: %w", dev, err)
+	}
+	return nil
+}
+
+// Refresh makes dev see the current size of image, its backing file.
+func (l *Devices) Refresh(dev, image string) error {
+	fi, err := os.Stat(image)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	size, err := blockdev.SizeFd(fd)
+	if err != nil {
+		return err
+	}
+	if size == fi.Size() {
+		return nil
+	}
+	if err := unix.IoctlSetInt(fd, unix.LOOP_SET_CAPACITY, 0); err != nil {
+		return fmt.Errorf("refresh size of %s: %w", dev, err)
+	}
+	return nil
+}
+
+// CString returns the string in b up to its first NUL.
+func CString(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}
