@@ -1,0 +1,168 @@
+package hcloud
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+)
+
+// Publish implements backend.Controller: it attaches the volume to the
+// server named by the node id and waits for the attach within the budget.
+// A retry after Aborted finds the attach still running (the API answers
+// "locked") and waits for that one instead of starting another.
+func (b *Backend) Publish(ctx context.Context, id string, a backend.Attachment) (map[string]string, error) {
+	vid, ok := parseID(id)
+	if !ok {
+		return nil, csierr.NotFound("volume %q is not a Hetzner Cloud volume id", id)
+	}
+	sid, ok := parseID(a.NodeID)
+	if !ok {
+		return nil, csierr.NotFound("node %q is not a Hetzner Cloud server id", a.NodeID)
+	}
+	o, err := b.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer o.done()
+	what := fmt.Sprintf("attaching volume %d to server %d", vid, sid)
+	for attempt := 0; ; attempt++ {
+		hv, err := o.volume(vid)
+		if err != nil {
+			return nil, o.fail(err, what)
+		}
+		if hv.Server != nil && hv.Server.ID != sid {
+			return nil, csierr.Precondition("volume %d is attached to server %d; it can move once that server has let go of it", vid, hv.Server.ID)
+		}
+		// Read-only is the mount's business (Hetzner attaches read-write);
+		// the label remembers it so that a retry compares alike.
+		if err := o.setReadOnly(hv, a.ReadOnly); err != nil {
+			return nil, o.fail(err, what)
+		}
+		if hv.Server != nil {
+			return nil, nil
+		}
+		action, _, err := o.api.Volume.AttachWithOpts(o.ctx, hv, hcloud.VolumeAttachOpts{
+			Server: &hcloud.Server{ID: sid}, Automount: hcloud.Ptr(false)})
+		switch {
+		case err == nil:
+			return nil, o.fail(o.await(action), what)
+		case hcloud.IsError(err, hcloud.ErrorCodeLocked):
+			// Our own attach from an earlier attempt, another action on
+			// the volume, or one on the server: wait, then look again.
+			err = o.waitActions(vid)
+		case hcloud.IsError(err, hcloud.ErrorCodeVolumeAlreadyAttached):
+			err = o.pause(attempt) // attached meanwhile: look again
+		case hcloud.IsError(err, errorCodeAttachLimit, hcloud.ErrorCodeResourceLimitExceeded):
+			return nil, fmt.Errorf("%w: server %d has the %d volumes a Hetzner Cloud server takes", csierr.ErrResourceExhausted, sid, MaxVolumesPerServer)
+		case hcloud.IsError(err, hcloud.ErrorCodeInvalidInput) && attempt == 0:
+			// The API answers invalid_input for a server that does not
+			// exist; say so if that is why.
+			if s, _, gerr := o.api.Server.GetByID(o.ctx, sid); gerr == nil && s == nil {
+				return nil, csierr.NotFound("server %d does not exist in Hetzner Cloud", sid)
+			}
+		}
+		if err != nil {
+			return nil, o.fail(err, what)
+		}
+	}
+}
+
+// setReadOnly records whether the volume is published read-only.
+func (o *op) setReadOnly(hv *hcloud.Volume, readOnly bool) error {
+	if (hv.Labels[labelReadOnly] == "true") == readOnly {
+		return nil
+	}
+	labels := maps.Clone(hv.Labels)
+	delete(labels, labelReadOnly)
+	if readOnly {
+		labels[labelReadOnly] = "true"
+	}
+	updated, _, err := o.api.Volume.Update(o.ctx, hv, hcloud.VolumeUpdateOpts{Labels: labels})
+	if err != nil {
+		return err
+	}
+	hv.Labels = updated.Labels
+	return nil
+}
+
+// pause waits a little longer at each attempt, within the budget.
+func (o *op) pause(attempt int) error {
+	select {
+	case <-o.ctx.Done():
+		return o.ctx.Err()
+	case <-time.After(time.Duration(min(attempt+1, 10)) * 100 * time.Millisecond):
+		return nil
+	}
+}
+
+// Unpublish implements backend.Controller: it detaches the volume from the
+// server, if attached there. An attach to that server still running (a
+// publish the caller gave up on) is waited for and undone, or it would
+// attach the volume after this call answered.
+func (b *Backend) Unpublish(ctx context.Context, id, nodeID string) error {
+	vid, ok := parseID(id)
+	if !ok {
+		return nil
+	}
+	sid, ok := parseID(nodeID)
+	if !ok {
+		return nil
+	}
+	o, err := b.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer o.done()
+	what := fmt.Sprintf("detaching volume %d from server %d", vid, sid)
+	for {
+		hv, err := o.volume(vid)
+		if csierr.Code(err) == csierr.Code(csierr.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return o.fail(err, what)
+		}
+		if hv.Server != nil && hv.Server.ID == sid {
+			return o.fail(o.detach(hv), what)
+		}
+		running, err := o.runningActions(vid)
+		if err != nil {
+			return o.fail(err, what)
+		}
+		attaching := slices.ContainsFunc(running, func(a *hcloud.Action) bool {
+			return a.Command == "attach_volume" && slices.ContainsFunc(a.Resources, func(r *hcloud.ActionResource) bool {
+				return r.Type == hcloud.ActionResourceTypeServer && r.ID == sid
+			})
+		})
+		if !attaching {
+			return nil
+		}
+		if err := o.api.Action.WaitForFunc(o.ctx, nil, running...); err != nil {
+			return o.fail(err, what)
+		}
+	}
+}
+
+// detach detaches a volume from its server and waits for it. A volume
+// found detached meanwhile, or locked by another action, is the caller's
+// to look at again.
+func (o *op) detach(hv *hcloud.Volume) error {
+	action, _, err := o.api.Volume.Detach(o.ctx, hv)
+	switch {
+	case err == nil:
+		return o.await(action)
+	case hcloud.IsError(err, hcloud.ErrorCodeLocked):
+		return o.waitActions(hv.ID)
+	case hcloud.IsError(err, hcloud.ErrorCodeInvalidInput):
+		// Not attached (any more): the caller reads the volume again.
+		return o.pause(0)
+	}
+	return err
+}

@@ -1,0 +1,369 @@
+package hcloud
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+)
+
+// CreateVolume implements backend.Controller. A retry finds the volume by
+// the hash of its CSI name; if the first attempt's creation is still
+// running, the retry waits for it.
+func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
+	switch {
+	case spec.Source != nil:
+		return nil, fmt.Errorf("%w: Hetzner Cloud volumes cannot be created from snapshots or other volumes", csierr.ErrUnimplemented)
+	case len(spec.Parameters) > 0:
+		return nil, csierr.Invalid("the hcloud backend takes no parameters besides fsType and mkfsOptions")
+	case len(spec.MutableParameters) > 0:
+		return nil, csierr.Invalid("the hcloud backend has no mutable parameters")
+	case spec.CapacityBytes > MaxSize:
+		return nil, fmt.Errorf("%w: %d bytes asked for; the largest Hetzner Cloud volume is %d GiB", csierr.ErrOutOfRange, spec.CapacityBytes, MaxSize/GiB)
+	}
+	labels, err := b.labelsFor(spec)
+	if err != nil {
+		return nil, err
+	}
+	size := int(max(spec.CapacityBytes, MinSize) / GiB)
+	if int64(size)*GiB < spec.CapacityBytes {
+		size++ // whole GiB, rounded up
+	}
+	o, err := b.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer o.done()
+	what := fmt.Sprintf("creating volume %q", spec.Name)
+
+	hv, err := o.findByName(spec.Name)
+	if err != nil {
+		return nil, o.fail(err, what)
+	}
+	var actions []*hcloud.Action
+	if hv == nil {
+		res, _, err := o.api.Volume.Create(o.ctx, hcloud.VolumeCreateOpts{
+			Name:     b.volumeName(spec.Name),
+			Size:     size,
+			Location: &hcloud.Location{Name: b.cfg.Location},
+			Labels:   labels,
+		})
+		switch {
+		case hcloud.IsError(err, hcloud.ErrorCodeUniquenessError):
+			// Another call created it meanwhile, or an earlier attempt
+			// did and lost its answer.
+			if hv, err = o.findByName(spec.Name); err == nil && hv == nil {
+				err = fmt.Errorf("%w: the Hetzner Cloud volume name %s is taken by a volume that is not this cluster's", csierr.ErrAlreadyExists, b.volumeName(spec.Name))
+			}
+		case err == nil:
+			hv = res.Volume
+			actions = append([]*hcloud.Action{res.Action}, res.NextActions...)
+		}
+		if err != nil {
+			return nil, o.fail(err, what)
+		}
+	}
+	if hv.Status == hcloud.VolumeStatusCreating {
+		if len(actions) > 0 {
+			err = o.await(actions...)
+		} else {
+			err = o.waitActions(hv.ID)
+		}
+		var ae hcloud.ActionError
+		if errors.As(err, &ae) {
+			// A failed creation leaves nothing usable: remove what is
+			// left of it, so that a retry starts afresh.
+			_, _ = o.api.Volume.Delete(o.ctx, hv)
+		}
+		if err != nil {
+			return nil, o.fail(err, what)
+		}
+	}
+	v, err := toVolume(hv)
+	if err != nil {
+		return nil, err
+	}
+	v.Name = spec.Name
+	return v, nil
+}
+
+// findByName returns this cluster's volume with a CSI name, or nil.
+func (o *op) findByName(name string) (*hcloud.Volume, error) {
+	vols, _, err := o.api.Volume.List(o.ctx, hcloud.VolumeListOpts{ListOpts: hcloud.ListOpts{
+		LabelSelector: o.b.clusterSelector() + "," + LabelName + "=" + nameHash(name),
+	}})
+	if err != nil || len(vols) == 0 {
+		return nil, err
+	}
+	// The name's uniqueness in the project allows one; the lowest id
+	// would be the first.
+	slices.SortFunc(vols, func(a, b *hcloud.Volume) int { return cmp.Compare(a.ID, b.ID) })
+	return vols[0], nil
+}
+
+// volume returns this cluster's volume with an id, or a NotFound error.
+func (o *op) volume(id int64) (*hcloud.Volume, error) {
+	hv, _, err := o.api.Volume.GetByID(o.ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !o.b.ours(hv) {
+		return nil, csierr.NotFound("volume %d does not exist in Hetzner Cloud, or not for cluster %q", id, o.b.cfg.Cluster)
+	}
+	return hv, nil
+}
+
+// await waits for actions; an action that fails is the call's error.
+func (o *op) await(actions ...*hcloud.Action) error {
+	return o.api.Action.WaitFor(o.ctx, actions...)
+}
+
+// runningActions lists the actions running on a volume.
+func (o *op) runningActions(id int64) ([]*hcloud.Action, error) {
+	return o.api.Volume.Action.AllFor(o.ctx, &hcloud.Volume{ID: id}, hcloud.ActionListOpts{
+		Status: []hcloud.ActionStatus{hcloud.ActionStatusRunning}})
+}
+
+// waitActions waits until no action runs on a volume, whatever their
+// outcome: the caller reads the volume again afterwards. With none on the
+// volume itself (its server is locked by another volume's action) it
+// waits a moment before the caller tries again.
+func (o *op) waitActions(id int64) error {
+	running, err := o.runningActions(id)
+	if err != nil {
+		return err
+	}
+	if len(running) == 0 {
+		select {
+		case <-o.ctx.Done():
+			return o.ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+			return nil
+		}
+	}
+	return o.api.Action.WaitForFunc(o.ctx, nil, running...)
+}
+
+// DeleteVolume implements backend.Controller: it detaches the volume if
+// needed, then deletes it. Unknown ids and other clusters' volumes are
+// left alone.
+func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
+	vid, ok := parseID(id)
+	if !ok {
+		return nil
+	}
+	o, err := b.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer o.done()
+	what := fmt.Sprintf("deleting volume %d", vid)
+	for {
+		hv, err := o.volume(vid)
+		if csierr.Code(err) == csierr.Code(csierr.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return o.fail(err, what)
+		}
+		if hv.Server != nil {
+			if err := o.detach(hv); err != nil {
+				return o.fail(err, what)
+			}
+			continue
+		}
+		_, err = o.api.Volume.Delete(o.ctx, hv)
+		switch {
+		case err == nil, hcloud.IsError(err, hcloud.ErrorCodeNotFound):
+			return nil
+		case hcloud.IsError(err, hcloud.ErrorCodeLocked):
+			err = o.waitActions(vid)
+		case hcloud.IsError(err, hcloud.ErrorCodeVolumeAlreadyAttached):
+			err = nil // attached meanwhile: detach again
+		case hcloud.IsError(err, hcloud.ErrorCodeProtected):
+			return fmt.Errorf("%w: volume %d has delete protection in Hetzner Cloud; disable it (hcloud volume disable-protection %d delete) and retry",
+				csierr.ErrFailedPrecondition, vid, vid)
+		}
+		if err != nil {
+			return o.fail(err, what)
+		}
+	}
+}
+
+// Volume implements backend.Controller and backend.Node.
+func (b *Backend) Volume(ctx context.Context, id string) (*backend.Volume, error) {
+	vid, ok := parseID(id)
+	if !ok {
+		return nil, csierr.NotFound("volume %q is not a Hetzner Cloud volume id", id)
+	}
+	o, err := b.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer o.done()
+	hv, err := o.volume(vid)
+	if err != nil {
+		return nil, o.fail(err, fmt.Sprintf("looking up volume %d", vid))
+	}
+	return toVolume(hv)
+}
+
+// ListVolumes implements backend.Controller: this cluster's volumes. A
+// volume whose labels were changed beyond reading is left out.
+func (b *Backend) ListVolumes(ctx context.Context) ([]*backend.Volume, error) {
+	o, err := b.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer o.done()
+	hvs, err := o.api.Volume.AllWithOpts(o.ctx, hcloud.VolumeListOpts{ListOpts: hcloud.ListOpts{LabelSelector: b.clusterSelector()}})
+	if err != nil {
+		return nil, o.fail(err, "listing volumes")
+	}
+	var out []*backend.Volume
+	for _, hv := range hvs {
+		if !b.ours(hv) {
+			continue
+		}
+		if v, err := toVolume(hv); err == nil {
+			out = append(out, v)
+		}
+	}
+	slices.SortFunc(out, func(x, y *backend.Volume) int { return strings.Compare(x.ID, y.ID) })
+	return out, nil
+}
+
+// ExpandVolume implements backend.Controller: the volume grows to whole
+// GiB, attached or not; the server sees the new size at once.
+func (b *Backend) ExpandVolume(ctx context.Context, id string, size int64) (int64, error) {
+	vid, ok := parseID(id)
+	if !ok {
+		return 0, csierr.NotFound("volume %q is not a Hetzner Cloud volume id", id)
+	}
+	if size > MaxSize {
+		return 0, fmt.Errorf("%w: %d bytes asked for; the largest Hetzner Cloud volume is %d GiB", csierr.ErrOutOfRange, size, MaxSize/GiB)
+	}
+	gib := int((size + GiB - 1) / GiB)
+	o, err := b.begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer o.done()
+	what := fmt.Sprintf("resizing volume %d to %d GiB", vid, gib)
+	for {
+		hv, err := o.volume(vid)
+		if err != nil {
+			return 0, o.fail(err, what)
+		}
+		if hv.Size >= gib {
+			return int64(hv.Size) * GiB, nil
+		}
+		action, _, err := o.api.Volume.Resize(o.ctx, hv, gib)
+		if err == nil {
+			if err := o.await(action); err != nil {
+				return 0, o.fail(err, what)
+			}
+			return int64(gib) * GiB, nil
+		}
+		if !hcloud.IsError(err, hcloud.ErrorCodeLocked) {
+			return 0, o.fail(err, what)
+		}
+		if err := o.waitActions(vid); err != nil {
+			return 0, o.fail(err, what)
+		}
+	}
+}
+
+// ModifyVolume implements backend.Controller: there is nothing to modify.
+func (b *Backend) ModifyVolume(context.Context, string, map[string]string) error {
+	return fmt.Errorf("%w: the hcloud backend has no mutable parameters", csierr.ErrUnimplemented)
+}
+
+var errNoSnapshots = fmt.Errorf("%w: Hetzner Cloud volumes have no snapshots", csierr.ErrUnimplemented)
+
+// CreateSnapshot implements backend.Controller.
+func (b *Backend) CreateSnapshot(context.Context, backend.SnapshotSpec) (*backend.Snapshot, error) {
+	return nil, errNoSnapshots
+}
+
+// DeleteSnapshot implements backend.Controller.
+func (b *Backend) DeleteSnapshot(context.Context, string) error { return errNoSnapshots }
+
+// Snapshot implements backend.Controller.
+func (b *Backend) Snapshot(context.Context, string) (*backend.Snapshot, error) {
+	return nil, errNoSnapshots
+}
+
+// ListSnapshots implements backend.Controller.
+func (b *Backend) ListSnapshots(context.Context) ([]*backend.Snapshot, error) {
+	return nil, errNoSnapshots
+}
+
+// Capacity implements backend.Controller: the API tells no free capacity.
+func (b *Backend) Capacity(context.Context) (int64, error) {
+	return 0, fmt.Errorf("%w: Hetzner Cloud reports no free capacity", csierr.ErrUnimplemented)
+}
+
+// NodeKnown implements backend.Controller: a node id is a server id, and
+// the server must exist. Servers found once are remembered.
+func (b *Backend) NodeKnown(ctx context.Context, nodeID string) (bool, error) {
+	sid, ok := parseID(nodeID)
+	if !ok {
+		return false, nil
+	}
+	o, err := b.begin(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer o.done()
+	key := serverKey{o.token, sid}
+	b.mu.Lock()
+	known := b.servers[key]
+	b.mu.Unlock()
+	if known {
+		return true, nil
+	}
+	s, _, err := o.api.Server.GetByID(o.ctx, sid)
+	if err != nil {
+		return false, o.fail(err, fmt.Sprintf("looking up server %d", sid))
+	}
+	if s == nil {
+		return false, nil
+	}
+	b.mu.Lock()
+	b.servers[key] = true
+	b.mu.Unlock()
+	return true, nil
+}
+
+// Condition implements backend.Controller: a volume is abnormal while it
+// is not available. An unreachable API says nothing about the volume.
+func (b *Backend) Condition(ctx context.Context, v *backend.Volume) backend.Condition {
+	vid, ok := parseID(v.ID)
+	if !ok {
+		return backend.Condition{Abnormal: true, Message: "not a Hetzner Cloud volume id"}
+	}
+	o, err := b.begin(ctx)
+	if err != nil {
+		return backend.Condition{Message: "health unknown: " + err.Error()}
+	}
+	defer o.done()
+	hv, err := o.volume(vid)
+	switch {
+	case csierr.Code(err) == csierr.Code(csierr.ErrNotFound):
+		return backend.Condition{Abnormal: true, Message: "the volume is gone from Hetzner Cloud"}
+	case err != nil:
+		return backend.Condition{Message: "health unknown: " + o.fail(err, "looking up the volume").Error()}
+	case hv.Status != hcloud.VolumeStatusAvailable:
+		return backend.Condition{Abnormal: true, Message: fmt.Sprintf("the volume's status is %q", hv.Status)}
+	}
+	return backend.Condition{Message: "available in Hetzner Cloud"}
+}
