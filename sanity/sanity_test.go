@@ -35,6 +35,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -96,6 +97,17 @@ type mode struct {
 	setup func(t *testing.T, dir string) (args, env []string)
 	// mutable is the mode's TestVolumeMutableParameters.
 	mutable map[string]string
+	// unsupported declares the specs that csi-test skips because the
+	// backend lacks a feature and rightly does not advertise it. Each
+	// must match at least one skipped spec and no spec that ran; any
+	// other skip still fails the run in CI.
+	unsupported []unsupportedSpecs
+}
+
+// unsupportedSpecs are csi-sanity specs a backend cannot run, and why.
+type unsupportedSpecs struct {
+	pattern *regexp.Regexp // matched against the spec's full text
+	reason  string
 }
 
 // Backends other than loop add their modes from files of their own
@@ -374,8 +386,9 @@ func runSanityProcess(t *testing.T, m mode, endpoint, dir string, d *driverProc)
 		return ""
 	}
 
-	var passed, failed, skipped, pending int
+	var passed, failed, skipped, pending, unsupported int
 	var failures, suiteFailures, skips []types.SpecReport
+	declared := make([]int, len(m.unsupported)) // skipped specs per declaration
 	for _, sr := range report.SpecReports {
 		if sr.LeafNodeType != types.NodeTypeIt {
 			if sr.State.Is(types.SpecStateFailureStates) {
@@ -391,14 +404,31 @@ func runSanityProcess(t *testing.T, m mode, endpoint, dir string, d *driverProc)
 			failures = append(failures, sr)
 		case sr.State == types.SpecStateSkipped:
 			skipped++
+			if i := matchUnsupported(m, sr); i >= 0 {
+				unsupported++
+				declared[i]++
+				t.Logf("csi-sanity %s: spec skipped, declared unsupported: %s (%s)", m.name, sr.FullText(), m.unsupported[i].reason)
+				continue
+			}
 			skips = append(skips, sr)
 		case sr.State == types.SpecStatePending:
 			pending++
 		}
+		if i := matchUnsupported(m, sr); i >= 0 && sr.State != types.SpecStateSkipped {
+			t.Errorf("csi-sanity %s: spec %s was declared unsupported (%s) but %s", m.name, sr.FullText(), m.unsupported[i].reason, sr.State)
+		}
+	}
+	if *flagFocus == "" && *flagSkip == "" {
+		for i, n := range declared {
+			if n == 0 {
+				t.Errorf("csi-sanity %s: the unsupported specs %q (%s) match no skipped spec: the declaration is stale",
+					m.name, m.unsupported[i].pattern, m.unsupported[i].reason)
+			}
+		}
 	}
 	total := passed + failed + skipped + pending
-	summary := fmt.Sprintf("%d specs: %d passed, %d failed, %d skipped, %d pending (%s)",
-		total, passed, failed, skipped, pending, elapsed)
+	summary := fmt.Sprintf("%d specs: %d passed, %d failed, %d skipped (%d declared unsupported), %d pending (%s)",
+		total, passed, failed, skipped, unsupported, pending, elapsed)
 	if *flagFocus != "" || *flagSkip != "" {
 		summary += fmt.Sprintf(" [filtered: -sanity.focus=%q -sanity.skip=%q]", *flagFocus, *flagSkip)
 	}
@@ -432,6 +462,17 @@ func runSanityProcess(t *testing.T, m mode, endpoint, dir string, d *driverProc)
 		t.Errorf("csi-sanity %s: driver exited during the suite: %v", m.name, d.waitErr)
 	}
 	return summary
+}
+
+// matchUnsupported returns the index of the mode's first unsupported
+// declaration matching a spec, or -1.
+func matchUnsupported(m mode, sr types.SpecReport) int {
+	for i, u := range m.unsupported {
+		if u.pattern.MatchString(sr.FullText()) {
+			return i
+		}
+	}
+	return -1
 }
 
 func failureText(sr types.SpecReport) string {
@@ -613,11 +654,11 @@ func (d *driverProc) stop(t *testing.T) {
 }
 
 // checkLeftovers asserts that, after the driver stopped, no loop device is
-// backed by a file under dataDir and nothing is mounted under dir. Anything
-// found is reported and then cleaned up so the host stays usable.
+// backed by a file under dir (the data directory, or the images of a fake
+// cloud beside it) and nothing is mounted under dir. Anything found is
+// reported and then cleaned up so the host stays usable.
 func checkLeftovers(t *testing.T, dir, dataDir string) {
 	t.Helper()
-	dataDirs := resolvedPaths(dataDir)
 	dirs := resolvedPaths(dir)
 
 	var loops []loopDevice
@@ -627,7 +668,7 @@ func checkLeftovers(t *testing.T, dir, dataDir string) {
 	for {
 		// Loop devices whose last opener goes away are detached
 		// asynchronously (autoclear), so give the kernel a moment.
-		loops, err = loopDevicesUnder(dataDirs)
+		loops, err = loopDevicesUnder(dirs)
 		if err != nil {
 			t.Errorf("listing loop devices: %v", err)
 		}
@@ -648,7 +689,7 @@ func checkLeftovers(t *testing.T, dir, dataDir string) {
 		t.Errorf("left behind: loop device %s backed by %s", l.dev, l.backingFile)
 	}
 	if len(mounts) == 0 && len(loops) == 0 {
-		t.Logf("nothing left behind: no mounts under %s, no loop devices backed by files under %s", dir, dataDir)
+		t.Logf("nothing left behind: no mounts or loop devices under %s (data dir %s)", dir, dataDir)
 	}
 
 	// Best-effort cleanup, deepest mount first.
