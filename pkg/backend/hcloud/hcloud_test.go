@@ -675,3 +675,53 @@ func TestFromMetadata(t *testing.T) {
 		t.Fatal("metadata of no server answered")
 	}
 }
+
+// Volumes attached to one server, published and unpublished at once: the
+// server is locked by one action at a time, so most calls meet "locked"
+// and wait. Each call must answer only once its own attach or detach is
+// done.
+func TestConcurrentCallsOnOneServer(t *testing.T) {
+	e := newEnv(t, false, withWait(5*time.Second))
+	ctx := context.Background()
+	e.cloud.SetActionDelay("", 60*time.Millisecond)
+	node := sid(e.servers[0])
+	var ids []string
+	for i := range 4 {
+		ids = append(ids, must[*backend.Volume](t)(e.be.CreateVolume(ctx, spec(fmt.Sprintf("c%d", i)))).ID)
+	}
+	check := func(attached bool) {
+		t.Helper()
+		errs := make(chan error, len(ids))
+		for _, id := range ids {
+			go func() {
+				var err error
+				if attached {
+					_, err = e.be.Publish(ctx, id, backend.Attachment{NodeID: node})
+				} else {
+					err = e.be.Unpublish(ctx, id, node)
+				}
+				if err == nil {
+					vid := must[int64](t)(strconv.ParseInt(id, 10, 64))
+					hv, _, gerr := e.api.Volume.GetByID(ctx, vid)
+					if gerr != nil || (hv.Server != nil) != attached {
+						err = fmt.Errorf("volume %s answered, but attached is %t (%v)", id, hv.Server != nil, gerr)
+					}
+				}
+				errs <- err
+			}()
+		}
+		for range ids {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	check(true)
+	check(false)
+	for _, id := range ids {
+		if err := e.be.DeleteVolume(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.checkClean(t)
+}

@@ -56,7 +56,7 @@ func (b *Backend) Publish(ctx context.Context, id string, a backend.Attachment) 
 		case hcloud.IsError(err, hcloud.ErrorCodeLocked):
 			// Our own attach from an earlier attempt, another action on
 			// the volume, or one on the server: wait, then look again.
-			err = o.waitActions(vid)
+			err = o.waitActions(vid, sid)
 		case hcloud.IsError(err, hcloud.ErrorCodeVolumeAlreadyAttached):
 			err = o.pause(attempt) // attached meanwhile: look again
 		case hcloud.IsError(err, errorCodeAttachLimit, hcloud.ErrorCodeResourceLimitExceeded):
@@ -130,7 +130,11 @@ func (b *Backend) Unpublish(ctx context.Context, id, nodeID string) error {
 			return o.fail(err, what)
 		}
 		if hv.Server != nil && hv.Server.ID == sid {
-			return o.fail(o.detach(hv), what)
+			detached, err := o.detach(hv)
+			if detached || err != nil {
+				return o.fail(err, what)
+			}
+			continue
 		}
 		running, err := o.runningActions(vid)
 		if err != nil {
@@ -150,19 +154,19 @@ func (b *Backend) Unpublish(ctx context.Context, id, nodeID string) error {
 	}
 }
 
-// detach detaches a volume from its server and waits for it. A volume
-// found detached meanwhile, or locked by another action, is the caller's
-// to look at again.
-func (o *op) detach(hv *hcloud.Volume) error {
+// detach detaches a volume from its server and waits for it, reporting
+// whether it did. When the volume or its server is locked by another
+// action, or the volume was found detached meanwhile, it waits for that
+// and reports false: the caller reads the volume again.
+func (o *op) detach(hv *hcloud.Volume) (bool, error) {
 	action, _, err := o.api.Volume.Detach(o.ctx, hv)
 	switch {
 	case err == nil:
-		return o.await(action)
+		return true, o.await(action)
 	case hcloud.IsError(err, hcloud.ErrorCodeLocked):
-		return o.waitActions(hv.ID)
+		return false, o.waitActions(hv.ID, hv.Server.ID)
 	case hcloud.IsError(err, hcloud.ErrorCodeInvalidInput):
-		// Not attached (any more): the caller reads the volume again.
-		return o.pause(0)
+		return false, o.pause(0) // not attached any more
 	}
-	return err
+	return false, err
 }

@@ -75,7 +75,7 @@ func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*b
 		if len(actions) > 0 {
 			err = o.await(actions...)
 		} else {
-			err = o.waitActions(hv.ID)
+			err = o.waitActions(hv.ID, 0)
 		}
 		var ae hcloud.ActionError
 		if errors.As(err, &ae) {
@@ -134,10 +134,15 @@ func (o *op) runningActions(id int64) ([]*hcloud.Action, error) {
 
 // waitActions waits until no action runs on a volume, whatever their
 // outcome: the caller reads the volume again afterwards. With none on the
-// volume itself (its server is locked by another volume's action) it
-// waits a moment before the caller tries again.
-func (o *op) waitActions(id int64) error {
+// volume itself, the lock is the server's (another volume's attach or
+// detach): then it waits for the server's actions, if server is set, or
+// a moment.
+func (o *op) waitActions(id, server int64) error {
 	running, err := o.runningActions(id)
+	if err == nil && len(running) == 0 && server > 0 {
+		running, err = o.api.Server.Action.AllFor(o.ctx, &hcloud.Server{ID: server}, hcloud.ActionListOpts{
+			Status: []hcloud.ActionStatus{hcloud.ActionStatusRunning}})
+	}
 	if err != nil {
 		return err
 	}
@@ -175,7 +180,7 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 			return o.fail(err, what)
 		}
 		if hv.Server != nil {
-			if err := o.detach(hv); err != nil {
+			if _, err := o.detach(hv); err != nil {
 				return o.fail(err, what)
 			}
 			continue
@@ -185,7 +190,7 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 		case err == nil, hcloud.IsError(err, hcloud.ErrorCodeNotFound):
 			return nil
 		case hcloud.IsError(err, hcloud.ErrorCodeLocked):
-			err = o.waitActions(vid)
+			err = o.waitActions(vid, 0)
 		case hcloud.IsError(err, hcloud.ErrorCodeVolumeAlreadyAttached):
 			err = nil // attached meanwhile: detach again
 		case hcloud.IsError(err, hcloud.ErrorCodeProtected):
@@ -276,7 +281,7 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, size int64) (int6
 		if !hcloud.IsError(err, hcloud.ErrorCodeLocked) {
 			return 0, o.fail(err, what)
 		}
-		if err := o.waitActions(vid); err != nil {
+		if err := o.waitActions(vid, 0); err != nil {
 			return 0, o.fail(err, what)
 		}
 	}
