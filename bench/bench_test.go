@@ -95,3 +95,60 @@ func TestQuickRun(t *testing.T) {
 	}
 	rep.print(t.Output())
 }
+
+// TestQuickRunHcloud runs the hcloud benchmark in --quick mode on the fake
+// cloud with short actions, and checks that it produces figures, counts
+// API requests and leaves nothing behind. It asserts no timings.
+func TestQuickRunHcloud(t *testing.T) {
+	requireSystem(t)
+	cfg := defaultConfig()
+	cfg.Backend = "hcloud"
+	cfg.applyQuick(nil)
+	cfg.hcloudDefaults(map[string]bool{"action-delay": true})
+	cfg.ActionDelay = 50 * time.Millisecond
+	cfg.Driver = os.Getenv("SWARM_CSI_DRIVER")
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+
+	rep, err := run(ctx, cfg, t.Output())
+	if rep != nil {
+		if mounts, loops, lerr := leftovers(rep.Dir); lerr != nil || len(mounts)+len(loops) > 0 {
+			t.Errorf("left behind under %s: mounts %v, loop devices %v (%v)", rep.Dir, mounts, loops, lerr)
+		}
+		if exists(rep.Dir) {
+			t.Errorf("temp dir %s not removed", rep.Dir)
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Leftovers) > 0 {
+		t.Errorf("teardown left %v behind (removed by the sweep)", rep.Leftovers)
+	}
+	if len(rep.Modes) != 0 || rep.RSS != nil || len(rep.Cloud) != 2 {
+		t.Fatalf("report has %d loop modes, memory %v, %d cloud modes; want only the 2 cloud modes", len(rep.Modes), rep.RSS, len(rep.Cloud))
+	}
+	for _, m := range rep.Cloud {
+		if len(m.Driver.Steps) != 8 {
+			t.Errorf("%s: %d steps, want 8", m.Mode, len(m.Driver.Steps))
+		}
+		for _, st := range append(m.Driver.Steps, m.Driver.Lifecycle) {
+			if st.Samples != cfg.Volumes || st.P50ms <= 0 || st.P95ms <= 0 {
+				t.Errorf("%s %s: %+v, want %d samples and positive figures", m.Mode, st.Step, st, cfg.Volumes)
+			}
+		}
+		// Every lifecycle creates, attaches, detaches and deletes. In
+		// parallel an attach or detach may meet the server locked by
+		// another and be asked again.
+		for _, route := range []string{"POST /volumes", "POST /volumes/{id}/actions/attach", "POST /volumes/{id}/actions/detach", "DELETE /volumes/{id}"} {
+			got := m.APICallsByRoute[route]
+			if got < 1 || (m.Parallel == 1 && got != 1) {
+				t.Errorf("%s: %v %s per lifecycle, want 1 (at least 1 in parallel)", m.Mode, got, route)
+			}
+		}
+		if m.APICalls < 4 || m.ActionFloorMs != 150 {
+			t.Errorf("%s: %v API calls per lifecycle, action floor %v ms", m.Mode, m.APICalls, m.ActionFloorMs)
+		}
+	}
+	rep.print(t.Output())
+}

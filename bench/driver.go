@@ -40,9 +40,14 @@ type driver struct {
 	id     csi.IdentityClient
 	ctrl   csi.ControllerClient
 	node   csi.NodeClient
+	// nodeID is what the driver's NodeGetInfo says, which publishing
+	// names: --node-id, or the server id of the hcloud backend.
+	nodeID string
 }
 
-func startDriver(ctx context.Context, bin, dir string) (*driver, error) {
+// startDriver runs the driver with its data in dir, and the backend's
+// arguments and environment.
+func startDriver(ctx context.Context, bin, dir string, args, env []string) (*driver, error) {
 	sock := filepath.Join(dir, "csi.sock")
 	if len(sock) > 100 {
 		return nil, fmt.Errorf("socket path %s too long for a unix socket; use a shorter --dir", sock)
@@ -53,6 +58,8 @@ func startDriver(ctx context.Context, bin, dir string) (*driver, error) {
 		"--data-dir", filepath.Join(dir, "data"),
 		"--node-id", nodeID,
 		"--log-level", "warn")
+	d.cmd.Args = append(d.cmd.Args, args...)
+	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	// Own process group: Ctrl-C reaches only us, and we tear down through
 	// the driver before stopping it. Pdeathsig: no orphan if we are killed.
@@ -73,6 +80,11 @@ func startDriver(ctx context.Context, bin, dir string) (*driver, error) {
 	if err := d.waitReady(ctx, sock); err != nil {
 		return nil, errors.Join(d.annotate(err), d.stop())
 	}
+	info, err := d.node.NodeGetInfo(ctx, &csi.NodeGetInfoRequest{})
+	if err != nil {
+		return nil, errors.Join(d.annotate(err), d.stop())
+	}
+	d.nodeID = info.GetNodeId()
 	return d, nil
 }
 
@@ -216,7 +228,7 @@ func (b *bench) driverLifecycle(name, fs string, size int64) *lifecycle {
 			do: func(ctx context.Context) error {
 				r, err := d.ctrl.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{
 					VolumeId:         vol.GetVolumeId(),
-					NodeId:           nodeID,
+					NodeId:           d.nodeID,
 					VolumeCapability: capability,
 					VolumeContext:    vol.GetVolumeContext(),
 				})
@@ -226,7 +238,7 @@ func (b *bench) driverLifecycle(name, fs string, size int64) *lifecycle {
 			undo: &step{name: "ControllerUnpublishVolume", do: func(ctx context.Context) error {
 				_, err := d.ctrl.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{
 					VolumeId: vol.GetVolumeId(),
-					NodeId:   nodeID,
+					NodeId:   d.nodeID,
 				})
 				return err
 			}},

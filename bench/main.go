@@ -4,11 +4,18 @@
 // volumes staged.
 //
 //	go run ./bench [--volumes 20] [--size 1GiB] [--fs ext4] [--parallel 8] [--json] [--quick]
+//	go run ./bench --backend hcloud [--action-delay 1s] [--volumes 20] ...
 //
 // Driver and raw rounds alternate (per volume, or per batch of --parallel
 // volumes) so machine noise hits both alike. A volume's lifecycle time is the
 // sum of its steps. The target is a driver/raw lifecycle ratio <= 1.15 at p50
 // for ext4; a miss is reported, never an exit status.
+//
+// With --backend hcloud it runs the driver's hcloud backend against the
+// fake Hetzner Cloud API (package fakecloud) in this process, whose
+// actions take --action-delay, and reports the lifecycle's time and its
+// API requests per volume (fewer is better: the API allows 3600 an hour).
+// There is no raw side: the raw tools have no cloud to call.
 //
 // It needs root and loop devices. Everything it creates lives in one temp
 // dir (under --dir) and is removed at the end, also on error or Ctrl-C.
@@ -22,6 +29,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 const (
@@ -30,6 +38,7 @@ const (
 )
 
 type config struct {
+	Backend    string `json:"backend"`
 	Driver     string `json:"driver,omitempty"`
 	Dir        string `json:"dir"`
 	Volumes    int    `json:"volumes"`
@@ -38,10 +47,13 @@ type config struct {
 	Parallel   int    `json:"parallel"`
 	RSSVolumes int    `json:"rss_volumes"`
 	RSSSize    int64  `json:"rss_size_bytes"`
+	// ActionDelay is how long the fake cloud's actions take (hcloud).
+	ActionDelay time.Duration `json:"action_delay_ns,omitempty"`
 }
 
 func defaultConfig() config {
 	return config{
+		Backend:    "loop",
 		Dir:        "/var/tmp",
 		Volumes:    20,
 		Size:       gib,
@@ -49,6 +61,17 @@ func defaultConfig() config {
 		Parallel:   8,
 		RSSVolumes: 100,
 		RSSSize:    64 * mib,
+	}
+}
+
+// hcloudDefaults adapts the defaults to the hcloud backend, keeping
+// explicitly set flags: its volumes are 10 GiB at least.
+func (c *config) hcloudDefaults(explicit map[string]bool) {
+	if !explicit["size"] {
+		c.Size = 10 * gib
+	}
+	if !explicit["action-delay"] {
+		c.ActionDelay = time.Second
 	}
 }
 
@@ -64,6 +87,12 @@ func (c *config) applyQuick(explicit map[string]bool) {
 
 func (c *config) validate() error {
 	switch {
+	case c.Backend != "loop" && c.Backend != "hcloud":
+		return fmt.Errorf("--backend %q: want loop or hcloud", c.Backend)
+	case c.Backend == "hcloud" && c.Size < 10*gib:
+		return fmt.Errorf("--size %s: Hetzner Cloud volumes are 10GiB at least", formatSize(c.Size))
+	case c.ActionDelay < 0:
+		return fmt.Errorf("--action-delay %s: want 0 or more", c.ActionDelay)
 	case c.FS != "ext4" && c.FS != "xfs":
 		return fmt.Errorf("--fs %q: want ext4 or xfs", c.FS)
 	case c.FS == "xfs" && c.Size < 300*mib:
@@ -79,6 +108,8 @@ func (c *config) validate() error {
 func main() {
 	cfg := defaultConfig()
 	var quick, asJSON bool
+	flag.StringVar(&cfg.Backend, "backend", cfg.Backend, "loop (against the raw tools) or hcloud (on the fake Hetzner Cloud API)")
+	flag.DurationVar(&cfg.ActionDelay, "action-delay", cfg.ActionDelay, "hcloud: how long the fake cloud's actions take (default 1s)")
 	flag.StringVar(&cfg.Driver, "driver", "", "driver binary (default: build ./cmd/swarm-csi)")
 	flag.StringVar(&cfg.Dir, "dir", cfg.Dir, "parent of the run's temp dir, which holds the driver data dir, raw files and mounts")
 	flag.IntVar(&cfg.Volumes, "volumes", cfg.Volumes, "volumes per mode and side")
@@ -90,10 +121,13 @@ func main() {
 	flag.BoolVar(&quick, "quick", false, "small run (4 volumes) unless --volumes/--rss-volumes are given")
 	flag.BoolVar(&asJSON, "json", false, "print the figures as JSON on stdout (tables go to stderr)")
 	flag.Parse()
+	explicit := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
 	if quick {
-		explicit := map[string]bool{}
-		flag.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
 		cfg.applyQuick(explicit)
+	}
+	if cfg.Backend == "hcloud" {
+		cfg.hcloudDefaults(explicit)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -15,11 +15,12 @@ import (
 const targetRatio = 1.15
 
 type Report struct {
-	Config    config       `json:"config"`
-	Dir       string       `json:"dir"`
-	Modes     []ModeReport `json:"modes"`
-	RSS       *RSSReport   `json:"rss,omitempty"`
-	Leftovers []string     `json:"leftovers,omitempty"` // mounts and loop devices the final sweep removed
+	Config    config            `json:"config"`
+	Dir       string            `json:"dir"`
+	Modes     []ModeReport      `json:"modes"`
+	Cloud     []CloudModeReport `json:"cloud,omitempty"` // --backend hcloud
+	RSS       *RSSReport        `json:"rss,omitempty"`
+	Leftovers []string          `json:"leftovers,omitempty"` // mounts and loop devices the final sweep removed
 }
 
 type ModeReport struct {
@@ -91,6 +92,7 @@ func percentile(ds []time.Duration, p float64) float64 {
 
 func (r *Report) print(w io.Writer) {
 	c := r.Config
+	printCloud(w, c, r.Cloud)
 	for _, m := range r.Modes {
 		fmt.Fprintf(w, "\n%s: %d volumes of %s %s per side, up to %d at a time\n",
 			m.Mode, c.Volumes, formatSize(c.Size), c.FS, m.Parallel)

@@ -56,7 +56,15 @@ func run(ctx context.Context, cfg config, log io.Writer) (rep *Report, err error
 			return rep, err
 		}
 	}
-	drv, err := startDriver(ctx, bin, dir)
+	var cloud *fakeCloud
+	var args, env []string
+	if cfg.Backend == "hcloud" {
+		if cloud, args, env, err = startCloud(dir, cfg.ActionDelay); err != nil {
+			return rep, err
+		}
+		defer func() { err = errors.Join(err, cloud.close()) }()
+	}
+	drv, err := startDriver(ctx, bin, dir, args, env)
 	if err != nil {
 		return rep, err
 	}
@@ -69,6 +77,10 @@ func run(ctx context.Context, cfg config, log io.Writer) (rep *Report, err error
 
 	b := &bench{cfg: cfg, dir: dir, drv: drv, log: log}
 	fmt.Fprintf(log, "driver pid %d, temp dir %s\n", drv.pid(), dir)
+	if cloud != nil {
+		rep.Cloud, err = b.cloudModes(ctx, cloud)
+		return rep, err
+	}
 	for _, s := range b.sides() {
 		if _, err := s.newLifecycle("warmup", cfg.FS, cfg.Size).run(ctx); err != nil {
 			return rep, fmt.Errorf("warm-up: %w", err)
