@@ -200,6 +200,9 @@ func run(cfg *config, log *slog.Logger) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
+	// Mounts lost while volumes stayed in use (a plugin disable/enable)
+	// come back in the background: the socket must answer at once.
+	go func() { _ = nodeSrv.Restore(ctx) }()
 	select {
 	case err := <-errc:
 		return err

@@ -81,11 +81,12 @@ func (b *fakeBackend) isAttached(id string) bool {
 
 // fakeMounter keeps a mount table in memory; paths are real directories.
 type fakeMounter struct {
-	mu       sync.Mutex
-	mounts   map[string]fakeMount // target -> mount
-	formats  int
-	resizes  int
-	needGrow bool
+	mu        sync.Mutex
+	mounts    map[string]fakeMount // target -> mount
+	formats   int
+	formatted map[string]bool
+	resizes   int
+	needGrow  bool
 }
 
 type fakeMount struct {
@@ -93,7 +94,9 @@ type fakeMount struct {
 	options []string
 }
 
-func newFakeMounter() *fakeMounter { return &fakeMounter{mounts: map[string]fakeMount{}} }
+func newFakeMounter() *fakeMounter {
+	return &fakeMounter{mounts: map[string]fakeMount{}, formatted: map[string]bool{}}
+}
 
 func (m *fakeMounter) FormatAndMount(device, target, fsType string, mkfsArgs, options []string) error {
 	m.mu.Lock()
@@ -101,7 +104,10 @@ func (m *fakeMounter) FormatAndMount(device, target, fsType string, mkfsArgs, op
 	if _, err := os.Stat(target); err != nil {
 		return err
 	}
-	m.formats++
+	if !m.formatted[device] { // like SafeFormatAndMount: format only a blank device
+		m.formatted[device] = true
+		m.formats++
+	}
 	m.mounts[target] = fakeMount{source: device, options: options}
 	return nil
 }

@@ -390,3 +390,55 @@ func TestUnpublishOfUnknownTargetKeepsStage(t *testing.T) {
 		t.Fatal("an unpublish of a path never published released the staged volume")
 	}
 }
+
+// Docker unmounts a managed plugin's mounts when it is disabled, while
+// Swarm keeps the volume published: the restarted node makes them again,
+// with the options they had.
+func TestRestoreRemountsLostMounts(t *testing.T) {
+	h := newHarness(t, mountVolume())
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER)
+	c.GetMount().MountFlags = []string{"noatime"}
+	second := filepath.Join(h.root, "data/published/second")
+	h.must(h.stage(c, nil))
+	h.must(h.publish(c, h.target, false))
+	h.must(h.publish(c, second, true))
+
+	h.m.mu.Lock()
+	h.m.mounts = map[string]fakeMount{} // the plugin was disabled
+	h.m.mu.Unlock()
+	restarted, err := New(context.Background(), h.be, h.m, h.srv.cfg)
+	h.must(err)
+	h.must(restarted.Restore(context.Background()))
+
+	if mt, ok := h.m.mounted(h.staging); !ok || !slices.Contains(mt.options, "noatime") {
+		t.Fatalf("staging path not remounted with its flags: %+v", mt)
+	}
+	if mt, ok := h.m.mounted(h.target); !ok || mt.source != h.staging || slices.Contains(mt.options, "ro") {
+		t.Fatalf("target not remounted read-write from staging: %+v", mt)
+	}
+	if mt, ok := h.m.mounted(second); !ok || !slices.Contains(mt.options, "ro") {
+		t.Fatalf("read-only target not remounted read-only: %+v", mt)
+	}
+	if h.m.formats != 1 {
+		t.Fatalf("formatted %d times, want once", h.m.formats)
+	}
+	// Restoring again changes nothing.
+	h.must(restarted.Restore(context.Background()))
+	if len(h.m.mounts) != 3 {
+		t.Fatalf("%d mounts after a second restore, want 3", len(h.m.mounts))
+	}
+}
+
+// A volume deleted meanwhile is forgotten, not restored.
+func TestRestoreForgetsDeletedVolume(t *testing.T) {
+	h := newHarness(t, mountVolume())
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	h.must(h.stage(c, nil))
+	h.be.mu.Lock()
+	delete(h.be.volumes, volID)
+	h.be.mu.Unlock()
+	h.must(h.srv.Restore(context.Background()))
+	if st, _ := h.srv.state.load(volID); st != nil {
+		t.Fatal("state of a deleted volume kept")
+	}
+}

@@ -51,12 +51,18 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	// Record the target before mounting, so a crash in between still has
 	// it unmounted by the last unpublish.
-	if st.addTarget(target) {
+	readOnly := req.GetReadonly() || volcap.ReadOnly(c.GetAccessMode().GetMode())
+	if st.addTarget(target) || st.ReadOnly[target] != readOnly {
+		if readOnly {
+			if st.ReadOnly == nil {
+				st.ReadOnly = map[string]bool{}
+			}
+			st.ReadOnly[target] = true
+		}
 		if err := s.state.save(st); err != nil {
 			return nil, err
 		}
 	}
-	readOnly := req.GetReadonly() || volcap.ReadOnly(c.GetAccessMode().GetMode())
 	if err := s.publish(ctx, v.ID, v.Block, staging, target, readOnly, c.GetMount().GetMountFlags()); err != nil {
 		return nil, err
 	}

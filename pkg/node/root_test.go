@@ -285,7 +285,7 @@ func TestRealRestartFindsDevicesAndMounts(t *testing.T) {
 	defer c.cleanup()
 	id := c.create("restart", "ext4", 64<<20, false, nil)
 	target := c.attach("node-a", id, "ext4", false)
-	writeSynced(t, filepath.Join(target, "f"), []byte("before restart"))
+	writeSynced(t, filepath.Join(target, "f"), []byte("before restore"))
 
 	c.node("node-a", true) // a new process on the same state
 	ctx := context.Background()
@@ -300,10 +300,20 @@ func TestRealRestartFindsDevicesAndMounts(t *testing.T) {
 	if devs := loopsOn(t, filepath.Join(c.dir, "data/volumes", id+".img")); len(devs) != 1 {
 		t.Fatalf("want exactly one loop device after restart and restage, have %v", devs)
 	}
+
+	// A plugin disable takes every mount away while Swarm keeps the volume
+	// published: the next process restores them.
+	for _, p := range []string{target, staging} {
+		c.must(unix.Unmount(p, 0))
+	}
+	c.must(c.node("node-a", true).Restore(ctx))
 	got, err := os.ReadFile(filepath.Join(target, "f"))
 	c.must(err)
-	if string(got) != "before restart" {
-		t.Fatalf("read %q", got)
+	if string(got) != "before restore" {
+		t.Fatalf("after restore the target holds %q", got)
+	}
+	if devs := loopsOn(t, filepath.Join(c.dir, "data/volumes", id+".img")); len(devs) != 1 {
+		t.Fatalf("want exactly one loop device after restore, have %v", devs)
 	}
 	c.detach("node-a", id)
 	c.released(id)

@@ -86,7 +86,8 @@ func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, stagi
 	if st == nil {
 		// Remember the volume before touching anything, so that whatever
 		// a crash leaves behind is found and released later.
-		st = &staged{VolumeID: v.ID, StagingPath: staging, Block: v.Block}
+		st = &staged{VolumeID: v.ID, StagingPath: staging, Block: v.Block,
+			AccessMode: volcap.ModeName(c.GetAccessMode().GetMode()), MountFlags: c.GetMount().GetMountFlags()}
 		if err := s.state.save(st); err != nil {
 			return nil, err
 		}

@@ -10,6 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/swarm-csi/swarm-csi/pkg/volcap"
 )
 
 // staged is what the node remembers about a volume it has staged: enough
@@ -21,6 +26,11 @@ type staged struct {
 	StagingPath string   `json:"stagingPath"`
 	Block       bool     `json:"block,omitempty"`
 	Targets     []string `json:"targets,omitempty"`
+	// What the mounts were made with, to make them again after the mounts
+	// are lost while the volume is still in use (Restore).
+	AccessMode string          `json:"accessMode,omitempty"`
+	MountFlags []string        `json:"mountFlags,omitempty"`
+	ReadOnly   map[string]bool `json:"readOnly,omitempty"` // by target
 }
 
 func (s *staged) addTarget(t string) bool {
@@ -37,7 +47,19 @@ func (s *staged) removeTarget(t string) bool {
 		return false
 	}
 	s.Targets = slices.Delete(s.Targets, i, i+1)
+	delete(s.ReadOnly, t)
 	return true
+}
+
+// capability rebuilds the capability the volume was staged with.
+func (s *staged) capability(fsType string) *csi.VolumeCapability {
+	c := &csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: volcap.ParseMode(s.AccessMode)}}
+	if s.Block {
+		c.AccessType = &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}
+	} else {
+		c.AccessType = &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fsType, MountFlags: s.MountFlags}}
+	}
+	return c
 }
 
 // stateStore keeps one small file per staged volume. The files are replaced
@@ -86,6 +108,30 @@ func (s *stateStore) save(st *staged) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// list returns every volume this node remembers.
+func (s *stateStore) list() ([]*staged, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []*staged
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(s.dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		var st staged
+		if err := json.Unmarshal(b, &st); err != nil || s.file(st.VolumeID) != filepath.Join(s.dir, e.Name()) {
+			return nil, fmt.Errorf("node state file %s is corrupt", e.Name())
+		}
+		out = append(out, &st)
+	}
+	return out, nil
 }
 
 func (s *stateStore) remove(volumeID string) error {
