@@ -37,6 +37,9 @@ type config struct {
 	showVersion                                              bool
 	// open opens the chosen backend.
 	open opener
+	// log is the driver's logger, for backends that log what they do in
+	// the background; set before open is called.
+	log *slog.Logger
 }
 
 // nodeIDPattern is what a node id may be: it names files in the data
@@ -156,6 +159,7 @@ func run(cfg *config, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	cfg.log = log
 	be, err := cfg.open(ctx, cfg)
 	if err != nil {
 		return err

@@ -1,0 +1,449 @@
+// Package rbd is the Ceph RBD backend: each volume is an RBD image, its
+// snapshots are RBD snapshots and its copies clone v2 images. The
+// controller side drives the rbd and ceph command-line tools (the only
+// Ceph client this project can build with); the node side attaches images
+// with the kernel's rbd driver, rbd-nbd, or rbd-fuse and a loop device.
+//
+// Everything the driver records lives in Ceph (see index.go), so any
+// manager can take over and any node can find a volume from its id alone.
+package rbd
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+)
+
+// Sizes of the rbd backend.
+const (
+	MiB = int64(1) << 20
+	GiB = int64(1) << 30
+
+	// DefaultSize is the size of a volume created without a capacity range
+	// (Swarm sends {0,0} when the user gives no --required-bytes).
+	DefaultSize = 1 * GiB
+	// Granularity: rbd sizes are given in MiB.
+	Granularity = 1 * MiB
+	// MinSize keeps volumes large enough for an ext4 journal.
+	MinSize = 16 * MiB
+
+	// DefaultCallTimeout bounds one rbd or ceph command. Swarm allows an
+	// RPC about 15 s, and most RPCs need one to five commands that take
+	// well under a second each on a healthy cluster.
+	DefaultCallTimeout = 10 * time.Second
+
+	// TopologyKey names the Ceph cluster (its monitors): every node that
+	// reaches them reaches every volume.
+	TopologyKey = "swarm-csi/rbd"
+)
+
+// CreateVolume parameters of this backend.
+const (
+	ParamPool          = "pool"
+	ParamImageFeatures = "imageFeatures"
+)
+
+// Mutable parameters (CreateVolume's mutable_parameters and
+// ControllerModifyVolume): librbd's per-image QoS limits, in operations and
+// bytes per second, "0" for none. librbd applies them (attach modes nbd and
+// fuse) from the image's next refresh on; the kernel's rbd driver has no
+// QoS and ignores them.
+const (
+	ParamQoSIOPS = "qosIopsLimit"
+	ParamQoSBPS  = "qosBpsLimit"
+)
+
+// qosOptions are the librbd options the mutable parameters set.
+var qosOptions = map[string]string{
+	ParamQoSIOPS: "rbd_qos_iops_limit",
+	ParamQoSBPS:  "rbd_qos_bps_limit",
+}
+
+// Secrets a request may carry (Swarm: docker volume create --secret
+// userKey=<swarm secret>). They take precedence over the configured key.
+const (
+	SecretUserKey = "userKey"
+	SecretUserID  = "userID"
+)
+
+// Config is how the backend reaches Ceph.
+type Config struct {
+	// Monitors are the monitor addresses, comma-separated, as in ceph.conf's
+	// "mon host" (host, host:port, or [v2:addr:port,v1:addr:port]).
+	Monitors string
+	// Pool is the default pool; it also holds the index.
+	Pool string
+	// User is the cephx user without "client.".
+	User string
+	// Keyring is a keyring file holding User's key. Key, if set instead,
+	// is the bare key; it is written to a keyring file of mode 0600.
+	Keyring string
+	Key     string
+	// ImageFeatures are the default features of new images
+	// (rbd --image-feature), comma-separated; "" leaves Ceph's default.
+	ImageFeatures string
+	// DataPool, if set, holds the images' data (erasure-coded pools).
+	DataPool string
+	// Prefix makes image names unique to this swarm.
+	Prefix string
+	// StateDir is a private directory for the Ceph configuration file,
+	// keyrings and (fuse mode) mount points.
+	StateDir string
+	// CallTimeout bounds each command (DefaultCallTimeout if 0).
+	CallTimeout time.Duration
+	// Runner runs the commands (ExecRunner if nil).
+	Runner Runner
+	// Log receives what is not returned as an error; nil discards.
+	Log *slog.Logger
+}
+
+// Backend is the controller side of the rbd backend (ForNode gives the
+// node side).
+type Backend struct {
+	cfg   Config
+	cli   *cli
+	names names
+	index *index
+	creds creds // the configured identity
+	now   func() time.Time
+	// known caches the nodes found registered: nodes never unregister.
+	known sync.Map
+}
+
+var _ backend.Controller = (*Backend)(nil)
+
+// New checks cfg and writes the Ceph configuration and keyring it needs.
+// It does not contact Ceph: the driver must answer Probe at once, even
+// while the cluster is unreachable.
+func New(cfg Config) (*Backend, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = DefaultCallTimeout
+	}
+	if cfg.Runner == nil {
+		cfg.Runner = ExecRunner{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "keys"), 0o700); err != nil {
+		return nil, fmt.Errorf("rbd state directory: %w", err)
+	}
+	if err := os.Chmod(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("rbd state directory: %w", err)
+	}
+	conf := filepath.Join(cfg.StateDir, "ceph.conf")
+	if err := writeFileAtomic(conf, []byte(cephConf(cfg)), 0o600); err != nil {
+		return nil, fmt.Errorf("write %s: %w", conf, err)
+	}
+	b := &Backend{cfg: cfg, names: names{prefix: cfg.Prefix}, now: time.Now}
+	b.cli = &cli{run: cfg.Runner, conf: conf, timeout: cfg.CallTimeout}
+	b.index = &index{cli: b.cli, image: imageRef{cfg.Pool, b.names.index()}}
+	b.creds = creds{user: cfg.User, keyring: cfg.Keyring}
+	if cfg.Key != "" {
+		k, err := b.keyring(cfg.User, cfg.Key)
+		if err != nil {
+			return nil, err
+		}
+		b.creds.keyring = k
+	}
+	return b, nil
+}
+
+// ConfigError is a bad setting: Field names it (monitors, pool, data-pool,
+// user, image-features, prefix, key, keyring, state-dir).
+type ConfigError struct {
+	Field, Msg string
+}
+
+func (e *ConfigError) Error() string { return e.Field + ": " + e.Msg }
+
+func (c Config) check() error {
+	bad := func(field, format string, args ...any) error {
+		return &ConfigError{Field: field, Msg: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case strings.TrimSpace(c.Monitors) == "" || strings.ContainsAny(c.Monitors, "\n\r#;= "):
+		return bad("monitors", "%q: want addresses such as 10.0.0.1,10.0.0.2:6789", c.Monitors)
+	case !poolPattern.MatchString(c.Pool):
+		return bad("pool", "%q: letters, digits, '.', '_' and '-'", c.Pool)
+	case c.DataPool != "" && !poolPattern.MatchString(c.DataPool):
+		return bad("data-pool", "%q: letters, digits, '.', '_' and '-'", c.DataPool)
+	case !nodeIDPattern.MatchString(c.User) || strings.HasPrefix(c.User, "client."):
+		return bad("user", "%q: the cephx user without \"client.\", e.g. swarm-csi", c.User)
+	case c.ImageFeatures != "" && !featuresPattern.MatchString(c.ImageFeatures):
+		return bad("image-features", "%q: comma-separated names such as layering,exclusive-lock", c.ImageFeatures)
+	case !prefixPattern.MatchString(c.Prefix):
+		return bad("prefix", "%q: lower-case letters, digits and '-', at most 32", c.Prefix)
+	case (c.Key == "") == (c.Keyring == ""):
+		return bad("key", "give exactly one of a key and a keyring file")
+	case c.Key != "" && !validKey(c.Key):
+		return bad("key", "not a cephx key (base64, as `ceph auth print-key` prints it)")
+	case c.Keyring != "" && !filepath.IsAbs(c.Keyring):
+		return bad("keyring", "%q: want an absolute path", c.Keyring)
+	case !filepath.IsAbs(c.StateDir):
+		return bad("state-dir", "%q: want an absolute path", c.StateDir)
+	}
+	if c.Keyring != "" {
+		if _, err := os.Stat(c.Keyring); err != nil {
+			return bad("keyring", "%v", err)
+		}
+	}
+	return nil
+}
+
+// validKey reports whether k looks like a cephx key: base64, no spaces.
+func validKey(k string) bool {
+	b, err := base64.StdEncoding.DecodeString(k)
+	return err == nil && len(b) >= 16 && len(k) <= 256
+}
+
+// cephConf is the client configuration every command and daemon reads.
+// The timeouts make a tool give up by itself, with a message, before the
+// driver's own timeout would have to kill it.
+func cephConf(c Config) string {
+	t := int((c.CallTimeout - 2*time.Second) / time.Second)
+	if c.CallTimeout <= 0 {
+		t = int((DefaultCallTimeout - 2*time.Second) / time.Second)
+	}
+	t = max(t, 2)
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by swarm-csi; replaced at every start.\n[global]\n")
+	fmt.Fprintf(&b, "mon host = %s\n", c.Monitors)
+	fmt.Fprintf(&b, "client mount timeout = %d\nrados mon op timeout = %d\nrados osd op timeout = %d\n", t, t, t)
+	// Copies are clone v2 images: no protected snapshot is needed, and a
+	// snapshot with clones can be deleted (it waits in the trash).
+	fmt.Fprintf(&b, "rbd default clone format = 2\n")
+	fmt.Fprintf(&b, "admin socket =\nlog file =\nlog to stderr = true\nerr to stderr = true\n")
+	return b.String()
+}
+
+// keyring returns a keyring file (mode 0600) holding key for user. Files are
+// named by a hash of both, so each is written once.
+func (b *Backend) keyring(user, key string) (string, error) {
+	sum := sha256.Sum256([]byte(user + "\x00" + key))
+	path := filepath.Join(b.cfg.StateDir, "keys", hex.EncodeToString(sum[:12])+".keyring")
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	content := fmt.Sprintf("[client.%s]\n\tkey = %s\n", user, key)
+	if err := writeFileAtomic(path, []byte(content), 0o600); err != nil {
+		return "", fmt.Errorf("write keyring: %w", err)
+	}
+	return path, nil
+}
+
+// credsFor returns the identity for a call: the request's secrets if it
+// carries a key, the configured one otherwise.
+func (b *Backend) credsFor(ctx context.Context) (creds, error) {
+	s := backend.Secrets(ctx)
+	key := s[SecretUserKey]
+	if key == "" {
+		if _, ok := s[SecretUserID]; ok {
+			return creds{}, csierr.Invalid("secret %s needs %s beside it", SecretUserID, SecretUserKey)
+		}
+		return b.creds, nil
+	}
+	if !validKey(key) {
+		return creds{}, csierr.Invalid("secret %s is not a cephx key (base64, as `ceph auth print-key` prints it)", SecretUserKey)
+	}
+	user := b.cfg.User
+	if u := s[SecretUserID]; u != "" {
+		user = strings.TrimPrefix(u, "client.")
+		if !nodeIDPattern.MatchString(user) {
+			return creds{}, csierr.Invalid("secret %s %q is not a cephx user name", SecretUserID, u)
+		}
+	}
+	k, err := b.keyring(user, key)
+	if err != nil {
+		return creds{}, err
+	}
+	return creds{user: user, keyring: k}, nil
+}
+
+// Info implements backend.Controller.
+func (b *Backend) Info() backend.Info {
+	return backend.Info{
+		Name:              "rbd",
+		Parameters:        []string{ParamPool, ParamImageFeatures},
+		MutableParameters: []string{ParamQoSIOPS, ParamQoSBPS},
+		DefaultSize:       DefaultSize,
+		Granularity:       Granularity,
+		MinSize:           MinSize,
+		Topology:          b.Topology(),
+		Snapshots:         true,
+		Clones:            true,
+	}
+}
+
+// Topology returns the segment of the nodes that reach this cluster: a
+// hash of its monitors and pool.
+func (b *Backend) Topology() map[string]string {
+	sum := sha256.Sum256([]byte(b.cfg.Monitors + "\x00" + b.cfg.Pool))
+	return map[string]string{TopologyKey: hex.EncodeToString(sum[:8])}
+}
+
+// Capacity implements backend.Controller: what the default pool can still
+// take (ceph df's max_avail, which accounts for replication).
+func (b *Backend) Capacity(ctx context.Context) (int64, error) {
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return 0, err
+	}
+	out, err := b.cli.ceph(ctx, cr, "", "df", "--format", "json")
+	if err != nil {
+		return 0, err
+	}
+	var df struct {
+		Pools []struct {
+			Name  string `json:"name"`
+			Stats struct {
+				MaxAvail int64 `json:"max_avail"`
+			} `json:"stats"`
+		} `json:"pools"`
+	}
+	if err := json.Unmarshal(out, &df); err != nil {
+		return 0, fmt.Errorf("ceph df: unexpected output: %w", err)
+	}
+	for _, p := range df.Pools {
+		if p.Name == b.cfg.Pool {
+			return p.Stats.MaxAvail, nil
+		}
+	}
+	return 0, csierr.NotFound("pool %s does not exist", b.cfg.Pool)
+}
+
+// NodeKnown implements backend.Controller: nodes register in the index.
+func (b *Backend) NodeKnown(ctx context.Context, nodeID string) (bool, error) {
+	if !nodeIDPattern.MatchString(nodeID) {
+		return false, nil
+	}
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return false, err
+	}
+	if _, ok := b.known.Load(nodeID); ok {
+		return true, nil
+	}
+	var rec nodeRecord
+	err = b.index.get(ctx, cr, nodeKeyPrefix+nodeID, &rec)
+	if errors.Is(err, KindNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	b.known.Store(nodeID, true)
+	return true, nil
+}
+
+type nodeRecord struct {
+	RegisteredAt time.Time `json:"registeredAt"`
+	AttachMode   string    `json:"attachMode"`
+}
+
+// Condition implements backend.Controller: the image must exist at the
+// volume's size; its watchers (the nodes that have it open) are reported.
+func (b *Backend) Condition(ctx context.Context, v *backend.Volume) backend.Condition {
+	ref, _, ok := b.names.parseVolumeID(v.ID)
+	if !ok {
+		return backend.Condition{Abnormal: true, Message: "not an rbd volume id"}
+	}
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return backend.Condition{Abnormal: true, Message: err.Error()}
+	}
+	info, err := b.info(ctx, cr, ref)
+	if err != nil {
+		return backend.Condition{Abnormal: true, Message: fmt.Sprintf("image %s: %v", ref, err)}
+	}
+	if info.Size < v.CapacityBytes {
+		return backend.Condition{Abnormal: true, Message: fmt.Sprintf("image %s is %d bytes, the volume %d", ref, info.Size, v.CapacityBytes)}
+	}
+	w, err := b.watchers(ctx, cr, ref)
+	if err != nil {
+		return backend.Condition{Abnormal: true, Message: fmt.Sprintf("image %s: %v", ref, err)}
+	}
+	return backend.Condition{Message: fmt.Sprintf("image %s present, %d watcher(s)", ref, len(w))}
+}
+
+// imageInfo is what rbd info says of an image.
+type imageInfo struct {
+	Name          string   `json:"name"`
+	ID            string   `json:"id"`
+	Size          int64    `json:"size"`
+	SnapshotCount int      `json:"snapshot_count"`
+	Features      []string `json:"features"`
+	Parent        *struct {
+		Pool     string `json:"pool"`
+		Image    string `json:"image"`
+		ID       string `json:"id"`
+		Snapshot string `json:"snapshot"`
+		Trash    bool   `json:"trash"`
+	} `json:"parent"`
+}
+
+func (b *Backend) info(ctx context.Context, cr creds, ref imageRef) (*imageInfo, error) {
+	var info imageInfo
+	if err := b.cli.rbdJSON(ctx, cr, ref.String(), &info, "info", ref.String()); err != nil {
+		return nil, err
+	}
+	return &info, nil
+}
+
+// watchers returns the addresses of the clients that have the image open.
+func (b *Backend) watchers(ctx context.Context, cr creds, ref imageRef) ([]string, error) {
+	var st struct {
+		Watchers []struct {
+			Address string `json:"address"`
+		} `json:"watchers"`
+	}
+	if err := b.cli.rbdJSON(ctx, cr, ref.String(), &st, "status", ref.String()); err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(st.Watchers))
+	for _, w := range st.Watchers {
+		out = append(out, w.Address)
+	}
+	return out, nil
+}
+
+// writeFileAtomic writes a file through a temporary one and a rename.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}

@@ -1,0 +1,575 @@
+package rbd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+)
+
+// metaName is the image metadata key that holds the CSI name of the
+// volume an image belongs to (JSON-quoted), so that an image found in a
+// pool can be traced back, and a retried CreateVolume checks it is its own.
+const metaName = "swarm-csi.name"
+
+// CreateVolume implements backend.Controller. The image's name follows from
+// the volume's name, so every step finds what an earlier attempt left:
+// the image is made (or found), labelled with the name, and the record
+// that makes the volume exist is written last.
+func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
+	if err := checkMutable(spec.MutableParameters); err != nil {
+		return nil, err
+	}
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pool, features, err := b.imageParams(spec.Parameters)
+	if err != nil {
+		return nil, err
+	}
+	hash := nameHash(spec.Name)
+	var rec volumeRecord
+	err = b.index.get(ctx, cr, volumeKeyPrefix+hash, &rec)
+	if err == nil {
+		return &rec.Volume, nil
+	}
+	if !errors.Is(err, KindNotFound) {
+		return nil, err
+	}
+	ref := imageRef{pool, b.names.volumeImage(hash)}
+	if err := b.makeImage(ctx, cr, ref, spec, features); err != nil {
+		return nil, err
+	}
+	if err := b.applyMutable(ctx, cr, ref, spec.MutableParameters); err != nil {
+		return nil, err
+	}
+	quoted, _ := json.Marshal(spec.Name)
+	if _, err := b.cli.rbd(ctx, cr, ref.String(), "image-meta", "set", ref.String(), metaName, "--", string(quoted)); err != nil {
+		return nil, err
+	}
+	rec = volumeRecord{
+		Volume: backend.Volume{ID: ref.String(), VolumeSpec: spec, CreatedAt: b.now().UTC()},
+		Pool:   ref.pool, Image: ref.image,
+	}
+	if err := b.index.set(ctx, cr, volumeKeyPrefix+hash, &rec); err != nil {
+		return nil, err
+	}
+	return &rec.Volume, nil
+}
+
+// imageParams checks the backend's CreateVolume parameters.
+func (b *Backend) imageParams(p map[string]string) (pool, features string, err error) {
+	pool, features = b.cfg.Pool, b.cfg.ImageFeatures
+	if v, ok := p[ParamPool]; ok {
+		if !poolPattern.MatchString(v) {
+			return "", "", csierr.Invalid("parameter %s=%q: a pool name is letters, digits, '.', '_' and '-'", ParamPool, v)
+		}
+		pool = v
+	}
+	if v, ok := p[ParamImageFeatures]; ok {
+		if !featuresPattern.MatchString(v) {
+			return "", "", csierr.Invalid("parameter %s=%q: comma-separated feature names such as layering,exclusive-lock", ParamImageFeatures, v)
+		}
+		features = v
+	}
+	return pool, features, nil
+}
+
+// makeImage makes the image of a new volume, or finds the one an earlier
+// attempt made. A leftover that does not match the request (an attempt
+// with other arguments that never completed) is removed and made again:
+// no one was ever given its id.
+func (b *Backend) makeImage(ctx context.Context, cr creds, ref imageRef, spec backend.VolumeSpec, features string) error {
+	parent, parentSize, err := b.sourceSnapshot(ctx, cr, spec)
+	if err != nil {
+		return err
+	}
+	args := []string{}
+	if features != "" {
+		args = append(args, "--image-feature", features)
+	}
+	if b.cfg.DataPool != "" {
+		args = append(args, "--data-pool", b.cfg.DataPool)
+	}
+	create := func() error {
+		if parent == nil {
+			_, err := b.cli.rbd(ctx, cr, ref.String(), append(append([]string{"create", "--size", mib(spec.CapacityBytes)}, args...), ref.String())...)
+			return err
+		}
+		_, err := b.cli.rbd(ctx, cr, ref.String(), append(append([]string{"clone"}, args...), parent.String(), ref.String())...)
+		if errors.Is(err, KindNotFound) {
+			return csierr.NotFound("content source %s no longer exists", parent)
+		}
+		return err
+	}
+	err = create()
+	if errors.Is(err, KindExists) {
+		// Left by an earlier attempt: keep it if it is what this request
+		// makes, make it again otherwise.
+		info, ierr := b.info(ctx, cr, ref)
+		if ierr != nil {
+			return ierr
+		}
+		if b.leftoverMatches(ctx, cr, ref, info, spec, parent) {
+			return b.finishSource(ctx, cr, ref, spec, info.Size)
+		}
+		if err := b.removeImage(ctx, cr, ref); err != nil {
+			return err
+		}
+		err = create()
+	}
+	if err != nil {
+		return createError(err)
+	}
+	size := parentSize // a clone starts at its parent's size
+	if parent == nil {
+		size = spec.CapacityBytes
+	}
+	return b.finishSource(ctx, cr, ref, spec, size)
+}
+
+// createError says which argument Ceph refused.
+func createError(err error) error {
+	if errors.Is(err, KindInvalid) {
+		return fmt.Errorf("%w (check the image features and the data pool)", err)
+	}
+	if errors.Is(err, KindNotFound) {
+		return fmt.Errorf("%w (does the pool exist?)", err)
+	}
+	return err
+}
+
+// leftoverMatches reports whether an image found where a new volume's
+// image belongs is what this request would make.
+func (b *Backend) leftoverMatches(ctx context.Context, cr creds, ref imageRef, info *imageInfo, spec backend.VolumeSpec, parent *snapRef) bool {
+	if parent == nil {
+		if info.Parent != nil || info.Size != spec.CapacityBytes {
+			return false
+		}
+	} else if info.Parent == nil || info.Parent.Pool != parent.pool || info.Parent.Image != parent.image {
+		// The snapshot is not compared: a cloned volume's temporary one
+		// may have gone to the trash under another name already.
+		return false
+	}
+	out, err := b.cli.rbd(ctx, cr, ref.String(), "image-meta", "get", ref.String(), metaName)
+	if errors.Is(err, KindNotFound) {
+		return true // made, not labelled yet
+	}
+	var name string
+	return err == nil && json.Unmarshal(out, &name) == nil && name == spec.Name
+}
+
+// finishSource completes a copy: the clone grows to the requested size
+// and the temporary snapshot of a cloned volume goes (into the trash
+// while the clone depends on it).
+func (b *Backend) finishSource(ctx context.Context, cr creds, ref imageRef, spec backend.VolumeSpec, size int64) error {
+	if spec.Source == nil {
+		return nil
+	}
+	if size < spec.CapacityBytes {
+		if _, err := b.cli.rbd(ctx, cr, ref.String(), "resize", "--no-progress", "--size", mib(spec.CapacityBytes), ref.String()); err != nil {
+			return err
+		}
+	}
+	if spec.Source.VolumeID != "" {
+		src, _, _ := b.names.parseVolumeID(spec.Source.VolumeID)
+		snap := snapRef{src, b.names.cloneSnapshot(nameHash(spec.Name))}
+		if _, err := b.cli.rbd(ctx, cr, snap.String(), "snap", "rm", "--no-progress", snap.String()); err != nil && !errors.Is(err, KindNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+// sourceSnapshot returns the snapshot a new volume is cloned from, taking
+// a temporary one of a source volume, and its size; nil for a blank volume.
+func (b *Backend) sourceSnapshot(ctx context.Context, cr creds, spec backend.VolumeSpec) (*snapRef, int64, error) {
+	switch {
+	case spec.Source == nil:
+		return nil, 0, nil
+	case spec.Source.SnapshotID != "":
+		ref, hash, ok := b.names.parseSnapshotID(spec.Source.SnapshotID)
+		if !ok {
+			return nil, 0, csierr.NotFound("snapshot %q is not an rbd snapshot id of this cluster", spec.Source.SnapshotID)
+		}
+		var rec snapshotRecord
+		if err := b.index.get(ctx, cr, snapshotKeyPrefix+hash, &rec); err != nil {
+			return nil, 0, notFoundAs(err, "snapshot %s does not exist", spec.Source.SnapshotID)
+		}
+		return &ref, rec.SizeBytes, nil
+	case spec.Source.VolumeID != "":
+		src, err := b.record(ctx, cr, spec.Source.VolumeID)
+		if err != nil {
+			return nil, 0, err
+		}
+		snap := snapRef{imageRef{src.Pool, src.Image}, b.names.cloneSnapshot(nameHash(spec.Name))}
+		_, err = b.cli.rbd(ctx, cr, snap.String(), "snap", "create", "--no-progress", snap.String())
+		if err != nil && !errors.Is(err, KindExists) {
+			return nil, 0, err
+		}
+		return &snap, src.CapacityBytes, nil
+	}
+	return nil, 0, nil
+}
+
+// notFoundAs gives a NotFound error a message of its own.
+func notFoundAs(err error, format string, args ...any) error {
+	if errors.Is(err, KindNotFound) {
+		return csierr.NotFound(format, args...)
+	}
+	return err
+}
+
+func mib(bytes int64) string { return strconv.FormatInt((bytes+MiB-1)/MiB, 10) + "M" }
+
+// record returns the record of a volume id, or a NotFound error.
+func (b *Backend) record(ctx context.Context, cr creds, id string) (*volumeRecord, error) {
+	_, hash, ok := b.names.parseVolumeID(id)
+	if !ok {
+		return nil, csierr.NotFound("volume %q is not an rbd volume id of this cluster", id)
+	}
+	var rec volumeRecord
+	if err := b.index.get(ctx, cr, volumeKeyPrefix+hash, &rec); err != nil {
+		return nil, notFoundAs(err, "volume %s does not exist", id)
+	}
+	if rec.ID != id {
+		return nil, csierr.NotFound("volume %s does not exist (its name belongs to %s)", id, rec.ID)
+	}
+	return &rec, nil
+}
+
+// Volume implements backend.Controller and backend.Node.
+func (b *Backend) Volume(ctx context.Context, id string) (*backend.Volume, error) {
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := b.record(ctx, cr, id)
+	if err != nil {
+		return nil, err
+	}
+	return &rec.Volume, nil
+}
+
+// ListVolumes implements backend.Controller: one read of the index.
+func (b *Backend) ListVolumes(ctx context.Context) ([]*backend.Volume, error) {
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := b.index.volumes(ctx, cr)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*backend.Volume, len(recs))
+	for i, r := range recs {
+		out[i] = &r.Volume
+	}
+	return out, nil
+}
+
+// DeleteVolume implements backend.Controller. An image still open on a
+// node, or with snapshots, is not deleted (FailedPrecondition). An image
+// that clones depend on goes to the rbd trash and is removed with its last
+// clone. The record goes last, so a retry after a crash finds the volume.
+func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return err
+	}
+	ref, hash, ok := b.names.parseVolumeID(id)
+	if !ok {
+		return nil
+	}
+	rec, err := b.record(ctx, cr, id)
+	if errors.Is(err, csierr.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if len(rec.Attachments) > 0 {
+		return fmt.Errorf("%w: volume %s is still published to node %s", csierr.ErrInUse, id, rec.Attachments[0].NodeID)
+	}
+	if err := b.removeImage(ctx, cr, ref); err != nil {
+		return err
+	}
+	if err := b.index.remove(ctx, cr, volumeKeyPrefix+hash); err != nil {
+		return err
+	}
+	if p := b.parentOf(rec); p != nil {
+		b.purgeTrashed(ctx, cr, *p)
+	}
+	return nil
+}
+
+// removeImage removes an image; an image already gone is no error. rbd rm
+// refuses, and changes nothing, while a client has the image open or it
+// has snapshots. Snapshots of the user's make that FailedPrecondition;
+// snapshots that only clones still need (in the trash namespace) send the
+// image to the trash, until its last clone is gone (purgeTrashed).
+func (b *Backend) removeImage(ctx context.Context, cr creds, ref imageRef) error {
+	_, err := b.cli.rbd(ctx, cr, ref.String(), "rm", "--no-progress", ref.String())
+	if err == nil || errors.Is(err, KindNotFound) {
+		return nil
+	}
+	if !errors.Is(err, KindBusy) {
+		return err
+	}
+	w, werr := b.watchers(ctx, cr, ref)
+	if werr != nil {
+		return werr
+	}
+	if len(w) > 0 {
+		return fmt.Errorf("%w: image %s is still open on %d client(s) (%v): a node has it attached", csierr.ErrInUse, ref, len(w), w)
+	}
+	snaps, serr := b.snapshotsOf(ctx, cr, ref)
+	if serr != nil {
+		return serr
+	}
+	var user []string
+	for _, s := range snaps {
+		if s.Namespace.Type == "user" || s.Namespace.Type == "" {
+			user = append(user, s.Name)
+		}
+	}
+	if len(user) > 0 {
+		return csierr.Precondition("volume %s has snapshots (%v): delete them first", ref, user)
+	}
+	if len(snaps) == 0 {
+		return err // busy for another reason: say what rbd said
+	}
+	_, err = b.cli.rbd(ctx, cr, ref.String(), "trash", "mv", ref.String())
+	if errors.Is(err, KindNotFound) {
+		return nil
+	}
+	return err
+}
+
+type snapInfo struct {
+	Name      string `json:"name"`
+	Size      int64  `json:"size"`
+	Namespace struct {
+		Type string `json:"type"`
+	} `json:"namespace"`
+}
+
+func (b *Backend) snapshotsOf(ctx context.Context, cr creds, ref imageRef) ([]snapInfo, error) {
+	var snaps []snapInfo
+	err := b.cli.rbdJSON(ctx, cr, ref.String(), &snaps, "snap", "ls", "--all", ref.String())
+	return snaps, err
+}
+
+// parentOf returns the image a volume was cloned from, if any.
+func (b *Backend) parentOf(rec *volumeRecord) *imageRef {
+	switch {
+	case rec.Source == nil:
+		return nil
+	case rec.Source.SnapshotID != "":
+		if ref, _, ok := b.names.parseSnapshotID(rec.Source.SnapshotID); ok {
+			return &ref.imageRef
+		}
+	case rec.Source.VolumeID != "":
+		if ref, _, ok := b.names.parseVolumeID(rec.Source.VolumeID); ok {
+			return &ref
+		}
+	}
+	return nil
+}
+
+// purgeTrashed removes, after a clone is gone, the image it was cloned from
+// if that waits in the trash, and so on up the chain of parents. What
+// cannot go yet (other clones remain) stays for the next clone's deletion.
+// Failures are logged: the clone itself is deleted.
+func (b *Backend) purgeTrashed(ctx context.Context, cr creds, parent imageRef) {
+	for depth := 0; depth < 16; depth++ {
+		var entries []struct {
+			ID   string `json:"id"`
+			Name string `json:"name"`
+		}
+		if err := b.cli.rbdJSON(ctx, cr, parent.pool, &entries, "trash", "ls", parent.pool); err != nil {
+			b.cfg.Log.Warn("listing the trash failed", "pool", parent.pool, "error", err)
+			return
+		}
+		id := ""
+		for _, e := range entries {
+			if e.Name == parent.image {
+				id = e.ID
+			}
+		}
+		if id == "" || !b.names.ours(parent.image) {
+			return // not in the trash: still a volume, or gone
+		}
+		// Its own parent, before it goes.
+		var info imageInfo
+		if err := b.cli.rbdJSON(ctx, cr, parent.String(), &info, "info", "--pool", parent.pool, "--image-id", id); err != nil {
+			info = imageInfo{}
+		}
+		if _, err := b.cli.rbd(ctx, cr, parent.String(), "trash", "rm", "--no-progress", "--pool", parent.pool, "--image-id", id); err != nil {
+			if !errors.Is(err, KindBusy) && !errors.Is(err, KindNotFound) {
+				b.cfg.Log.Warn("removing an image from the trash failed; the next clone's deletion tries again", "image", parent, "error", err)
+			}
+			return
+		}
+		if info.Parent == nil || !poolPattern.MatchString(info.Parent.Pool) {
+			return
+		}
+		parent = imageRef{info.Parent.Pool, info.Parent.Image}
+	}
+}
+
+// Publish implements backend.Controller: the attachment is recorded in the
+// volume's record; the node maps the image itself.
+func (b *Backend) Publish(ctx context.Context, id string, a backend.Attachment) (map[string]string, error) {
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := b.record(ctx, cr, id)
+	if err != nil {
+		return nil, err
+	}
+	if cur, ok := rec.AttachedTo(a.NodeID); !ok || cur != a {
+		rec.Attachments = append(without(rec.Attachments, a.NodeID), a)
+		_, hash, _ := b.names.parseVolumeID(id)
+		if err := b.index.set(ctx, cr, volumeKeyPrefix+hash, rec); err != nil {
+			return nil, err
+		}
+	}
+	return publishContext(rec), nil
+}
+
+// publishContext tells the node the image and how it is formatted. The
+// node reads the same from the index when Swarm sends no context.
+func publishContext(r *volumeRecord) map[string]string {
+	pc := map[string]string{"pool": r.Pool, "image": r.Image}
+	if r.Block {
+		pc["accessType"] = "block"
+	} else {
+		pc["accessType"], pc["fsType"] = "mount", r.FsType
+	}
+	return pc
+}
+
+// Unpublish implements backend.Controller.
+func (b *Backend) Unpublish(ctx context.Context, id, nodeID string) error {
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return err
+	}
+	rec, err := b.record(ctx, cr, id)
+	if errors.Is(err, csierr.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, ok := rec.AttachedTo(nodeID); !ok {
+		return nil
+	}
+	rec.Attachments = without(rec.Attachments, nodeID)
+	_, hash, _ := b.names.parseVolumeID(id)
+	return b.index.set(ctx, cr, volumeKeyPrefix+hash, rec)
+}
+
+func without(as []backend.Attachment, nodeID string) []backend.Attachment {
+	out := make([]backend.Attachment, 0, len(as))
+	for _, a := range as {
+		if a.NodeID != nodeID {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// ExpandVolume implements backend.Controller. The image grows first, the
+// record after, so a retry after a crash in between completes it.
+func (b *Backend) ExpandVolume(ctx context.Context, id string, size int64) (int64, error) {
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return 0, err
+	}
+	rec, err := b.record(ctx, cr, id)
+	if err != nil {
+		return 0, err
+	}
+	if size <= rec.CapacityBytes {
+		return rec.CapacityBytes, nil
+	}
+	ref := imageRef{rec.Pool, rec.Image}
+	info, err := b.info(ctx, cr, ref)
+	if err != nil {
+		return 0, err
+	}
+	if info.Size < size {
+		if _, err := b.cli.rbd(ctx, cr, ref.String(), "resize", "--no-progress", "--size", mib(size), ref.String()); err != nil {
+			return 0, err
+		}
+	}
+	rec.CapacityBytes = size
+	_, hash, _ := b.names.parseVolumeID(id)
+	if err := b.index.set(ctx, cr, volumeKeyPrefix+hash, rec); err != nil {
+		return 0, err
+	}
+	return size, nil
+}
+
+// checkMutable checks the values of mutable parameters: whole numbers.
+func checkMutable(params map[string]string) error {
+	for k, v := range params {
+		if _, ok := qosOptions[k]; !ok {
+			return csierr.Invalid("mutable parameter %q is not supported; the rbd backend accepts: %s, %s", k, ParamQoSIOPS, ParamQoSBPS)
+		}
+		if _, err := strconv.ParseUint(v, 10, 63); err != nil {
+			return csierr.Invalid("mutable parameter %s=%q: want a whole number, 0 for no limit", k, v)
+		}
+	}
+	return nil
+}
+
+// applyMutable sets the image's QoS options (rbd config image set).
+func (b *Backend) applyMutable(ctx context.Context, cr creds, ref imageRef, params map[string]string) error {
+	keys := make([]string, 0, len(params))
+	for k := range params {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys) // the same order on every retry
+	for _, k := range keys {
+		if _, err := b.cli.rbd(ctx, cr, ref.String(), "config", "image", "set", ref.String(), qosOptions[k], params[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ModifyVolume implements backend.Controller: the image's options change
+// first, the record after.
+func (b *Backend) ModifyVolume(ctx context.Context, id string, params map[string]string) error {
+	if err := checkMutable(params); err != nil {
+		return err
+	}
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return err
+	}
+	rec, err := b.record(ctx, cr, id)
+	if err != nil {
+		return err
+	}
+	if err := b.applyMutable(ctx, cr, imageRef{rec.Pool, rec.Image}, params); err != nil {
+		return err
+	}
+	if rec.MutableParameters == nil {
+		rec.MutableParameters = map[string]string{}
+	}
+	maps.Copy(rec.MutableParameters, params)
+	_, hash, _ := b.names.parseVolumeID(id)
+	return b.index.set(ctx, cr, volumeKeyPrefix+hash, rec)
+}
