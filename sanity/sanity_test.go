@@ -39,6 +39,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -131,12 +132,20 @@ func modeByName(name string) (mode, bool) {
 	return mode{}, false
 }
 
+// afterAll are run once every test has: teardowns of what several modes
+// share (a storage system brought up once).
+var afterAll []func()
+
 func TestMain(m *testing.M) {
 	if name := os.Getenv(envChildMode); name != "" {
 		flag.Parse()
 		os.Exit(runSanityChild(name))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	for _, f := range afterAll {
+		f()
+	}
+	os.Exit(code)
 }
 
 // ginkgoFailer implements ginkgo.GinkgoTestingT for the child process.
@@ -250,32 +259,53 @@ func TestSanity(t *testing.T) {
 	t.Log(b.String())
 }
 
+// built is the driver binary, built once for every test of the package.
+var built struct {
+	once      sync.Once
+	bin, log  string
+	err       error
+	buildTime time.Duration
+}
+
 func buildDriver(t *testing.T) string {
 	t.Helper()
 	if bin := os.Getenv(envDriverBin); bin != "" {
 		t.Logf("using prebuilt driver %s (%s is set)", bin, envDriverBin)
 		return bin
 	}
-	goCmd := os.Getenv("GO")
-	if goCmd == "" {
-		goCmd = "go"
+	built.once.Do(func() {
+		goCmd := os.Getenv("GO")
+		if goCmd == "" {
+			goCmd = "go"
+		}
+		dir, err := os.MkdirTemp("", "swarm-csi-driver-")
+		if err != nil {
+			built.err = err
+			return
+		}
+		afterAll = append(afterAll, func() { os.RemoveAll(dir) })
+		bin := filepath.Join(dir, "swarm-csi")
+		args := []string{"build"}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		args = append(args, "-o", bin, driverPackage)
+		cmd := exec.Command(goCmd, args...)
+		cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
+		start := time.Now()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			built.err = fmt.Errorf("building the driver failed: %s %s: %v\n%s", goCmd, strings.Join(args, " "), err, out)
+			return
+		}
+		built.bin, built.buildTime = bin, time.Since(start)
+		built.log = fmt.Sprintf("built driver: %s %s (%s)", goCmd, strings.Join(args, " "), built.buildTime.Round(time.Millisecond))
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
 	}
-	bin := filepath.Join(t.TempDir(), "swarm-csi")
-	args := []string{"build"}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	args = append(args, "-o", bin, driverPackage)
-
-	cmd := exec.CommandContext(t.Context(), goCmd, args...)
-	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
-	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("building the driver failed: %s %s: %v\n%s", goCmd, strings.Join(args, " "), err, out)
-	}
-	t.Logf("built driver: %s %s (%s)", goCmd, strings.Join(args, " "), time.Since(start).Round(time.Millisecond))
-	return bin
+	t.Log(built.log)
+	return built.bin
 }
 
 func runMode(t *testing.T, bin string, m mode, results map[string]string) {
