@@ -61,7 +61,7 @@ func (o *op) fail(err error, what string) error {
 		// code CSI gives to "an operation is pending for this volume":
 		// the action goes on in the cloud, and the retry, which Swarm
 		// makes with backoff, finds it running and waits for it.
-		return fmt.Errorf("%w: %s is still in progress in Hetzner Cloud after %s; a retry waits for it to finish",
+		return fmt.Errorf("%w: %s is still in progress after %s (Hetzner Cloud runs one action at a time on a volume or server, and this one is running or waiting its turn); a retry waits for it to finish",
 			csierr.ErrAborted, what, o.b.cfg.Wait)
 	}
 	return apiError(err, what)

@@ -79,9 +79,12 @@ type Config struct {
 type Backend struct {
 	cfg Config
 
-	mu      sync.Mutex
-	clients map[[32]byte]*hcloud.Client // by hash of the token
-	servers map[serverKey]bool          // servers known to exist
+	pace pace
+
+	mu          sync.Mutex
+	clients     map[[32]byte]*hcloud.Client // by hash of the token
+	servers     map[serverKey]bool          // servers known to exist
+	serverTurns map[serverKey]chan struct{} // see lockServer
 }
 
 type serverKey struct {
@@ -123,7 +126,8 @@ func New(cfg Config) (*Backend, error) {
 			return nil, err
 		}
 	}
-	return &Backend{cfg: cfg, clients: map[[32]byte]*hcloud.Client{}, servers: map[serverKey]bool{}}, nil
+	return &Backend{cfg: cfg, clients: map[[32]byte]*hcloud.Client{}, servers: map[serverKey]bool{},
+		serverTurns: map[serverKey]chan struct{}{}}, nil
 }
 
 // CheckEndpoint accepts an http or https URL with a host.
@@ -197,10 +201,6 @@ func (b *Backend) client(ctx context.Context) (*hcloud.Client, [32]byte, error) 
 		hcloud.WithEndpoint(b.cfg.Endpoint),
 		hcloud.WithApplication("swarm-csi", b.cfg.Version),
 		hcloud.WithHTTPClient(b.cfg.HTTPClient),
-		// Actions take seconds: the first poll comes soon for quick ones,
-		// later polls back off to spare the hourly request budget.
-		hcloud.WithPollOpts(hcloud.PollOpts{BackoffFunc: hcloud.ExponentialBackoffWithOpts(hcloud.ExponentialBackoffOpts{
-			Base: 100 * time.Millisecond, Multiplier: 2, Cap: 2 * time.Second})}),
 		// A 429 or a passing gateway error is retried twice at once; a
 		// longer outage is the caller's to retry (Swarm retries with
 		// backoff), with the wait the API asked for in the message.

@@ -716,12 +716,50 @@ func TestConcurrentCallsOnOneServer(t *testing.T) {
 			}
 		}
 	}
+	e.cloud.ResetRequests()
 	check(true)
 	check(false)
+	// The calls took turns at the server in the process: none was sent
+	// only to be refused as locked.
+	reqs := e.cloud.Requests().ByRoute
+	if reqs["POST /volumes/{id}/actions/attach"] != len(ids) || reqs["POST /volumes/{id}/actions/detach"] != len(ids) {
+		t.Errorf("%d attach and %d detach requests for %d volumes", reqs["POST /volumes/{id}/actions/attach"], reqs["POST /volumes/{id}/actions/detach"], len(ids))
+	}
 	for _, id := range ids {
 		if err := e.be.DeleteVolume(ctx, id); err != nil {
 			t.Fatal(err)
 		}
 	}
 	e.checkClean(t)
+}
+
+// Waits learn how long actions take: once they have seen a few, a wait
+// polls an action about once, where a fixed backoff from 100 ms would poll
+// a 400 ms action three times.
+func TestWaitsLearnActionDurations(t *testing.T) {
+	e := newEnv(t, false)
+	ctx := context.Background()
+	e.cloud.SetActionDelay("", 400*time.Millisecond)
+	v := must[*backend.Volume](t)(e.be.CreateVolume(ctx, spec("paced")))
+	node := sid(e.servers[0])
+	cycle := func() {
+		t.Helper()
+		if _, err := e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: node}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.be.Unpublish(ctx, v.ID, node); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cycle() // learns
+	e.cloud.ResetRequests()
+	const cycles = 3
+	for range cycles {
+		cycle()
+	}
+	polls := e.cloud.Requests().ByRoute["GET /actions"]
+	if polls > 2*2*cycles {
+		t.Errorf("%d polls for %d actions, want at most 2 each", polls, 2*cycles)
+	}
+	t.Logf("%d polls for %d actions", polls, 2*cycles)
 }

@@ -48,11 +48,19 @@ func (b *Backend) Publish(ctx context.Context, id string, a backend.Attachment) 
 		if hv.Server != nil {
 			return nil, nil
 		}
+		unlock, err := o.lockServer(sid)
+		if err != nil {
+			return nil, o.fail(err, what)
+		}
 		action, _, err := o.api.Volume.AttachWithOpts(o.ctx, hv, hcloud.VolumeAttachOpts{
 			Server: &hcloud.Server{ID: sid}, Automount: hcloud.Ptr(false)})
+		if err == nil {
+			err = o.await(action)
+			unlock()
+			return nil, o.fail(err, what)
+		}
+		unlock()
 		switch {
-		case err == nil:
-			return nil, o.fail(o.await(action), what)
 		case hcloud.IsError(err, hcloud.ErrorCodeLocked):
 			// Our own attach from an earlier attempt, another action on
 			// the volume, or one on the server: wait, then look again.
@@ -159,10 +167,18 @@ func (b *Backend) Unpublish(ctx context.Context, id, nodeID string) error {
 // action, or the volume was found detached meanwhile, it waits for that
 // and reports false: the caller reads the volume again.
 func (o *op) detach(hv *hcloud.Volume) (bool, error) {
+	unlock, err := o.lockServer(hv.Server.ID)
+	if err != nil {
+		return false, err
+	}
 	action, _, err := o.api.Volume.Detach(o.ctx, hv)
+	if err == nil {
+		err = o.await(action)
+	}
+	unlock()
 	switch {
 	case err == nil:
-		return true, o.await(action)
+		return true, nil
 	case hcloud.IsError(err, hcloud.ErrorCodeLocked):
 		return false, o.waitActions(hv.ID, hv.Server.ID)
 	case hcloud.IsError(err, hcloud.ErrorCodeInvalidInput):

@@ -121,11 +121,6 @@ func (o *op) volume(id int64) (*hcloud.Volume, error) {
 	return hv, nil
 }
 
-// await waits for actions; an action that fails is the call's error.
-func (o *op) await(actions ...*hcloud.Action) error {
-	return o.api.Action.WaitFor(o.ctx, actions...)
-}
-
 // runningActions lists the actions running on a volume.
 func (o *op) runningActions(id int64) ([]*hcloud.Action, error) {
 	return o.api.Volume.Action.AllFor(o.ctx, &hcloud.Volume{ID: id}, hcloud.ActionListOpts{
@@ -154,7 +149,7 @@ func (o *op) waitActions(id, server int64) error {
 			return nil
 		}
 	}
-	return o.api.Action.WaitForFunc(o.ctx, nil, running...)
+	return o.watch(running, false, false)
 }
 
 // DeleteVolume implements backend.Controller: it detaches the volume if
