@@ -14,7 +14,9 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 )
 
 const nodeID = "bench-node"
@@ -204,7 +206,7 @@ func (b *bench) driverLifecycle(name, fs string, size int64) *lifecycle {
 		vol    *csi.Volume
 		pubCtx map[string]string
 	)
-	return &lifecycle{
+	l := &lifecycle{
 		name: "driver volume " + name,
 		dirs: []string{staging},
 		setup: []step{{
@@ -282,6 +284,37 @@ func (b *bench) driverLifecycle(name, fs string, size int64) *lifecycle {
 				return err
 			}},
 		}},
+	}
+	if b.cfg.Backend == "hcloud" {
+		for i := range l.setup {
+			l.setup[i].do = b.retryAborted(l.setup[i].do)
+			if u := l.setup[i].undo; u != nil {
+				u.do = b.retryAborted(u.do)
+			}
+		}
+	}
+	return l
+}
+
+// retryAborted makes a call again while it answers Aborted, as a CO does
+// (Swarm backs off from 100 ms, doubling): the driver answers Aborted when
+// a cloud action outlasts its wait, and the next call waits for it.
+func (b *bench) retryAborted(do func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		backoff := 100 * time.Millisecond
+		for {
+			err := do(ctx)
+			if status.Code(err) != codes.Aborted {
+				return err
+			}
+			b.retried.Add(1)
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+		}
 	}
 }
 

@@ -74,6 +74,9 @@ type CloudModeReport struct {
 	// ActionFloorMs is the least a lifecycle can take: its three actions
 	// (create, attach, detach) at the fake cloud's delay.
 	ActionFloorMs float64 `json:"action_floor_ms"`
+	// Retried counts the calls answered Aborted (an action outlasted the
+	// driver's wait) and made again.
+	Retried int64 `json:"retried"`
 }
 
 // cloudModes runs the sequential and parallel lifecycles of the driver on
@@ -90,6 +93,7 @@ func (b *bench) cloudModes(ctx context.Context, cloud *fakeCloud) ([]CloudModeRe
 	}{{"sequential", 1}, {"parallel", cfg.Parallel}} {
 		fmt.Fprintf(b.log, "%s: %d volumes on the fake Hetzner Cloud ...\n", m.name, cfg.Volumes)
 		cloud.ResetRequests()
+		b.retried.Store(0)
 		s := &side{name: "driver", newLifecycle: b.driverLifecycle}
 		for start := 0; start < cfg.Volumes; start += m.batch {
 			err := s.batch(ctx, min(m.batch, cfg.Volumes-start), func(i int) *lifecycle {
@@ -107,6 +111,7 @@ func (b *bench) cloudModes(ctx context.Context, cloud *fakeCloud) ([]CloudModeRe
 			APICalls:        float64(reqs.Total) / float64(cfg.Volumes),
 			APICallsByRoute: map[string]float64{},
 			ActionFloorMs:   3 * float64(cfg.ActionDelay) / float64(time.Millisecond),
+			Retried:         b.retried.Load(),
 		}
 		for route, n := range reqs.ByRoute {
 			r.APICallsByRoute[route] = float64(n) / float64(cfg.Volumes)
@@ -129,7 +134,7 @@ func printCloud(w io.Writer, c config, modes []CloudModeReport) {
 		tw.Flush()
 		fmt.Fprintf(w, "  lifecycle p50 %.0f ms, p95 %.0f ms; its three actions take %.0f ms at least\n",
 			m.Driver.Lifecycle.P50ms, m.Driver.Lifecycle.P95ms, m.ActionFloorMs)
-		fmt.Fprintf(w, "  API requests per lifecycle: %.1f\n", m.APICalls)
+		fmt.Fprintf(w, "  API requests per lifecycle: %.1f; calls answered Aborted and retried: %d\n", m.APICalls, m.Retried)
 		routes := slices.Sorted(maps.Keys(m.APICallsByRoute))
 		slices.SortStableFunc(routes, func(a, b string) int {
 			return int(1000*m.APICallsByRoute[b]) - int(1000*m.APICallsByRoute[a])

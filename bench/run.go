@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 )
 
@@ -16,6 +17,9 @@ type bench struct {
 	dir string // the run's temp dir: data/, raw/, mnt/, csi.sock
 	drv *driver
 	log io.Writer
+	// retried counts the calls answered Aborted and made again, as a CO
+	// does (hcloud: an action outlasted the driver's wait).
+	retried atomic.Int64
 }
 
 // run does a whole benchmark: warm-up, sequential and parallel rounds, and
