@@ -276,3 +276,23 @@ func TestIDs(t *testing.T) {
 		t.Error("ours")
 	}
 }
+
+// Nodes that list the same monitors in another order report the same
+// topology.
+func TestTopology(t *testing.T) {
+	got := monitorList("[v2:10.0.0.2:3300,v1:10.0.0.2:6789], 10.0.0.1 ,10.0.0.3:6789")
+	want := []string{"[v2:10.0.0.2:3300,v1:10.0.0.2:6789]", "10.0.0.1", "10.0.0.3:6789"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("monitorList = %q", got)
+	}
+	a := newTestBackend(t, &fakeRunner{})
+	b := newTestBackend(t, &fakeRunner{})
+	a.cfg.Monitors, b.cfg.Monitors = "10.0.0.1,10.0.0.2", "10.0.0.2,10.0.0.1"
+	if a.Topology()[TopologyKey] != b.Topology()[TopologyKey] {
+		t.Fatal("the monitors' order changes the topology")
+	}
+	b.cfg.Pool = "other"
+	if a.Topology()[TopologyKey] == b.Topology()[TopologyKey] {
+		t.Fatal("another pool has the same topology")
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -292,10 +293,33 @@ func (b *Backend) Info() backend.Info {
 }
 
 // Topology returns the segment of the nodes that reach this cluster: a
-// hash of its monitors and pool.
+// hash of its monitors (in any order) and default pool.
 func (b *Backend) Topology() map[string]string {
-	sum := sha256.Sum256([]byte(b.cfg.Monitors + "\x00" + b.cfg.Pool))
+	mons := monitorList(b.cfg.Monitors)
+	slices.Sort(mons)
+	sum := sha256.Sum256([]byte(strings.Join(mons, ",") + "\x00" + b.cfg.Pool))
 	return map[string]string{TopologyKey: hex.EncodeToString(sum[:8])}
+}
+
+// monitorList splits a "mon host" value at the commas that separate
+// monitors, not those inside one monitor's [v2:…,v1:…].
+func monitorList(s string) []string {
+	var out []string
+	depth, start := 0, 0
+	for i, r := range s + "," {
+		switch {
+		case r == '[':
+			depth++
+		case r == ']':
+			depth--
+		case r == ',' && depth == 0:
+			if m := strings.TrimSpace(s[start:i]); m != "" {
+				out = append(out, m)
+			}
+			start = i + 1
+		}
+	}
+	return out
 }
 
 // Capacity implements backend.Controller: what the default pool can still

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
@@ -126,6 +127,11 @@ func (b *Backend) makeImage(ctx context.Context, cr creds, ref imageRef, spec ba
 		err = create()
 	}
 	if err != nil {
+		if spec.Source != nil && spec.Source.VolumeID != "" {
+			// The temporary snapshot would keep the source from being
+			// deleted; a retry takes it again.
+			b.dropCloneSnapshot(ctx, cr, parent)
+		}
 		return createError(err)
 	}
 	size := parentSize // a clone starts at its parent's size
@@ -186,6 +192,17 @@ func (b *Backend) finishSource(ctx context.Context, cr creds, ref imageRef, spec
 		}
 	}
 	return nil
+}
+
+// dropCloneSnapshot removes a clone's temporary snapshot after a failed
+// clone, as well as it can: DeleteVolume removes any left over too.
+func (b *Backend) dropCloneSnapshot(ctx context.Context, cr creds, snap *snapRef) {
+	if snap == nil {
+		return
+	}
+	if _, err := b.cli.rbd(ctx, cr, snap.String(), "snap", "rm", "--no-progress", snap.String()); err != nil && !errors.Is(err, KindNotFound) {
+		b.cfg.Log.Warn("removing a clone's temporary snapshot failed", "snapshot", snap.String(), "error", err)
+	}
 }
 
 // sourceSnapshot returns the snapshot a new volume is cloned from, taking
@@ -335,15 +352,34 @@ func (b *Backend) removeImage(ctx context.Context, cr creds, ref imageRef) error
 		return serr
 	}
 	var user []string
+	droppedTemp := false
 	for _, s := range snaps {
-		if s.Namespace.Type == "user" || s.Namespace.Type == "" {
-			user = append(user, s.Name)
+		if s.Namespace.Type != "user" && s.Namespace.Type != "" {
+			continue
 		}
+		if strings.HasPrefix(s.Name, b.names.cloneSnapshot("")) {
+			droppedTemp = true
+			// A clone's temporary snapshot that a failed attempt left.
+			snap := snapRef{ref, s.Name}
+			if _, err := b.cli.rbd(ctx, cr, snap.String(), "snap", "rm", "--no-progress", snap.String()); err != nil && !errors.Is(err, KindNotFound) {
+				return err
+			}
+			continue
+		}
+		user = append(user, s.Name)
 	}
 	if len(user) > 0 {
 		return csierr.Precondition("volume %s has snapshots (%v): delete them first", ref, user)
 	}
-	if len(snaps) == 0 {
+	if droppedTemp {
+		_, err = b.cli.rbd(ctx, cr, ref.String(), "rm", "--no-progress", ref.String())
+		if err == nil || errors.Is(err, KindNotFound) {
+			return nil
+		}
+		if !errors.Is(err, KindBusy) {
+			return err
+		}
+	} else if len(snaps) == 0 {
 		return err // busy for another reason: say what rbd said
 	}
 	_, err = b.cli.rbd(ctx, cr, ref.String(), "trash", "mv", ref.String())

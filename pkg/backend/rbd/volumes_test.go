@@ -12,16 +12,24 @@ import (
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
-// deleteRunner answers index reads with one volume record, rm with the
-// given failure, and status and snap ls with the given watchers and snapshots.
-func deleteRunner(b func() *Backend, rmErr error, watchers, snaps string) *fakeRunner {
+// deleteRunner answers index reads with one volume record, the rm calls
+// with rmErrs in turn (then success), and status and snap ls with the
+// given watchers and snapshots.
+func deleteRunner(b func() *Backend, rmErrs []error, watchers, snaps string) *fakeRunner {
 	return &fakeRunner{answers: map[string]func([]string) ([]byte, error){
 		"image-meta get": func(args []string) ([]byte, error) {
 			id := "rbd/" + b().names.volumeImage(nameHash("v"))
 			rec, _ := json.Marshal(volumeRecord{Volume: backend.Volume{ID: id}, Pool: "rbd", Image: b().names.volumeImage(nameHash("v"))})
 			return rec, nil
 		},
-		"rm":       func([]string) ([]byte, error) { return nil, rmErr },
+		"rm": func([]string) ([]byte, error) {
+			if len(rmErrs) == 0 {
+				return nil, nil
+			}
+			err := rmErrs[0]
+			rmErrs = rmErrs[1:]
+			return nil, err
+		},
 		"status":   func([]string) ([]byte, error) { return []byte(`{"watchers":` + watchers + `}`), nil },
 		"snap ls":  func([]string) ([]byte, error) { return []byte(snaps), nil },
 		"trash mv": func([]string) ([]byte, error) { return nil, nil },
@@ -29,52 +37,53 @@ func deleteRunner(b func() *Backend, rmErr error, watchers, snaps string) *fakeR
 }
 
 // rbd rm refuses an image that is open or has snapshots and changes
-// nothing; DeleteVolume then says why, or sends an image that only clones
-// still need to the trash.
+// nothing; DeleteVolume then says why, removes what a failed clone left,
+// or sends an image that only clones still need to the trash.
 func TestDeleteVolumeDecisions(t *testing.T) {
-	busy := exitErr(39, "rbd: image has snapshots - these must be deleted with 'rbd snap purge' before the image can be removed.\n")
+	hasSnaps := exitErr(39, "rbd: image has snapshots - these must be deleted with 'rbd snap purge' before the image can be removed.\n")
 	watched := exitErr(16, "rbd: error: image still has watchers\n")
+	temp := (names{"test"}).cloneSnapshot(nameHash("c"))
 	tests := []struct {
 		name            string
-		rmErr           error
+		rmErrs          []error
 		watchers, snaps string
 		code            codes.Code
-		want            []string // subcommands run after rm, in order
+		want            string // the subcommands run, in order
 	}{
-		{"removed", nil, "[]", "[]", codes.OK, []string{"image-meta remove"}},
-		{"gone already", exitErr(2, "rbd: delete error: (2) No such file or directory\n"), "[]", "[]", codes.OK, []string{"image-meta remove"}},
-		{"attached somewhere", watched, `[{"address":"10.0.0.7:0/1"}]`, "[]", codes.FailedPrecondition, []string{"status"}},
-		{"user snapshots", busy, "[]", `[{"name":"test-snap-1","namespace":{"type":"user"}}]`, codes.FailedPrecondition, []string{"status", "snap ls"}},
-		{"clones only", busy, "[]", `[{"name":"0f1e","namespace":{"type":"trash"}}]`, codes.OK, []string{"status", "snap ls", "trash mv", "image-meta remove"}},
+		{"removed", nil, "[]", "[]", codes.OK, "image-meta get,rm,image-meta remove"},
+		{"gone already", []error{exitErr(2, "rbd: delete error: (2) No such file or directory\n")}, "[]", "[]", codes.OK,
+			"image-meta get,rm,image-meta remove"},
+		{"attached somewhere", []error{watched}, `[{"address":"10.0.0.7:0/1"}]`, "[]", codes.FailedPrecondition, "image-meta get,rm,status"},
+		{"user snapshots", []error{hasSnaps}, "[]", `[{"name":"test-snap-1","namespace":{"type":"user"}}]`, codes.FailedPrecondition,
+			"image-meta get,rm,status,snap ls"},
+		{"clones only", []error{hasSnaps}, "[]", `[{"name":"0f1e","namespace":{"type":"trash"}}]`, codes.OK,
+			"image-meta get,rm,status,snap ls,trash mv,image-meta remove"},
+		{"a failed clone's snapshot", []error{hasSnaps}, "[]", `[{"name":"` + temp + `","namespace":{"type":"user"}}]`, codes.OK,
+			"image-meta get,rm,status,snap ls,snap rm,rm,image-meta remove"},
+		{"busy otherwise", []error{exitErr(16, "rbd: error: (16) Device or resource busy\n")}, "[]", "[]", codes.FailedPrecondition,
+			"image-meta get,rm,status,snap ls"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var b *Backend
-			run := deleteRunner(func() *Backend { return b }, tt.rmErr, tt.watchers, tt.snaps)
+			run := deleteRunner(func() *Backend { return b }, tt.rmErrs, tt.watchers, tt.snaps)
 			b = newTestBackend(t, run)
 			id := "rbd/" + b.names.volumeImage(nameHash("v"))
 			err := b.DeleteVolume(context.Background(), id)
 			if csierr.Code(err) != tt.code {
 				t.Fatalf("DeleteVolume: %v, want %v", err, tt.code)
 			}
-			var after []string
-			seenRm := false
+			var subs []string
 			for _, c := range run.commands() {
 				f := strings.Fields(c)[7:] // after rbd -c C --id U --keyring K
-				sub := strings.Join(f[:min(2, len(f))], " ")
-				if f[0] == "rm" {
-					seenRm = true
-					continue
+				n := 2
+				if f[0] == "rm" || f[0] == "status" {
+					n = 1
 				}
-				if seenRm {
-					if f[0] == "status" || f[0] == "rm" {
-						sub = f[0]
-					}
-					after = append(after, sub)
-				}
+				subs = append(subs, strings.Join(f[:n], " "))
 			}
-			if strings.Join(after, ",") != strings.Join(tt.want, ",") {
-				t.Fatalf("after rm: %v, want %v", after, tt.want)
+			if got := strings.Join(subs, ","); got != tt.want {
+				t.Fatalf("ran %s\nwant %s", got, tt.want)
 			}
 		})
 	}
