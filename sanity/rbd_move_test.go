@@ -300,3 +300,67 @@ func TestRBDFailures(t *testing.T) {
 	}
 	checkPoolClean(t, c, "fail")
 }
+
+// Snapshots and copies can go in any order: a snapshot before the volumes
+// made from it, a volume before its clones (its image waits in the rbd
+// trash and goes with its last clone, down a chain of clones too). Only a
+// volume with snapshots of its own is refused. The copies hold the data.
+func TestRBDCopiesDeletedInAnyOrder(t *testing.T) {
+	c, bin := needRBD(t)
+	n := startRBDNode(t, bin, c, "node-c", "copies")
+	ctx := t.Context()
+	capab := mountCapability(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	create := func(name string, src *csi.VolumeContentSource) string {
+		t.Helper()
+		resp, err := n.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{capab},
+			CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}, VolumeContentSource: src})
+		if err != nil {
+			t.Fatalf("CreateVolume %s: %v", name, err)
+		}
+		return resp.GetVolume().GetVolumeId()
+	}
+	fromVolume := func(id string) *csi.VolumeContentSource {
+		return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}}
+	}
+	del := func(id string, code codes.Code) {
+		t.Helper()
+		_, err := n.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+		wantCode(t, "DeleteVolume "+id, err, code)
+	}
+	check := func(id string) {
+		t.Helper()
+		target := n.stage(t, n.ctrl, id, capab)
+		got, err := os.ReadFile(filepath.Join(target, "f"))
+		if err != nil || string(got) != "original" {
+			t.Fatalf("copy %s holds %q, %v", id, got, err)
+		}
+		n.release(t, n.ctrl, id)
+	}
+
+	src := create("source", nil)
+	target := n.stage(t, n.ctrl, src, capab)
+	if err := os.WriteFile(filepath.Join(target, "f"), []byte("original"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.release(t, n.ctrl, src)
+	snap, err := n.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap", SourceVolumeId: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromSnap := create("from-snap", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshot().GetSnapshotId()}}})
+	clone := create("clone", fromVolume(src))
+	cloneOfClone := create("clone-of-clone", fromVolume(clone))
+
+	del(src, codes.FailedPrecondition) // it has a snapshot
+	if _, err := n.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshot().GetSnapshotId()}); err != nil {
+		t.Fatal(err)
+	}
+	del(src, codes.OK)   // to the trash: two copies depend on it
+	del(clone, codes.OK) // to the trash: its clone depends on it
+	check(fromSnap)
+	check(cloneOfClone)
+	del(cloneOfClone, codes.OK) // takes the clone out of the trash
+	del(fromSnap, codes.OK)     // takes the source out of the trash
+	checkPoolClean(t, c, "copies")
+}
