@@ -318,13 +318,13 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 	if err := b.removeImage(ctx, cr, ref); err != nil {
 		return err
 	}
-	if err := b.index.remove(ctx, cr, volumeKeyPrefix+hash); err != nil {
-		return err
-	}
+	// Before the record goes: a retry after a failure here purges again.
 	if p := b.parentOf(rec); p != nil {
-		b.purgeTrashed(ctx, cr, *p)
+		if err := b.purgeTrashed(ctx, cr, *p); err != nil {
+			return err
+		}
 	}
-	return nil
+	return b.index.remove(ctx, cr, volumeKeyPrefix+hash)
 }
 
 // removeImage removes an image; an image already gone is no error. rbd rm
@@ -423,16 +423,17 @@ func (b *Backend) parentOf(rec *volumeRecord) *imageRef {
 // purgeTrashed removes, after a clone is gone, the image it was cloned from
 // if that waits in the trash, and so on up the chain of parents. What
 // cannot go yet (other clones remain) stays for the next clone's deletion.
-// Failures are logged: the clone itself is deleted.
-func (b *Backend) purgeTrashed(ctx context.Context, cr creds, parent imageRef) {
+func (b *Backend) purgeTrashed(ctx context.Context, cr creds, parent imageRef) error {
 	for depth := 0; depth < 16; depth++ {
+		if !b.names.ours(parent.image) || !poolPattern.MatchString(parent.pool) {
+			return nil
+		}
 		var entries []struct {
 			ID   string `json:"id"`
 			Name string `json:"name"`
 		}
 		if err := b.cli.rbdJSON(ctx, cr, parent.pool, &entries, "trash", "ls", parent.pool); err != nil {
-			b.cfg.Log.Warn("listing the trash failed", "pool", parent.pool, "error", err)
-			return
+			return err
 		}
 		id := ""
 		for _, e := range entries {
@@ -440,25 +441,27 @@ func (b *Backend) purgeTrashed(ctx context.Context, cr creds, parent imageRef) {
 				id = e.ID
 			}
 		}
-		if id == "" || !b.names.ours(parent.image) {
-			return // not in the trash: still a volume, or gone
+		if id == "" {
+			return nil // not in the trash: still a volume, or gone
 		}
 		// Its own parent, before it goes.
 		var info imageInfo
 		if err := b.cli.rbdJSON(ctx, cr, parent.String(), &info, "info", "--pool", parent.pool, "--image-id", id); err != nil {
-			info = imageInfo{}
+			return err
 		}
-		if _, err := b.cli.rbd(ctx, cr, parent.String(), "trash", "rm", "--no-progress", "--pool", parent.pool, "--image-id", id); err != nil {
-			if !errors.Is(err, KindBusy) && !errors.Is(err, KindNotFound) {
-				b.cfg.Log.Warn("removing an image from the trash failed; the next clone's deletion tries again", "image", parent, "error", err)
-			}
-			return
+		_, err := b.cli.rbd(ctx, cr, parent.String(), "trash", "rm", "--no-progress", "--pool", parent.pool, "--image-id", id)
+		if errors.Is(err, KindBusy) {
+			return nil // other clones still need it
 		}
-		if info.Parent == nil || !poolPattern.MatchString(info.Parent.Pool) {
-			return
+		if err != nil && !errors.Is(err, KindNotFound) {
+			return err
+		}
+		if info.Parent == nil {
+			return nil
 		}
 		parent = imageRef{info.Parent.Pool, info.Parent.Image}
 	}
+	return nil
 }
 
 // Publish implements backend.Controller: the attachment is recorded in the
