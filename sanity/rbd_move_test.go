@@ -23,10 +23,11 @@ import (
 // rbdNode is one driver process of the rbd backend, as on one node of a
 // swarm: its own data directory and node id, the shared Ceph cluster.
 type rbdNode struct {
-	id, dir, sock string
-	proc          *driverProc
-	ctrl          csi.ControllerClient
-	node          csi.NodeClient
+	id, dir, sock, bin string
+	args               []string
+	proc               *driverProc
+	ctrl               csi.ControllerClient
+	node               csi.NodeClient
 }
 
 // startRBDNode starts a driver with node id id and the given prefix, and
@@ -41,10 +42,10 @@ func startRBDNode(t *testing.T, bin string, c *cephtest.Cluster, id, prefix stri
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	n := &rbdNode{id: id, dir: dir, sock: filepath.Join(sockDir, "csi.sock")}
-	args := append([]string{"--node-id", id, "--backend", "rbd", "--rbd-monitors", c.MonHost, "--rbd-pool", c.Pool,
+	n := &rbdNode{id: id, dir: dir, sock: filepath.Join(sockDir, "csi.sock"), bin: bin}
+	n.args = append([]string{"--node-id", id, "--backend", "rbd", "--rbd-monitors", c.MonHost, "--rbd-pool", c.Pool,
 		"--rbd-user", c.User, "--rbd-keyring", c.Keyring, "--rbd-attach", "fuse", "--rbd-prefix", prefix}, extra...)
-	n.proc = startDriver(t, bin, "unix://"+n.sock, dataDir, filepath.Join(dir, "driver.log"), args, nil)
+	n.proc = startDriver(t, bin, "unix://"+n.sock, dataDir, filepath.Join(dir, "driver.log"), n.args, nil)
 	t.Cleanup(func() {
 		n.proc.stop(t)
 		checkLeftovers(t, dir, dataDir)
@@ -62,6 +63,29 @@ func startRBDNode(t *testing.T, bin string, c *cephtest.Cluster, id, prefix stri
 	t.Cleanup(func() { conn.Close() })
 	n.ctrl, n.node = csi.NewControllerClient(conn), csi.NewNodeClient(conn)
 	return n
+}
+
+// restart stops the driver with SIGTERM, which leaves its volumes
+// attached (rbd-fuse runs in a session of its own), and starts a new
+// process on the same data directory, which must find them again.
+func (n *rbdNode) restart(t *testing.T) {
+	t.Helper()
+	n.proc.stop(t)
+	n.proc = startDriver(t, n.bin, "unix://"+n.sock, filepath.Join(n.dir, "data"), filepath.Join(n.dir, "driver-restarted.log"), n.args, nil)
+	if _, err := n.proc.waitReady(t.Context(), n.sock); err != nil {
+		t.Fatalf("driver %s after a restart: %v", n.id, err)
+	}
+}
+
+// retryAborted retries a call answered Aborted (another operation on the
+// volume, such as a restarted driver restoring its mounts), as a CO does.
+func retryAborted(call func() error) error {
+	err := call()
+	for i := 0; i < 100 && status.Code(err) == codes.Aborted; i++ {
+		time.Sleep(100 * time.Millisecond)
+		err = call()
+	}
+	return err
 }
 
 func needRBD(t *testing.T) (*cephtest.Cluster, string) {
@@ -110,7 +134,11 @@ func (n *rbdNode) release(t *testing.T, ctrl csi.ControllerClient, volID string)
 	t.Helper()
 	ctx := t.Context()
 	staging, target := filepath.Join(n.dir, "data/staged", "v"), filepath.Join(n.dir, "data/published", "v")
-	if _, err := n.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: volID, TargetPath: target}); err != nil {
+	err := retryAborted(func() error {
+		_, err := n.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: volID, TargetPath: target})
+		return err
+	})
+	if err != nil {
 		t.Fatalf("NodeUnpublishVolume on %s: %v", n.id, err)
 	}
 	if _, err := n.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: volID, StagingTargetPath: staging}); err != nil {
@@ -123,7 +151,8 @@ func (n *rbdNode) release(t *testing.T, ctrl csi.ControllerClient, volID string)
 
 // A task moves between nodes with its data: written and fsynced through
 // node A's driver process, read back byte for byte through node B's. While
-// A holds the single-writer volume, B is refused.
+// A holds the single-writer volume, B is refused. A's driver restarts in
+// between, and its successor finds and releases what it attached.
 func TestRBDMove(t *testing.T) {
 	c, bin := needRBD(t)
 	start := time.Now()
@@ -161,6 +190,11 @@ func TestRBDMove(t *testing.T) {
 	_, err = b.ctrl.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: id, NodeId: b.id, VolumeCapability: snw})
 	wantCode(t, "ControllerPublishVolume to node-b while node-a holds the volume", err, codes.FailedPrecondition)
 
+	// A driver restart leaves the volume in use attached.
+	a.restart(t)
+	if got, err := os.ReadFile(filepath.Join(target, "data")); err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("after node-a's driver restarted, its mount reads %d bytes, %v", len(got), err)
+	}
 	a.release(t, a.ctrl, id)
 	// The controller of node B's process serves the rest: the records are
 	// in Ceph, not in either process.
