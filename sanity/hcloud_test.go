@@ -1,6 +1,7 @@
 package sanity
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -73,6 +74,12 @@ func setupHcloud(t *testing.T, dir string) (args, env []string) {
 			t.Errorf("the fake cloud holds leftovers: %v", left)
 		}
 		t.Logf("the driver made %d Hetzner Cloud API requests", cloud.Requests().Total)
+		// The driver logs every call at debug level; never the token.
+		if log, err := os.ReadFile(filepath.Join(dir, "driver.log")); err != nil {
+			t.Errorf("reading the driver's log: %v", err)
+		} else if bytes.Contains(log, []byte(hcloudSanityToken)) {
+			t.Errorf("the driver's log contains the API token")
+		}
 		if err := cloud.Close(); err != nil {
 			t.Errorf("closing the fake cloud: %v", err)
 		}

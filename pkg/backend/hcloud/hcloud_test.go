@@ -763,3 +763,30 @@ func TestWaitsLearnActionDurations(t *testing.T) {
 	}
 	t.Logf("%d polls for %d actions", polls, 2*cycles)
 }
+
+// A creation that outlasts the budget and then fails in the cloud: the
+// retry, which finds the volume still in the making, must not report it
+// as created, and the next one creates a volume that exists.
+func TestCreateVolumeResumesAndSurvivesFailedCreation(t *testing.T) {
+	e := newEnv(t, false, withWait(100*time.Millisecond))
+	ctx := context.Background()
+	e.cloud.SetActionDelay("create_volume", 400*time.Millisecond)
+	_, err := e.be.CreateVolume(ctx, spec("unlucky"))
+	wantCode(t, err, codes.Aborted)
+	e.cloud.FailActions("create_volume", "action_failed", "injected", 1) // the running one fails
+	e.cloud.SetActionDelay("create_volume", 5*time.Millisecond)
+	patient := e.backend(t, withWait(5*time.Second)) // a retry with time to wait
+	_, err = patient.CreateVolume(ctx, spec("unlucky"))
+	wantCode(t, err, codes.Aborted)
+	if !strings.Contains(err.Error(), "creation failed") {
+		t.Errorf("the retry does not say the creation failed: %v", err)
+	}
+	v := must[*backend.Volume](t)(patient.CreateVolume(ctx, spec("unlucky")))
+	vols := e.cloud.Volumes()
+	if len(vols) != 1 || strconv.FormatInt(vols[0].ID, 10) != v.ID || vols[0].Status != "available" {
+		t.Fatalf("created %s; the cloud has %+v", v.ID, vols)
+	}
+	if n := len(e.cloud.Actions("create_volume")); n != 2 {
+		t.Errorf("%d create actions, want 2 (the failed one and the new one)", n)
+	}
+}

@@ -71,12 +71,8 @@ func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*b
 			return nil, o.fail(err, what)
 		}
 	}
-	if hv.Status == hcloud.VolumeStatusCreating {
-		if len(actions) > 0 {
-			err = o.await(actions...)
-		} else {
-			err = o.waitActions(hv.ID, 0)
-		}
+	if hv.Status == hcloud.VolumeStatusCreating && len(actions) > 0 {
+		err = o.await(actions...)
 		var ae hcloud.ActionError
 		if errors.As(err, &ae) {
 			// A failed creation leaves nothing usable: remove what is
@@ -84,6 +80,20 @@ func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*b
 			_, _ = o.api.Volume.Delete(o.ctx, hv)
 		}
 		if err != nil {
+			return nil, o.fail(err, what)
+		}
+	}
+	// A volume an earlier attempt created may still be in the making:
+	// wait for its creation, then read it again.
+	for hv.Status == hcloud.VolumeStatusCreating && len(actions) == 0 {
+		if err := o.waitActions(hv.ID, 0); err != nil {
+			return nil, o.fail(err, what)
+		}
+		if hv, err = o.volume(hv.ID); err != nil {
+			if csierr.Code(err) == csierr.Code(csierr.ErrNotFound) {
+				// Its creation failed and left nothing: the retry creates it.
+				return nil, fmt.Errorf("%w: %s: an earlier attempt's creation failed in Hetzner Cloud; a retry creates the volume again", csierr.ErrAborted, what)
+			}
 			return nil, o.fail(err, what)
 		}
 	}
