@@ -101,6 +101,9 @@ func (f *rbdFlags) config(c *config) (rbd.Config, error) {
 		return cfg, fmt.Errorf("%s: give exactly one (%d given)", rbdSettings["key"], sources)
 	}
 	cfg.Key = strings.TrimSpace(f.key)
+	// The key now lives in a keyring file of mode 0600: the processes the
+	// driver starts (rbd, rbd-fuse) need not inherit it.
+	os.Unsetenv("RBD_KEY")
 	if f.keyFile != "" {
 		b, err := os.ReadFile(f.keyFile)
 		if err != nil {
