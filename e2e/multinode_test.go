@@ -1,0 +1,163 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/swarm-csi/swarm-csi/e2e/internal/harness"
+)
+
+// overlap is a moment when the volume was mounted for two nodes.
+type overlap struct {
+	at    time.Duration
+	usage harness.Usage
+}
+
+// mountWatch samples, every interval, where the volume is mounted, and
+// remembers every node it was seen on and every moment it was mounted for
+// more than one node at once.
+type mountWatch struct {
+	samples  int
+	seenOn   map[string]bool
+	overlaps []overlap
+	errs     []error
+	timeline []string
+}
+
+func watchMounts(ctx context.Context, w *harness.Watcher, interval time.Duration) (*mountWatch, func() *mountWatch) {
+	mw := &mountWatch{seenOn: map[string]bool{}}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		start := time.Now()
+		last := ""
+		for i := 0; ; i++ {
+			// New containers have new mount namespaces: look for them
+			// every few samples.
+			if i%5 == 0 {
+				w.Refresh()
+			}
+			u, err := w.Usage()
+			if err != nil {
+				mw.errs = append(mw.errs, err)
+			} else {
+				mw.samples++
+				nodes := u.Nodes()
+				for _, n := range nodes {
+					mw.seenOn[n] = true
+				}
+				if cur := strings.Join(nodes, ","); cur != last {
+					mw.timeline = append(mw.timeline, fmt.Sprintf("%8s mounted for [%s]", time.Since(start).Round(time.Millisecond), cur))
+					last = cur
+				}
+				if len(nodes) > 1 {
+					mw.overlaps = append(mw.overlaps, overlap{at: time.Since(start), usage: u})
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(interval):
+			}
+		}
+	}()
+	return mw, func() *mountWatch { cancel(); wg.Wait(); return mw }
+}
+
+// Scenario 8: three nodes (a manager and two workers, each dockerd in its
+// own network namespace) share one host directory as the plugin's data
+// directory. A single-writer volume's service runs on worker A; draining A
+// moves the task to worker B, which reads A's data; polling the mounts
+// every 20 ms, the volume is never mounted for two nodes at once.
+func TestDrainMovesVolumeBetweenNodes(t *testing.T) {
+	requireSwarm(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	start := time.Now()
+	c, err := harness.Start(ctx, logf, harness.Options{Nodes: 3})
+	if err != nil {
+		t.Fatalf("bring up the three-node swarm: %v", err)
+	}
+	t.Cleanup(func() {
+		start := time.Now()
+		if err := c.Stop(); err != nil {
+			t.Errorf("teardown of the three-node swarm left something behind:\n%v", err)
+		} else {
+			t.Logf("three-node swarm torn down in %s; nothing left behind", time.Since(start).Round(time.Millisecond))
+		}
+	})
+	t.Logf("three-node swarm up in %s", time.Since(start).Round(time.Millisecond))
+	e := newEnv(t, c)
+	out := e.docker("node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.Availability}} {{.ManagerStatus}}")
+	t.Logf("nodes:\n%s", strings.TrimSpace(out))
+
+	e.createVolume("s8-vol", "--type", "mount", "--scope", "single", "--sharing", "none")
+	v, _ := e.waitCreated("s8-vol", 60*time.Second)
+	vid := v.VolumeID()
+	// Workers only: draining one leaves exactly one other place to go.
+	e.service("s8-app", writeScript, "--mount", "type=cluster,src=s8-vol,dst=/data", "--constraint", "node.role==worker")
+	tk := e.waitRunning("s8-app", 120*time.Second)
+	a := e.nodeOf(tk)
+	sum := strings.Fields(e.waitFile(tk, "/data/blob.sum", 60*time.Second))[0]
+	t.Logf("task %s runs on %s and wrote sha256 %s", tk.ID[:12], a.Name, sum)
+
+	w, err := c.NewWatcher(c.VolumeImage(vid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mw, stop := watchMounts(e.ctx, w, 20*time.Millisecond)
+	stopped := false
+	defer func() {
+		if !stopped {
+			stop()
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+
+	moveStart := time.Now()
+	e.docker("node", "update", "--availability", "drain", a.Name)
+	t.Cleanup(func() { c.Manager().Docker(context.Background(), "node", "update", "--availability", "active", a.Name) })
+	tk = e.waitNewTask("s8-app", tk.ID, 120*time.Second)
+	b := e.nodeOf(tk)
+	moved := time.Since(moveStart)
+	if b == a {
+		t.Fatalf("after draining %s the task still runs there", a.Name)
+	}
+	e.checkOnVolume(tk, vid, "/data")
+	got := strings.Fields(e.exec(tk, "sha256sum /data/blob"))[0]
+	// Let the watcher see the settled state.
+	time.Sleep(500 * time.Millisecond)
+	stop()
+	stopped = true
+
+	t.Logf("drain of %s: the task runs on %s %s later and reads sha256 %s", a.Name, b.Name, moved.Round(time.Millisecond), got)
+	t.Logf("mount watch: %d samples every 20 ms; timeline:\n%s", mw.samples, strings.Join(mw.timeline, "\n"))
+	if got != sum {
+		t.Errorf("%s reads sha256 %s, %s wrote %s", b.Name, got, a.Name, sum)
+	}
+	for _, err := range mw.errs {
+		t.Errorf("mount watch: %v", err)
+	}
+	if mw.samples < 10 || !mw.seenOn[a.Name] || !mw.seenOn[b.Name] {
+		t.Errorf("the mount watch saw too little to judge: %d samples, seen on %v (want %s and %s)", mw.samples, mw.seenOn, a.Name, b.Name)
+	}
+	if len(mw.overlaps) > 0 {
+		o := mw.overlaps[0]
+		t.Errorf("the single-writer volume %s was mounted for two nodes at once in %d samples; first at %s:\n%s",
+			vid, len(mw.overlaps), o.at.Round(time.Millisecond), o.usage)
+	}
+	log := e.pluginLogSince(c.Manager())
+	t.Logf("manager's plugin: ControllerPublishVolume refused with FailedPrecondition %d times during the move",
+		strings.Count(log, "ControllerPublishVolume code=FailedPrecondition"))
+	for _, n := range c.Nodes {
+		l := e.pluginLogSince(n)
+		t.Logf("%s plugin: NodeStageVolume %d, NodePublishVolume %d, NodeUnpublishVolume %d, NodeUnstageVolume %d",
+			n.Name, countRPC(l, "NodeStageVolume"), countRPC(l, "NodePublishVolume"), countRPC(l, "NodeUnpublishVolume"), countRPC(l, "NodeUnstageVolume"))
+	}
+}
