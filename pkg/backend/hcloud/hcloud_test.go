@@ -452,7 +452,7 @@ func TestPublishAttachLimit(t *testing.T) {
 }
 
 func TestExpandVolume(t *testing.T) {
-	e := newEnv(t, false, withWait(2*time.Second))
+	e := newEnv(t, false, withWait(150*time.Millisecond))
 	ctx := context.Background()
 	v := must[*backend.Volume](t)(e.be.CreateVolume(ctx, spec("grow")))
 	if size := must[int64](t)(e.be.ExpandVolume(ctx, v.ID, 14*GiB+GiB/2)); size != 15*GiB {
