@@ -77,6 +77,8 @@ const (
 	testVersion = "v0.0.0-test"
 	testEpoch   = "1700000000"
 	maxRootfs   = 40 << 20
+	// The rbd flavour carries librbd, librados and python3 for ceph.
+	maxRootfsRBD = 100 << 20
 )
 
 // needRoot skips without root or a tool build-plugin needs, except in CI
@@ -115,6 +117,8 @@ func TestBuildPlugin(t *testing.T) {
 	build(t, script, a, nil, "--tar", aTar)
 	build(t, script, b, nil, "--tar", bTar)
 	build(t, script, c, []string{"CAPS=CAP_SYS_ADMIN"})
+	r := filepath.Join(tmp, "r")
+	build(t, script, r, []string{"CAPS=CAP_SYS_ADMIN"}, "--with", "rbd")
 
 	t.Run("reproducible", func(t *testing.T) {
 		la, lb := treeLines(t, a), treeLines(t, b)
@@ -152,10 +156,11 @@ func TestBuildPlugin(t *testing.T) {
 
 	t.Run("config", func(t *testing.T) { checkConfig(t, a) })
 	t.Run("programs", func(t *testing.T) { checkPrograms(t, filepath.Join(a, "rootfs"), readConfig(t, a)) })
-	t.Run("size", func(t *testing.T) { checkSize(t, filepath.Join(a, "rootfs")) })
+	t.Run("size", func(t *testing.T) { checkSize(t, filepath.Join(a, "rootfs"), maxRootfs) })
 	t.Run("no build paths", func(t *testing.T) {
 		checkNoBuildPaths(t, filepath.Join(a, "rootfs"), src, tmp)
 	})
+	t.Run("rbd flavour", func(t *testing.T) { checkRBDFlavour(t, c, r) })
 	// Last: it writes images into c's /tmp.
 	t.Run("tools work", func(t *testing.T) { checkToolsWork(t, filepath.Join(c, "rootfs"), readConfig(t, c)) })
 }
@@ -252,6 +257,9 @@ func checkConfig(t *testing.T, out string) {
 		}
 	}
 
+	// The backends' settings default to empty: the driver's own defaults
+	// apply (cmd/swarm-csi checks that config.json names exactly the
+	// variables the driver reads).
 	want := map[string]string{
 		"CSI_ENDPOINT":         "unix:///run/docker/plugins/csi.sock",
 		"DATA_DIR":             "/var/lib/swarm-csi",
@@ -268,8 +276,12 @@ func checkConfig(t *testing.T, out string) {
 			t.Errorf("env %s has no value: Docker would not pass it", e.Name)
 			continue
 		}
-		got[e.Name] = *e.Value
 		check("env "+e.Name+" settable", e.Settable, []string{"value"})
+		if strings.HasPrefix(e.Name, "RBD_") || strings.HasPrefix(e.Name, "HCLOUD_") {
+			check("env "+e.Name, *e.Value, "")
+			continue
+		}
+		got[e.Name] = *e.Value
 	}
 	check("env", got, want)
 	// The socket Docker connects to is <plugin-id>/<Socket> under its
@@ -386,17 +398,7 @@ func checkPrograms(t *testing.T, root string, c *pluginConfig) {
 func checkToolsWork(t *testing.T, root string, c *pluginConfig) {
 	run := func(wantCode int, want string, args ...string) {
 		t.Helper()
-		cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "sh", "-ec",
-			`r=$0; mount -t proc proc "$r/proc"; mount --rbind /dev "$r/dev"; exec chroot "$r" "$@"`, root}, args...)...)
-		cmd.Env = []string{"PATH=" + envOf(c, "PATH"), "LC_ALL=C"}
-		out, err := cmd.CombinedOutput()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code, err = ee.ExitCode(), nil
-		}
-		if err != nil || code != wantCode || !strings.Contains(string(out), want) {
-			t.Fatalf("in the rootfs, %s: exit %d (%v), want %d and %q:\n%s", strings.Join(args, " "), code, err, wantCode, want, out)
-		}
+		runInRootfs(t, root, c, wantCode, want, args...)
 	}
 	image := func(name string, size int64) string {
 		t.Helper()
@@ -429,7 +431,27 @@ func checkToolsWork(t *testing.T, root string, c *pluginConfig) {
 	run(2, "", "blkid", "-p", "-s", "TYPE", "-s", "PTTYPE", "-o", "export", image("empty.img", 1<<20))
 }
 
-func checkSize(t *testing.T, root string) {
+// runInRootfs runs a command inside the rootfs with /proc and /dev mounted
+// as in the plugin (a private mount namespace, so nothing outlives it), and
+// fails the test unless it exits wantCode with want in its output. It
+// returns the output.
+func runInRootfs(t *testing.T, root string, c *pluginConfig, wantCode int, want string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "sh", "-ec",
+		`r=$0; mount -t proc proc "$r/proc"; mount --rbind /dev "$r/dev"; exec chroot "$r" "$@"`, root}, args...)...)
+	cmd.Env = []string{"PATH=" + envOf(c, "PATH"), "LC_ALL=C"}
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code, err = ee.ExitCode(), nil
+	}
+	if err != nil || code != wantCode || !strings.Contains(string(out), want) {
+		t.Fatalf("in the rootfs, %s: exit %d (%v), want %d and %q:\n%s", strings.Join(args, " "), code, err, wantCode, want, out)
+	}
+	return string(out)
+}
+
+func checkSize(t *testing.T, root string, max int64) {
 	type file struct {
 		path string
 		size int64
@@ -457,8 +479,8 @@ func checkSize(t *testing.T, root string) {
 		top = append(top, fmt.Sprintf("%s %.2f MiB", f.path, float64(f.size)/(1<<20)))
 	}
 	t.Logf("rootfs: %.2f MiB in %d files; largest: %s", float64(total)/(1<<20), len(files), strings.Join(top, ", "))
-	if total > maxRootfs {
-		t.Errorf("rootfs is %.2f MiB, want under %d MiB", float64(total)/(1<<20), maxRootfs>>20)
+	if total > max {
+		t.Errorf("rootfs is %.2f MiB, want under %d MiB", float64(total)/(1<<20), max>>20)
 	}
 }
 
