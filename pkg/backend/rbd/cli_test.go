@@ -142,7 +142,8 @@ func TestCommandsCarryNoKey(t *testing.T) {
 		t.Fatalf("keyring holds %q", kr)
 	}
 	conf, _ := os.ReadFile(b.cli.conf)
-	for _, want := range []string{"mon host = 10.0.0.1:6789\n", "client mount timeout = 8\n", "rbd default clone format = 2\n"} {
+	for _, want := range []string{"mon host = 10.0.0.1:6789\n", "client mount timeout = 8\n", "rbd default clone format = 2\n",
+		"run dir = " + filepath.Join(b.cfg.StateDir, "run") + "\n"} {
 		if !strings.Contains(string(conf), want) {
 			t.Errorf("ceph.conf lacks %q:\n%s", want, conf)
 		}

@@ -231,6 +231,10 @@ func cephConf(c Config) string {
 	// snapshot with clones can be deleted (it waits in the trash).
 	fmt.Fprintf(&b, "rbd default clone format = 2\n")
 	fmt.Fprintf(&b, "admin socket =\nlog file =\nlog to stderr = true\nerr to stderr = true\n")
+	// Every tool makes its run directory at start and aborts if it cannot
+	// (the default, /var/run/ceph, is missing in the plugin's rootfs);
+	// crash reports go beside it.
+	fmt.Fprintf(&b, "run dir = %s\ncrash dir = %s\n", filepath.Join(c.StateDir, "run"), filepath.Join(c.StateDir, "crash"))
 	return b.String()
 }
 
