@@ -132,8 +132,10 @@ type Controller interface {
 	// ListVolumes returns all volumes, sorted by id.
 	ListVolumes(ctx context.Context) ([]*Volume, error)
 	// Publish records (and, where the storage needs it, performs) the
-	// attachment of a volume to a node and returns the publish context.
-	Publish(ctx context.Context, id string, a Attachment) (map[string]string, error)
+	// attachment of a volume to a node and returns the publish context. v
+	// is the volume as the caller has just read it, holding the volume's
+	// lock, so a backend whose reads are costly may use it as is.
+	Publish(ctx context.Context, v *Volume, a Attachment) (map[string]string, error)
 	// Unpublish removes the attachment of a volume to a node, if any.
 	Unpublish(ctx context.Context, id, nodeID string) error
 	// ExpandVolume grows a volume to at least size bytes and returns its size.

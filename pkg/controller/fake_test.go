@@ -179,7 +179,8 @@ func (f *fakeBackend) ListVolumes(context.Context) ([]*backend.Volume, error) {
 	return out, nil
 }
 
-func (f *fakeBackend) Publish(ctx context.Context, id string, a backend.Attachment) (map[string]string, error) {
+func (f *fakeBackend) Publish(ctx context.Context, cur *backend.Volume, a backend.Attachment) (map[string]string, error) {
+	id := cur.ID
 	f.count("Publish")
 	if f.publishFn != nil {
 		if err := f.publishFn(ctx, id, a); err != nil {

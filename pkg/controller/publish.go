@@ -35,7 +35,7 @@ func (s *Server) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 	}
 	defer release()
 
-	v, err := s.be.Volume(ctx, req.GetVolumeId())
+	v, all, err := s.publishedVolume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -59,11 +59,11 @@ func (s *Server) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 		if err := conflict(v, mode, want); err != nil {
 			return nil, err
 		}
-		if err := s.checkNodeLimit(ctx, want.NodeID); err != nil {
+		if err := s.checkNodeLimit(all, want.NodeID); err != nil {
 			return nil, err
 		}
 	}
-	pc, err := s.be.Publish(ctx, v.ID, want)
+	pc, err := s.be.Publish(ctx, v, want)
 	if err != nil {
 		return nil, err
 	}
@@ -93,13 +93,33 @@ func conflict(v *backend.Volume, mode volcap.Mode, want backend.Attachment) erro
 	return nil
 }
 
-func (s *Server) checkNodeLimit(ctx context.Context, nodeID string) error {
+// publishedVolume returns the volume, and with a per-node limit every
+// volume as well: one listing serves both, which saves a backend whose
+// reads are costly (rbd) a call.
+func (s *Server) publishedVolume(ctx context.Context, id string) (*backend.Volume, []*backend.Volume, error) {
+	if s.maxPerNode <= 0 {
+		v, err := s.be.Volume(ctx, id)
+		return v, nil, err
+	}
+	all, err := s.be.ListVolumes(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, v := range all {
+		if v.ID == id {
+			return v, all, nil
+		}
+	}
+	// Not listed: Volume says why (NotFound, with the backend's reason).
+	v, err := s.be.Volume(ctx, id)
+	return v, all, err
+}
+
+// checkNodeLimit refuses a new attachment to a node that has the most
+// volumes it takes, counted in vols.
+func (s *Server) checkNodeLimit(vols []*backend.Volume, nodeID string) error {
 	if s.maxPerNode <= 0 {
 		return nil
-	}
-	vols, err := s.be.ListVolumes(ctx)
-	if err != nil {
-		return err
 	}
 	n := int64(0)
 	for _, v := range vols {

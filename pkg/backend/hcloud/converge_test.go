@@ -115,7 +115,7 @@ func testRetriesConverge(t *testing.T, devices bool) {
 			server string
 		}{{n1, sid(e.servers[0])}, {n2, sid(e.servers[1])}} {
 			retry("publish", func() error {
-				_, err := e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: hop.server})
+				_, err := e.be.Publish(ctx, v, backend.Attachment{NodeID: hop.server})
 				return err
 			})
 			if devices {

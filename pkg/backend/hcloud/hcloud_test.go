@@ -288,7 +288,7 @@ func TestPublishUnpublish(t *testing.T) {
 	v := must[*backend.Volume](t)(e.be.CreateVolume(ctx, spec("data")))
 	n1, n2 := sid(e.servers[0]), sid(e.servers[1])
 	for range 2 { // the second time is a retry
-		if _, err := e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: n1}); err != nil {
+		if _, err := e.be.Publish(ctx, v, backend.Attachment{NodeID: n1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -296,11 +296,11 @@ func TestPublishUnpublish(t *testing.T) {
 	if a, ok := got.AttachedTo(n1); !ok || a.ReadOnly || len(got.Attachments) != 1 {
 		t.Fatalf("attachments %+v", got.Attachments)
 	}
-	_, err := e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: n2})
+	_, err := e.be.Publish(ctx, v, backend.Attachment{NodeID: n2})
 	wantCode(t, err, codes.FailedPrecondition)
-	_, err = e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: "not-a-server"})
+	_, err = e.be.Publish(ctx, v, backend.Attachment{NodeID: "not-a-server"})
 	wantCode(t, err, codes.NotFound)
-	_, err = e.be.Publish(ctx, "abc", backend.Attachment{NodeID: n1})
+	_, err = e.be.Publish(ctx, &backend.Volume{ID: "abc"}, backend.Attachment{NodeID: n1})
 	wantCode(t, err, codes.NotFound)
 	if err := e.be.Unpublish(ctx, v.ID, n2); err != nil { // not attached there
 		t.Fatal(err)
@@ -315,7 +315,7 @@ func TestPublishUnpublish(t *testing.T) {
 	}
 
 	// Read-only publishing is remembered, so a retry compares alike.
-	if _, err := e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: n2, ReadOnly: true}); err != nil {
+	if _, err := e.be.Publish(ctx, v, backend.Attachment{NodeID: n2, ReadOnly: true}); err != nil {
 		t.Fatal(err)
 	}
 	if a, ok := must[*backend.Volume](t)(e.be.Volume(ctx, v.ID)).AttachedTo(n2); !ok || !a.ReadOnly {
@@ -325,7 +325,7 @@ func TestPublishUnpublish(t *testing.T) {
 	if err := e.be.Unpublish(ctx, v.ID, n2); err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: sid(e.far)})
+	_, err = e.be.Publish(ctx, v, backend.Attachment{NodeID: sid(e.far)})
 	wantCode(t, err, codes.InvalidArgument)
 	if err := e.be.DeleteVolume(ctx, v.ID); err != nil {
 		t.Fatal(err)
@@ -349,7 +349,7 @@ func TestPublishResumesSlowAttach(t *testing.T) {
 	}
 	e.cloud.SetActionDelay("attach_volume", 600*time.Millisecond)
 	node := sid(e.servers[0])
-	_, err = e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: node})
+	_, err = e.be.Publish(ctx, v, backend.Attachment{NodeID: node})
 	wantCode(t, err, codes.Aborted)
 	if !strings.Contains(err.Error(), "still in progress") {
 		t.Errorf("Aborted without saying why: %v", err)
@@ -357,7 +357,7 @@ func TestPublishResumesSlowAttach(t *testing.T) {
 	var attempts int
 	for err != nil && attempts < 20 {
 		attempts++
-		_, err = e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: node})
+		_, err = e.be.Publish(ctx, v, backend.Attachment{NodeID: node})
 		if err != nil {
 			wantCode(t, err, codes.Aborted)
 		}
@@ -381,7 +381,7 @@ func TestUnpublishUndoesRunningAttach(t *testing.T) {
 	v := must[*backend.Volume](t)(e.be.CreateVolume(ctx, spec("given-up")))
 	e.cloud.SetActionDelay("attach_volume", 1500*time.Millisecond)
 	node := sid(e.servers[0])
-	_, err := e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: node})
+	_, err := e.be.Publish(ctx, v, backend.Attachment{NodeID: node})
 	wantCode(t, err, codes.Aborted)
 	e.cloud.SetActionDelay("attach_volume", 5*time.Millisecond)
 	// On a loaded machine the unpublish may itself outlast the budget while
@@ -417,7 +417,7 @@ func TestPublishAttachedElsewhere(t *testing.T) {
 	}
 	// Before the attach finishes, the volume shows no server yet; the
 	// publish waits for the running attach and then refuses.
-	_, err = e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: sid(e.servers[0])})
+	_, err = e.be.Publish(ctx, v, backend.Attachment{NodeID: sid(e.servers[0])})
 	wantCode(t, err, codes.FailedPrecondition)
 	if err := e.api.Action.WaitFor(ctx, a); err != nil {
 		t.Fatal(err)
@@ -441,7 +441,7 @@ func TestPublishAttachLimit(t *testing.T) {
 	for i := range MaxVolumesPerServer + 1 {
 		v := must[*backend.Volume](t)(e.be.CreateVolume(ctx, spec(fmt.Sprintf("v%d", i))))
 		ids = append(ids, v.ID)
-		_, err := e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: node})
+		_, err := e.be.Publish(ctx, v, backend.Attachment{NodeID: node})
 		if i < MaxVolumesPerServer && err != nil {
 			t.Fatal(err)
 		}
@@ -636,7 +636,7 @@ func TestNodeWithoutDevices(t *testing.T) {
 	if dev, err := n.Device(ctx, v.ID); dev != "" || err != nil {
 		t.Fatalf("Device of an unattached volume: %q, %v", dev, err)
 	}
-	if _, err := e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: sid(e.servers[0])}); err != nil {
+	if _, err := e.be.Publish(ctx, v, backend.Attachment{NodeID: sid(e.servers[0])}); err != nil {
 		t.Fatal(err)
 	}
 	// Without root the by-id link leads to the image file, not a device.
@@ -710,7 +710,7 @@ func TestConcurrentCallsOnOneServer(t *testing.T) {
 			go func() {
 				var err error
 				if attached {
-					_, err = e.be.Publish(ctx, id, backend.Attachment{NodeID: node})
+					_, err = e.be.Publish(ctx, &backend.Volume{ID: id}, backend.Attachment{NodeID: node})
 				} else {
 					err = e.be.Unpublish(ctx, id, node)
 				}
@@ -758,7 +758,7 @@ func TestWaitsLearnActionDurations(t *testing.T) {
 	node := sid(e.servers[0])
 	cycle := func() {
 		t.Helper()
-		if _, err := e.be.Publish(ctx, v.ID, backend.Attachment{NodeID: node}); err != nil {
+		if _, err := e.be.Publish(ctx, v, backend.Attachment{NodeID: node}); err != nil {
 			t.Fatal(err)
 		}
 		if err := e.be.Unpublish(ctx, v.ID, node); err != nil {

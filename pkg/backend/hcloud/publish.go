@@ -17,7 +17,8 @@ import (
 // server named by the node id and waits for the attach within the budget.
 // A retry after Aborted finds the attach still running (the API answers
 // "locked") and waits for that one instead of starting another.
-func (b *Backend) Publish(ctx context.Context, id string, a backend.Attachment) (map[string]string, error) {
+func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Attachment) (map[string]string, error) {
+	id := v.ID
 	vid, ok := parseID(id)
 	if !ok {
 		return nil, csierr.NotFound("volume %q is not a Hetzner Cloud volume id", id)

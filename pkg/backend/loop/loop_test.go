@@ -229,7 +229,7 @@ func TestForeignIDs(t *testing.T) {
 		_, err := b.Volume(ctx, id)
 		check("Volume("+id+")", err, true)
 		check("DeleteVolume("+id+")", b.DeleteVolume(ctx, id), false)
-		_, err = b.Publish(ctx, id, backend.Attachment{NodeID: "node-1"})
+		_, err = b.Publish(ctx, &backend.Volume{ID: id}, backend.Attachment{NodeID: "node-1"})
 		check("Publish("+id+")", err, true)
 		check("Unpublish("+id+")", b.Unpublish(ctx, id, "node-1"), false)
 		_, err = b.ExpandVolume(ctx, id, GiB)
@@ -486,23 +486,23 @@ func TestPublishPersists(t *testing.T) {
 	blk.Block, blk.FsType = true, ""
 	bv := mustCreate(t, b, blk)
 
-	pc, err := b.Publish(ctx, v.ID, backend.Attachment{NodeID: "node-1"})
+	pc, err := b.Publish(ctx, v, backend.Attachment{NodeID: "node-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := map[string]string{"accessType": "mount", "fsType": "ext4"}; !maps.Equal(pc, want) {
 		t.Errorf("publish context %v, want %v", pc, want)
 	}
-	if pc, err := b.Publish(ctx, bv.ID, backend.Attachment{NodeID: "node-1"}); err != nil || !maps.Equal(pc, map[string]string{"accessType": "block"}) {
+	if pc, err := b.Publish(ctx, bv, backend.Attachment{NodeID: "node-1"}); err != nil || !maps.Equal(pc, map[string]string{"accessType": "block"}) {
 		t.Errorf("block publish context %v, %v", pc, err)
 	}
-	if _, err := b.Publish(ctx, v.ID, backend.Attachment{NodeID: "node-2", ReadOnly: true}); err != nil {
+	if _, err := b.Publish(ctx, v, backend.Attachment{NodeID: "node-2", ReadOnly: true}); err != nil {
 		t.Fatal(err)
 	}
 	// Repeating a publish changes nothing.
 	rec := b.store.volumeRecord(v.ID)
 	before, _ := os.ReadFile(rec)
-	if _, err := b.Publish(ctx, v.ID, backend.Attachment{NodeID: "node-1"}); err != nil {
+	if _, err := b.Publish(ctx, v, backend.Attachment{NodeID: "node-1"}); err != nil {
 		t.Fatal(err)
 	}
 	if after, _ := os.ReadFile(rec); !bytes.Equal(before, after) {
@@ -904,7 +904,7 @@ func TestNoTempFilesLeft(t *testing.T) {
 	b, dir := newBackend(t)
 	v := mustCreate(t, b, volSpec("v", 16*MiB))
 	steps := []func() error{
-		func() error { _, err := b.Publish(ctx, v.ID, backend.Attachment{NodeID: "n"}); return err },
+		func() error { _, err := b.Publish(ctx, v, backend.Attachment{NodeID: "n"}); return err },
 		func() error { return b.ModifyVolume(ctx, v.ID, map[string]string{ParamDirectIO: "false"}) },
 		func() error { _, err := b.ExpandVolume(ctx, v.ID, 32*MiB); return err },
 		func() error { return b.Unpublish(ctx, v.ID, "n") },

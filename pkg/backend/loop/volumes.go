@@ -140,7 +140,8 @@ func (b *Backend) ListVolumes(context.Context) ([]*backend.Volume, error) {
 
 // Publish implements backend.Controller: the attachment is recorded; the
 // node attaches the image itself.
-func (b *Backend) Publish(_ context.Context, id string, a backend.Attachment) (map[string]string, error) {
+func (b *Backend) Publish(_ context.Context, cur *backend.Volume, a backend.Attachment) (map[string]string, error) {
+	id := cur.ID
 	v, err := b.readVolume(id)
 	if err != nil {
 		return nil, err

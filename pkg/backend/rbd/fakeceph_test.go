@@ -331,7 +331,7 @@ func TestRetryAfterCrashAtAnyPoint(t *testing.T) {
 				return err
 			},
 			func() error { _, err := b.ExpandVolume(ctx, c.ID, 96*MiB); return err },
-			func() error { _, err := b.Publish(ctx, r.ID, backend.Attachment{NodeID: "n1"}); return err },
+			func() error { _, err := b.Publish(ctx, r, backend.Attachment{NodeID: "n1"}); return err },
 			func() error { return b.Unpublish(ctx, r.ID, "n1") },
 			func() error { return b.ModifyVolume(ctx, r.ID, map[string]string{ParamQoSBPS: "0"}) },
 			func() error { return b.DeleteSnapshot(ctx, sn.ID) },

@@ -36,6 +36,7 @@ func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*b
 		return nil, err
 	}
 	hash := nameHash(spec.Name)
+	// The record first: the same name may have its image in another pool.
 	var rec volumeRecord
 	err = b.index.get(ctx, cr, volumeKeyPrefix+hash, &rec)
 	if err == nil {
@@ -92,24 +93,7 @@ func (b *Backend) makeImage(ctx context.Context, cr creds, ref imageRef, spec ba
 	if err != nil {
 		return err
 	}
-	args := []string{}
-	if features != "" {
-		args = append(args, "--image-feature", features)
-	}
-	if b.cfg.DataPool != "" {
-		args = append(args, "--data-pool", b.cfg.DataPool)
-	}
-	create := func() error {
-		if parent == nil {
-			_, err := b.cli.rbd(ctx, cr, ref.String(), append(append([]string{"create", "--size", mib(spec.CapacityBytes)}, args...), ref.String())...)
-			return err
-		}
-		_, err := b.cli.rbd(ctx, cr, ref.String(), append(append([]string{"clone"}, args...), parent.String(), ref.String())...)
-		if errors.Is(err, KindNotFound) {
-			return csierr.NotFound("content source %s no longer exists", parent)
-		}
-		return err
-	}
+	create := func() error { return b.createImage(ctx, cr, ref, spec, features, parent) }
 	err = create()
 	if errors.Is(err, KindExists) {
 		// Left by an earlier attempt: keep it if it is what this request
@@ -139,6 +123,26 @@ func (b *Backend) makeImage(ctx context.Context, cr creds, ref imageRef, spec ba
 		size = spec.CapacityBytes
 	}
 	return b.finishSource(ctx, cr, ref, spec, size)
+}
+
+// createImage makes a volume's image: empty, or a clone of parent.
+func (b *Backend) createImage(ctx context.Context, cr creds, ref imageRef, spec backend.VolumeSpec, features string, parent *snapRef) error {
+	args := []string{}
+	if features != "" {
+		args = append(args, "--image-feature", features)
+	}
+	if b.cfg.DataPool != "" {
+		args = append(args, "--data-pool", b.cfg.DataPool)
+	}
+	if parent == nil {
+		_, err := b.cli.rbd(ctx, cr, ref.String(), append(append([]string{"create", "--size", mib(spec.CapacityBytes)}, args...), ref.String())...)
+		return err
+	}
+	_, err := b.cli.rbd(ctx, cr, ref.String(), append(append([]string{"clone"}, args...), parent.String(), ref.String())...)
+	if errors.Is(err, KindNotFound) {
+		return csierr.NotFound("content source %s no longer exists", parent)
+	}
+	return err
 }
 
 // createError says which argument Ceph refused.
@@ -465,19 +469,21 @@ func (b *Backend) purgeTrashed(ctx context.Context, cr creds, parent imageRef) e
 }
 
 // Publish implements backend.Controller: the attachment is recorded in the
-// volume's record; the node maps the image itself.
-func (b *Backend) Publish(ctx context.Context, id string, a backend.Attachment) (map[string]string, error) {
+// volume's record; the node maps the image itself. v is the record as the
+// controller has just read it: it is not read again.
+func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Attachment) (map[string]string, error) {
 	cr, err := b.credsFor(ctx)
 	if err != nil {
 		return nil, err
 	}
-	rec, err := b.record(ctx, cr, id)
-	if err != nil {
-		return nil, err
+	ref, hash, ok := b.names.parseVolumeID(v.ID)
+	if !ok {
+		return nil, csierr.NotFound("volume %q is not an rbd volume id of this cluster", v.ID)
 	}
+	rec := &volumeRecord{Volume: *v, Pool: ref.pool, Image: ref.image}
+	rec.Attachments = slices.Clone(v.Attachments)
 	if cur, ok := rec.AttachedTo(a.NodeID); !ok || cur != a {
 		rec.Attachments = append(without(rec.Attachments, a.NodeID), a)
-		_, hash, _ := b.names.parseVolumeID(id)
 		if err := b.index.set(ctx, cr, volumeKeyPrefix+hash, rec); err != nil {
 			return nil, err
 		}
