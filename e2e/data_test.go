@@ -57,8 +57,9 @@ func countRPC(log, method string) int {
 // `docker service rm` the staging mount and the loop device are released
 // although Swarm sends no NodeUnstage; a new service reads the data back
 // byte for byte.
-func TestDataSurvivesServiceRemoval(t *testing.T) {
-	c := singleNode(t)
+func TestDataSurvivesServiceRemoval(t *testing.T) { testDataSurvives(t, singleNode(t)) }
+
+func testDataSurvives(t *testing.T, c *harness.Cluster) {
 	e := newEnv(t, c)
 	e.createVolume("s3-data", "--type", "mount")
 	v, _ := e.waitCreated("s3-data", 60*time.Second)
@@ -92,6 +93,9 @@ func TestDataSurvivesServiceRemoval(t *testing.T) {
 	t.Logf("RPCs so far: NodeStageVolume %d, NodePublishVolume %d, NodeUnpublishVolume %d, NodeUnstageVolume %d",
 		countRPC(log, "NodeStageVolume"), countRPC(log, "NodePublishVolume"), countRPC(log, "NodeUnpublishVolume"), countRPC(log, "NodeUnstageVolume"))
 
+	// Swarm must have finished unpublishing: a task placed before that
+	// waits forever (README, "What Swarm does differently").
+	e.waitUnpublished("s3-data", 60*time.Second)
 	e.service("s3-reader", "true", "--mount", "type=cluster,src=s3-data,dst=/data")
 	tk = e.waitRunning("s3-reader", 90*time.Second)
 	e.checkOnVolume(tk, vid, "/data")

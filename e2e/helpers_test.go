@@ -354,7 +354,16 @@ func (e *env) pluginLogSince(n *harness.Node) string {
 // usage is what holds the volume now (loop devices and mounts).
 func (e *env) usage(volumeID string) harness.Usage {
 	e.t.Helper()
-	u, err := e.c.VolumeUsage(e.ctx, e.c.VolumeImage(volumeID))
+	var u harness.Usage
+	var err error
+	switch e.c.Backend {
+	case "rbd":
+		u, err = e.c.NewLoopWatcher(rbdLoop(volumeID)).Usage()
+	case "hcloud":
+		u, err = e.c.VolumeUsage(e.ctx, hcloudImage(e.c, volumeID))
+	default:
+		u, err = e.c.VolumeUsage(e.ctx, e.c.VolumeImage(volumeID))
+	}
 	if err != nil {
 		e.t.Fatalf("volume %s: %v", volumeID, err)
 	}
@@ -394,10 +403,7 @@ func (e *env) checkOnVolume(tk harness.Task, volumeID, target string) {
 	if err != nil {
 		e.t.Fatalf("mounts of the container of task %s: %v", tk.ID, err)
 	}
-	loops, err := harness.LoopsBacking(e.c.VolumeImage(volumeID))
-	if err != nil {
-		e.t.Fatalf("%v", err)
-	}
+	loops := e.usage(volumeID).Loops
 	var found *harness.Mount
 	for i, m := range ms {
 		if m.MountPoint == target {

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/swarm-csi/swarm-csi/e2e/internal/harness"
 )
 
 const gib = int64(1) << 30
@@ -11,17 +13,17 @@ const gib = int64(1) << 30
 // Scenario 2: docker volume create reaches "created" with the size and
 // filesystem asked for (or the documented default of 1 GiB), xfs works,
 // and a --type block volume reaches the container as a block device.
-func TestVolumeCreate(t *testing.T) {
-	c := singleNode(t)
+func TestVolumeCreate(t *testing.T) { testVolumeCreate(t, singleNode(t)) }
 
+func testVolumeCreate(t *testing.T, c *harness.Cluster) {
 	t.Run("ext4 1G", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, c)
 		e.createVolume("s2-ext4", "--type", "mount", "--opt", "fsType=ext4", "--required-bytes", "1G")
 		v, took := e.waitCreated("s2-ext4", 60*time.Second)
 		info := v.ClusterVolume.Info
-		if info.CapacityBytes != gib {
-			t.Errorf("CapacityBytes = %d, want %d (--required-bytes 1G)", info.CapacityBytes, gib)
+		if want := expectSize(c, gib); info.CapacityBytes != want {
+			t.Errorf("CapacityBytes = %d, want %d (--required-bytes 1G)", info.CapacityBytes, want)
 		}
 		if fs := info.VolumeContext["fsType"]; fs != "" && fs != "ext4" {
 			t.Errorf("VolumeContext fsType = %q, want ext4", fs)
@@ -34,9 +36,9 @@ func TestVolumeCreate(t *testing.T) {
 		e := newEnv(t, c)
 		e.createVolume("s2-default", "--type", "mount")
 		v, took := e.waitCreated("s2-default", 60*time.Second)
-		if got := v.ClusterVolume.Info.CapacityBytes; got != gib {
+		if got, want := v.ClusterVolume.Info.CapacityBytes, expectSize(c, 0); got != want {
 			_, raw := e.inspectVolume("s2-default")
-			t.Errorf("CapacityBytes = %d without size flags, want the documented default 1 GiB (%d)\n%s", got, gib, raw)
+			t.Errorf("CapacityBytes = %d without size flags, want the documented default %d\n%s", got, want, raw)
 		}
 		t.Logf("created in %s with the default size %d", took.Round(time.Millisecond), v.ClusterVolume.Info.CapacityBytes)
 	})

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,6 +26,16 @@ type Options struct {
 	PluginEnv []string
 	// DockerdLogLevel is dockerd's --log-level (default info).
 	DockerdLogLevel string
+	// Flavour is the plugin flavour: "" (plain) or "rbd"
+	// (deploy/build-plugin --with rbd).
+	Flavour string
+	// Backend is the plugin's backend, for the tests' checks: "" (loop)
+	// or "rbd". Setup's settings select it.
+	Backend string
+	// Setup runs once the nodes' network namespaces exist and before any
+	// dockerd starts, e.g. to start a storage cluster a plugin reaches
+	// from them. It returns more `docker plugin set` values.
+	Setup func(ctx context.Context, c *Cluster) ([]string, error)
 }
 
 // Subnet is where the multi-node swarm's addresses live; they exist only
@@ -42,6 +53,7 @@ type Cluster struct {
 	Nodes   []*Node
 	Tools   *Tools
 	Plugin  *PluginConfig
+	Backend string // Options.Backend
 
 	logf    Logf
 	rec     *Record
@@ -87,7 +99,7 @@ func Start(ctx context.Context, logf Logf, opts Options) (c *Cluster, err error)
 	if err != nil {
 		return nil, err
 	}
-	c = &Cluster{ID: id, logf: logf, rec: rec}
+	c = &Cluster{ID: id, logf: logf, rec: rec, Backend: opts.Backend}
 	defer func() {
 		if err != nil {
 			if serr := c.Stop(); serr != nil {
@@ -110,7 +122,7 @@ func Start(ctx context.Context, logf Logf, opts Options) (c *Cluster, err error)
 			return c, err
 		}
 	}
-	c.Tools, err = Prepare(ctx, logf, c.Root)
+	c.Tools, err = Prepare(ctx, logf, c.Root, opts.Flavour)
 	if err != nil {
 		return c, err
 	}
@@ -152,6 +164,13 @@ func Start(ctx context.Context, logf Logf, opts Options) (c *Cluster, err error)
 	}
 	if err := c.setupNetwork(ctx); err != nil {
 		return c, err
+	}
+	if opts.Setup != nil {
+		env, err := opts.Setup(ctx, c)
+		if err != nil {
+			return c, fmt.Errorf("setup: %w", err)
+		}
+		opts.PluginEnv = append(slices.Clone(opts.PluginEnv), env...)
 	}
 	// Daemons start in parallel; the plugin is installed and enabled on
 	// each before it joins the swarm (SWARM.md: a plugin installed after

@@ -80,7 +80,7 @@ func (c *PluginConfig) DataMountDestination() string {
 // Prepare installs the system packages and builds (or finds in the cache)
 // dockerd, runc and the plugin. runDir receives per-run files (the busybox
 // tarball).
-func Prepare(ctx context.Context, logf Logf, runDir string) (*Tools, error) {
+func Prepare(ctx context.Context, logf Logf, runDir, flavour string) (*Tools, error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return nil, err
@@ -115,7 +115,7 @@ func Prepare(ctx context.Context, logf Logf, runDir string) (*Tools, error) {
 	if err := step("runc "+RuncVersion, func() (c bool, err error) { t.RuncDir, c, err = buildRunc(ctx, logf); return }); err != nil {
 		return nil, err
 	}
-	if err := step("plugin", func() (c bool, err error) { t.PluginDir, c, err = buildPlugin(ctx, logf, root); return }); err != nil {
+	if err := step("plugin", func() (c bool, err error) { t.PluginDir, c, err = buildPlugin(ctx, logf, root, flavour); return }); err != nil {
 		return nil, err
 	}
 	if err := step("busybox rootfs", func() (bool, error) {
@@ -365,9 +365,9 @@ func pluginInputsHash(root, caps string) (string, error) {
 // PluginBuilder is deploy/build-plugin, relative to the repository root.
 const PluginBuilder = "deploy/build-plugin"
 
-// buildPlugin returns a plugin directory built by deploy/build-plugin,
-// cached by a hash of its inputs.
-func buildPlugin(ctx context.Context, logf Logf, root string) (string, bool, error) {
+// buildPlugin returns a plugin directory of the given flavour ("" or
+// "rbd") built by deploy/build-plugin, cached by a hash of its inputs.
+func buildPlugin(ctx context.Context, logf Logf, root, flavour string) (string, bool, error) {
 	if d := os.Getenv("SWARM_CSI_E2E_PLUGIN_DIR"); d != "" {
 		// A prebuilt plugin directory, e.g. from a release.
 		return d, true, nil
@@ -381,7 +381,11 @@ func buildPlugin(ctx context.Context, logf Logf, root string) (string, bool, err
 	if err != nil {
 		return "", false, err
 	}
-	final := filepath.Join(CacheDir(), "plugin-"+sum)
+	kind, args := "plain", []string{}
+	if flavour != "" {
+		kind, args = flavour, []string{"--with", flavour}
+	}
+	final := filepath.Join(CacheDir(), "plugin-"+kind+"-"+sum)
 	if _, err := os.Stat(filepath.Join(final, "config.json")); err == nil {
 		return final, true, nil
 	}
@@ -391,8 +395,8 @@ func buildPlugin(ctx context.Context, logf Logf, root string) (string, bool, err
 	}
 	defer os.RemoveAll(tmp)
 	out := filepath.Join(tmp, "plugin")
-	logf("building the plugin with %s (CAPS=%s)", PluginBuilder, caps)
-	if _, err := runCmd(ctx, baseEnv("CAPS="+caps, "GOTOOLCHAIN=local"), root, builder, out); err != nil {
+	logf("building the plugin with %s %s (CAPS=%s)", PluginBuilder, strings.Join(args, " "), caps)
+	if _, err := runCmd(ctx, baseEnv("CAPS="+caps, "GOTOOLCHAIN=local"), root, builder, append(args, out)...); err != nil {
 		return "", false, err
 	}
 	for _, want := range []string{"config.json", "rootfs"} {
@@ -404,9 +408,9 @@ func buildPlugin(ctx context.Context, logf Logf, root string) (string, bool, err
 		return "", false, err
 	}
 	// Keep the cache from growing with every source change.
-	old, _ := filepath.Glob(filepath.Join(CacheDir(), "plugin-*"))
+	old, _ := filepath.Glob(filepath.Join(CacheDir(), "plugin-"+kind+"-*"))
 	for _, o := range old {
-		if o != final && !strings.HasPrefix(filepath.Base(o), "plugin-build-") {
+		if o != final {
 			os.RemoveAll(o)
 		}
 	}

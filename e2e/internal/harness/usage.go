@@ -73,7 +73,7 @@ func (u Usage) String() string {
 // reads one mountinfo per mount namespace.
 type Watcher struct {
 	c     *Cluster
-	image FileID
+	match func(Loop) bool // the volume's loop devices
 	// nsPids: for each node, one pid per distinct mount namespace of its
 	// plugin and containers (everything below its containerd shims).
 	nsPids map[string][]int
@@ -85,9 +85,14 @@ func (c *Cluster) NewWatcher(image string) (*Watcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Watcher{c: c, image: id}
+	return c.NewLoopWatcher(func(l Loop) bool { return l.Device == id.Dev && l.Inode == id.Ino }), nil
+}
+
+// NewLoopWatcher watches the volume whose loop devices match says.
+func (c *Cluster) NewLoopWatcher(match func(Loop) bool) *Watcher {
+	w := &Watcher{c: c, match: match}
 	w.Refresh()
-	return w, nil
+	return w
 }
 
 // Refresh re-reads the processes of every node (new containers).
@@ -125,7 +130,7 @@ func (w *Watcher) Usage() (Usage, error) {
 	}
 	devs := map[string]bool{}
 	for _, l := range loops {
-		if l.Device == w.image.Dev && l.Inode == w.image.Ino {
+		if w.match(l) {
 			u.Loops = append(u.Loops, l)
 			devs[l.MajorMinor] = true
 		}

@@ -32,6 +32,7 @@ type Cluster struct {
 	// StartTime is how long `up` took.
 	StartTime time.Duration
 	watcher   *os.Process
+	netns     string
 }
 
 // Tools are the commands a test cluster needs, from scripts/install-deps.
@@ -63,7 +64,12 @@ func Script() string {
 
 // Start brings a cluster up with pool "rbd" under a new directory. Call
 // Stop when done; if the process dies first, a watcher takes it down.
-func Start(ctx context.Context) (*Cluster, error) {
+func Start(ctx context.Context) (*Cluster, error) { return StartIn(ctx, "") }
+
+// StartIn is Start with the cluster's daemons, and every command run on
+// it, in the network namespace netns (an `ip netns` name; "" for this
+// one): its 127.0.0.1 is then the namespace's.
+func StartIn(ctx context.Context, netns string) (*Cluster, error) {
 	// Short: the monitor's and daemons' unix sockets live under it.
 	dir, err := os.MkdirTemp("", "swarm-csi-ceph-")
 	if err != nil {
@@ -72,7 +78,7 @@ func Start(ctx context.Context) (*Cluster, error) {
 	if err := os.Remove(dir); err != nil { // the script makes it
 		return nil, err
 	}
-	c := &Cluster{Dir: dir}
+	c := &Cluster{Dir: dir, netns: netns}
 	// The watcher first: a death during `up` is covered too.
 	w := exec.Command("bash", Script(), "watch", dir, strconv.Itoa(os.Getpid()))
 	w.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -85,7 +91,7 @@ func Start(ctx context.Context) (*Cluster, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", Script(), "up", dir, "rbd")
+	cmd := c.command(ctx, "bash", Script(), "up", dir, "rbd")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
@@ -118,7 +124,8 @@ func readEnv(path string) (map[string]string, error) {
 	return env, sc.Err()
 }
 
-// Stop takes the cluster down and removes its directory.
+// Stop takes the cluster down and removes its directory. It signals the
+// daemons by pid: it works after their network namespace is gone too.
 func (c *Cluster) Stop() error {
 	out, err := exec.Command("bash", Script(), "down", c.Dir).CombinedOutput()
 	if c.watcher != nil {
@@ -136,7 +143,7 @@ func (c *Cluster) StopMon() error  { return c.script("stop-mon") }
 func (c *Cluster) StartMon() error { return c.script("start-mon") }
 
 func (c *Cluster) script(cmd string) error {
-	out, err := exec.Command("bash", Script(), cmd, c.Dir).CombinedOutput()
+	out, err := c.command(context.Background(), "bash", Script(), cmd, c.Dir).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("scripts/ceph-cluster %s: %v\n%s", cmd, err, out)
 	}
@@ -150,13 +157,21 @@ func (c *Cluster) Admin(ctx context.Context, tool string, args ...string) ([]byt
 	defer cancel()
 	full := append([]string{"-c", c.Conf, "-n", "client.admin", "-k", c.AdminKeyring}, args...)
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, tool, full...)
+	cmd := c.command(ctx, tool, full...)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %v: %s", tool, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
+}
+
+// command is exec.CommandContext, in the cluster's network namespace.
+func (c *Cluster) command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	if c.netns == "" {
+		return exec.CommandContext(ctx, name, args...)
+	}
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=/run/netns/" + c.netns, name}, args...)...)
 }
 
 // Images returns the images of the pool whose names start with prefix, and
