@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend/rbd/cephtest"
 )
 
 // requireSystem skips the test when the machine cannot run the benchmark,
@@ -45,6 +47,41 @@ func TestQuickRun(t *testing.T) {
 	requireSystem(t)
 	cfg := defaultConfig()
 	cfg.applyQuick(nil)
+	rep := quickRun(t, cfg)
+	checkModes(t, rep, cfg, 8, 7)
+	if rep.RSS == nil || rep.RSS.VmRSSKiB <= 0 || rep.RSS.Volumes != cfg.RSSVolumes {
+		t.Errorf("memory figure: %+v", rep.RSS)
+	}
+	rep.print(t.Output())
+}
+
+// TestQuickRunRBD runs the rbd benchmark in --quick mode against a
+// throwaway Ceph cluster: figures for both sides, nothing left behind.
+func TestQuickRunRBD(t *testing.T) {
+	requireSystem(t)
+	if why := cephtest.Missing(); why != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true but the rbd benchmark cannot run: %s", why)
+		}
+		t.Skip(why)
+	}
+	cfg := defaultConfig()
+	cfg.Backend = "rbd"
+	cfg.applyQuick(nil)
+	cfg.rbdDefaults(nil)
+	cfg.Size = 256 * mib
+	rep := quickRun(t, cfg)
+	// Raw: rbd create, rbd-fuse, losetup, mkfs, mount and their undo.
+	checkModes(t, rep, cfg, 8, 9)
+	if rep.RSS != nil {
+		t.Errorf("memory figure %+v: want none for rbd", rep.RSS)
+	}
+	rep.print(t.Output())
+}
+
+// quickRun runs the benchmark and checks it leaves nothing behind.
+func quickRun(t *testing.T, cfg config) *Report {
+	t.Helper()
 	cfg.Driver = os.Getenv("SWARM_CSI_DRIVER") // a prebuilt binary; default: build it
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
@@ -64,7 +101,12 @@ func TestQuickRun(t *testing.T) {
 	if len(rep.Leftovers) > 0 {
 		t.Errorf("teardown left %v behind (removed by the sweep)", rep.Leftovers)
 	}
+	return rep
+}
 
+// checkModes checks the sequential and parallel figures of both sides.
+func checkModes(t *testing.T, rep *Report, cfg config, driverSteps, rawSteps int) {
+	t.Helper()
 	if len(rep.Modes) != 2 {
 		t.Fatalf("got %d modes, want sequential and parallel", len(rep.Modes))
 	}
@@ -73,7 +115,7 @@ func TestQuickRun(t *testing.T) {
 			name  string
 			r     SideReport
 			steps int
-		}{{"driver", m.Driver, 8}, {"raw", m.Raw, 7}} {
+		}{{"driver", m.Driver, driverSteps}, {"raw", m.Raw, rawSteps}} {
 			if len(s.r.Steps) != s.steps {
 				t.Errorf("%s %s: %d steps, want %d", m.Mode, s.name, len(s.r.Steps), s.steps)
 			}
@@ -90,10 +132,6 @@ func TestQuickRun(t *testing.T) {
 			t.Errorf("%s: ratios p50 %v p95 %v, want > 0", m.Mode, m.RatioP50, m.RatioP95)
 		}
 	}
-	if rep.RSS == nil || rep.RSS.VmRSSKiB <= 0 || rep.RSS.Volumes != cfg.RSSVolumes {
-		t.Errorf("memory figure: %+v", rep.RSS)
-	}
-	rep.print(t.Output())
 }
 
 // TestQuickRunHcloud runs the hcloud benchmark in --quick mode on the fake

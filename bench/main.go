@@ -5,6 +5,7 @@
 //
 //	go run ./bench [--volumes 20] [--size 1GiB] [--fs ext4] [--parallel 8] [--json] [--quick]
 //	go run ./bench --backend hcloud [--action-delay 1s] [--volumes 20] ...
+//	go run ./bench --backend rbd [--volumes 20] ...
 //
 // Driver and raw rounds alternate (per volume, or per batch of --parallel
 // volumes) so machine noise hits both alike. A volume's lifecycle time is the
@@ -16,6 +17,12 @@
 // actions take --action-delay, and reports the lifecycle's time and its
 // API requests per volume (fewer is better: the API allows 3600 an hour).
 // There is no raw side: the raw tools have no cloud to call.
+//
+// With --backend rbd it starts a throwaway Ceph cluster
+// (scripts/ceph-cluster), runs the driver's rbd backend attaching through
+// rbd-fuse (this machine's kernel has neither rbd nor nbd), and compares it
+// with the same work done by hand: rbd create, rbd-fuse, losetup, mkfs,
+// mount, and back. The target there is a ratio <= 1.2 at p50.
 //
 // It needs root and loop devices. Everything it creates lives in one temp
 // dir (under --dir) and is removed at the end, also on error or Ctrl-C.
@@ -75,6 +82,15 @@ func (c *config) hcloudDefaults(explicit map[string]bool) {
 	}
 }
 
+// rbdDefaults adapts the defaults to the rbd backend, keeping explicitly
+// set flags: no memory figure (every staged volume is an rbd-fuse process
+// of its own, which is not the driver's memory).
+func (c *config) rbdDefaults(explicit map[string]bool) {
+	if !explicit["rss-volumes"] {
+		c.RSSVolumes = 0
+	}
+}
+
 // applyQuick shrinks the run for a smoke test, keeping explicitly set flags.
 func (c *config) applyQuick(explicit map[string]bool) {
 	if !explicit["volumes"] {
@@ -87,8 +103,8 @@ func (c *config) applyQuick(explicit map[string]bool) {
 
 func (c *config) validate() error {
 	switch {
-	case c.Backend != "loop" && c.Backend != "hcloud":
-		return fmt.Errorf("--backend %q: want loop or hcloud", c.Backend)
+	case c.Backend != "loop" && c.Backend != "hcloud" && c.Backend != "rbd":
+		return fmt.Errorf("--backend %q: want loop, rbd or hcloud", c.Backend)
 	case c.Backend == "hcloud" && c.Size < 10*gib:
 		return fmt.Errorf("--size %s: Hetzner Cloud volumes are 10GiB at least", formatSize(c.Size))
 	case c.ActionDelay < 0:
@@ -108,7 +124,7 @@ func (c *config) validate() error {
 func main() {
 	cfg := defaultConfig()
 	var quick, asJSON bool
-	flag.StringVar(&cfg.Backend, "backend", cfg.Backend, "loop (against the raw tools) or hcloud (on the fake Hetzner Cloud API)")
+	flag.StringVar(&cfg.Backend, "backend", cfg.Backend, "loop or rbd (against the raw tools), or hcloud (on the fake Hetzner Cloud API)")
 	flag.DurationVar(&cfg.ActionDelay, "action-delay", cfg.ActionDelay, "hcloud: how long the fake cloud's actions take (default 1s)")
 	flag.StringVar(&cfg.Driver, "driver", "", "driver binary (default: build ./cmd/swarm-csi)")
 	flag.StringVar(&cfg.Dir, "dir", cfg.Dir, "parent of the run's temp dir, which holds the driver data dir, raw files and mounts")
@@ -126,8 +142,11 @@ func main() {
 	if quick {
 		cfg.applyQuick(explicit)
 	}
-	if cfg.Backend == "hcloud" {
+	switch cfg.Backend {
+	case "hcloud":
 		cfg.hcloudDefaults(explicit)
+	case "rbd":
+		cfg.rbdDefaults(explicit)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

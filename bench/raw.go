@@ -21,42 +21,51 @@ func mkfsArgs(fs, dev string) []string {
 
 // rawLifecycle is one volume done by hand, one exec'd command per step.
 func (b *bench) rawLifecycle(name, fs string, size int64) *lifecycle {
+	if b.ceph != nil {
+		return b.rawRBDLifecycle(name, fs, size)
+	}
 	file := filepath.Join(b.dir, "raw", name+".img")
 	dir := filepath.Join(b.dir, "mnt", "raw-"+name)
-	var dev string
 	return &lifecycle{
 		name: "raw volume " + name,
 		dirs: []string{dir},
-		setup: []step{{
+		setup: append([]step{{
 			name: "truncate",
 			do:   command("truncate", "-s", strconv.FormatInt(size, 10), file),
 			undo: &step{name: "rm", do: command("rm", file)},
-		}, {
-			name: "losetup",
-			do: func(ctx context.Context) error {
-				out, err := execute(ctx, "losetup", "--find", "--show", file)
-				dev = strings.TrimSpace(out)
-				return err
-			},
-			undo: &step{name: "losetup -d", do: func(ctx context.Context) error {
-				_, err := execute(ctx, "losetup", "-d", dev)
-				return err
-			}},
-		}, {
-			name: "mkfs." + fs,
-			do: func(ctx context.Context) error {
-				_, err := execute(ctx, mkfsArgs(fs, dev)...)
-				return err
-			},
-		}, {
-			name: "mount",
-			do: func(ctx context.Context) error {
-				_, err := execute(ctx, "mount", dev, dir)
-				return err
-			},
-			undo: &step{name: "umount", do: command("umount", dir)},
-		}},
+		}}, fileSteps(file, dir, fs)...),
 	}
+}
+
+// fileSteps attach an image file to a loop device, format it and mount it
+// on dir.
+func fileSteps(file, dir, fs string) []step {
+	var dev string
+	return []step{{
+		name: "losetup",
+		do: func(ctx context.Context) error {
+			out, err := execute(ctx, "losetup", "--find", "--show", file)
+			dev = strings.TrimSpace(out)
+			return err
+		},
+		undo: &step{name: "losetup -d", do: func(ctx context.Context) error {
+			_, err := execute(ctx, "losetup", "-d", dev)
+			return err
+		}},
+	}, {
+		name: "mkfs." + fs,
+		do: func(ctx context.Context) error {
+			_, err := execute(ctx, mkfsArgs(fs, dev)...)
+			return err
+		},
+	}, {
+		name: "mount",
+		do: func(ctx context.Context) error {
+			_, err := execute(ctx, "mount", dev, dir)
+			return err
+		},
+		undo: &step{name: "umount", do: command("umount", dir)},
+	}}
 }
 
 func command(args ...string) func(context.Context) error {

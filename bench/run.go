@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"time"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend/rbd/cephtest"
 )
 
 // bench holds what the phases of a run share.
@@ -17,6 +19,8 @@ type bench struct {
 	dir string // the run's temp dir: data/, raw/, mnt/, csi.sock
 	drv *driver
 	log io.Writer
+	// ceph is the throwaway cluster of an rbd run.
+	ceph *cephtest.Cluster
 	// retried counts the calls answered Aborted and made again, as a CO
 	// does (hcloud: an action outlasted the driver's wait).
 	retried atomic.Int64
@@ -61,7 +65,16 @@ func run(ctx context.Context, cfg config, log io.Writer) (rep *Report, err error
 		}
 	}
 	var cloud *fakeCloud
+	var ceph *cephtest.Cluster
 	var args, env []string
+	if cfg.Backend == "rbd" {
+		fmt.Fprintln(log, "starting a throwaway Ceph cluster ...")
+		if ceph, args, err = startCeph(ctx); err != nil {
+			return rep, err
+		}
+		defer func() { err = errors.Join(err, ceph.Stop()) }()
+		fmt.Fprintf(log, "ceph cluster up in %s\n", ceph.StartTime.Round(time.Millisecond))
+	}
 	if cfg.Backend == "hcloud" {
 		if cloud, args, env, err = startCloud(dir, cfg.ActionDelay); err != nil {
 			return rep, err
@@ -79,7 +92,7 @@ func run(ctx context.Context, cfg config, log io.Writer) (rep *Report, err error
 		err = errors.Join(err, drv.stop())
 	}()
 
-	b := &bench{cfg: cfg, dir: dir, drv: drv, log: log}
+	b := &bench{cfg: cfg, dir: dir, drv: drv, log: log, ceph: ceph}
 	fmt.Fprintf(log, "driver pid %d, temp dir %s\n", drv.pid(), dir)
 	if cloud != nil {
 		rep.Cloud, err = b.cloudModes(ctx, cloud)
