@@ -18,12 +18,16 @@ import (
 const (
 	paramFsType      = "fsType"
 	paramMkfsOptions = "mkfsOptions"
+	// paramCloneFrom and paramFromSnapshot make the volume a copy: Swarm
+	// sends no content source, so `docker volume create --opt` carries it.
+	paramCloneFrom    = "cloneFrom"
+	paramFromSnapshot = "fromSnapshot"
 )
 
 // splitParameters checks the parameter names and separates the common ones
 // from the backend's own.
 func (s *Server) splitParameters(params map[string]string) (fsType, mkfs string, rest map[string]string, err error) {
-	allowed := append([]string{paramFsType, paramMkfsOptions}, s.info.Parameters...)
+	allowed := append([]string{paramFsType, paramMkfsOptions, paramCloneFrom, paramFromSnapshot}, s.info.Parameters...)
 	for k := range params {
 		if !slices.Contains(allowed, k) {
 			return "", "", nil, csierr.Invalid("parameter %q is not supported; the %s backend accepts: %s",
@@ -33,6 +37,8 @@ func (s *Server) splitParameters(params map[string]string) (fsType, mkfs string,
 	rest = maps.Clone(params)
 	delete(rest, paramFsType)
 	delete(rest, paramMkfsOptions)
+	delete(rest, paramCloneFrom)
+	delete(rest, paramFromSnapshot)
 	if len(rest) == 0 {
 		rest = nil
 	}

@@ -48,7 +48,16 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	}
 	keys := []string{volumeNameKey(spec.Name)}
 	srcSize := int64(0)
-	if src := req.GetVolumeContentSource(); src != nil {
+	src := req.GetVolumeContentSource()
+	if opt, err := s.copyOption(ctx, req.GetParameters()); err != nil {
+		return nil, err
+	} else if opt != nil {
+		if src != nil {
+			return nil, csierr.Invalid("parameters %s and %s cannot be given with a volume content source", paramCloneFrom, paramFromSnapshot)
+		}
+		src = opt
+	}
+	if src != nil {
 		var srcFs string
 		spec.Source, srcSize, srcFs, err = s.source(ctx, src)
 		if err != nil {
