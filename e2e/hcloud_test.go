@@ -74,15 +74,9 @@ func TestHcloud(t *testing.T) {
 	c, err := harness.Start(ctx, logf, harness.Options{
 		Nodes: 1, Backend: "hcloud",
 		Setup: func(ctx context.Context, c *harness.Cluster) ([]string, error) {
-			root, err := harness.RepoRoot()
-			if err != nil {
-				return nil, err
-			}
 			bin := filepath.Join(c.Root, "swarm-csi-fakecloud")
-			build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/swarm-csi-fakecloud")
-			build.Dir, build.Env = root, append(os.Environ(), "GOTOOLCHAIN=local")
-			if out, err := build.CombinedOutput(); err != nil {
-				return nil, fmt.Errorf("build the fake cloud: %v\n%s", err, out)
+			if err := harness.BuildCommand(ctx, "./cmd/swarm-csi-fakecloud", bin); err != nil {
+				return nil, fmt.Errorf("build the fake cloud: %w", err)
 			}
 			token := filepath.Join(c.DataDir, "hcloud-token")
 			if err := os.WriteFile(token, []byte("e2e-token-5b1d\n"), 0o600); err != nil {

@@ -210,13 +210,21 @@ func (e *env) waitNoContainers(service string, timeout time.Duration) {
 // removeVolume drains and removes a volume, retrying while Swarm still
 // sees it in use (SWARM.md: 5-10 s after the service is gone).
 func (e *env) removeVolume(name string, timeout time.Duration) error {
-	if _, err := e.n.Docker(e.ctx, "volume", "update", "--availability", "drain", name); err != nil {
+	start := time.Now()
+	for {
+		_, err := e.n.Docker(e.ctx, "volume", "update", "--availability", "drain", name)
+		if err == nil {
+			break
+		}
 		if strings.Contains(err.Error(), "no such volume") || strings.Contains(strings.ToLower(err.Error()), "not found") {
 			return nil
 		}
-		return err
+		// Swarm changed the volume meanwhile (its publish status): again.
+		if !strings.Contains(err.Error(), "update out of sequence") || time.Since(start) > timeout {
+			return err
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
-	start := time.Now()
 	for {
 		_, err := e.n.Docker(e.ctx, "volume", "rm", name)
 		if err == nil {

@@ -160,4 +160,62 @@ func TestDrainMovesVolumeBetweenNodes(t *testing.T) {
 		t.Logf("%s plugin: NodeStageVolume %d, NodePublishVolume %d, NodeUnpublishVolume %d, NodeUnstageVolume %d",
 			n.Name, countRPC(l, "NodeStageVolume"), countRPC(l, "NodePublishVolume"), countRPC(l, "NodeUnpublishVolume"), countRPC(l, "NodeUnstageVolume"))
 	}
+	e.docker("node", "update", "--availability", "active", a.Name)
+	t.Run("volume group", func(t *testing.T) { testGroupSpreadAndDrain(t, c) })
+}
+
+// testGroupSpreadAndDrain: two replicas, at most one per node, on a group
+// of two volumes spread over two nodes; draining one node brings its
+// replica up on the third with the volume it wrote.
+func testGroupSpreadAndDrain(t *testing.T, c *harness.Cluster) {
+	e := newEnv(t, c)
+	for _, n := range []string{"s8g-1", "s8g-2"} {
+		e.createVolume(n, "--type", "mount", "--group", "s8g", "--required-bytes", "64M")
+	}
+	e.waitCreated("s8g-1", 60*time.Second)
+	e.waitCreated("s8g-2", 60*time.Second)
+	e.service("s8g-app", groupScript, "--replicas", "2", "--replicas-max-per-node", "1", "--env", "SLOT={{.Task.Slot}}",
+		"--mount", "type=cluster,src=group:s8g,dst=/data")
+	before := map[int]volumeState{}
+	var drained *harness.Node
+	var moving harness.Task
+	for _, tk := range e.waitRunningN("s8g-app", 2, 120*time.Second) {
+		st := e.volumeOf(tk)
+		before[tk.Slot] = st
+		n := e.nodeOf(tk)
+		t.Logf("replica %d runs on %s, its volume written by replica %s", tk.Slot, n.Name, st.owner)
+		if drained == n {
+			t.Fatalf("both replicas run on %s", n.Name)
+		}
+		if drained == nil {
+			drained, moving = n, tk
+		}
+	}
+	start := time.Now()
+	e.docker("node", "update", "--availability", "drain", drained.Name)
+	t.Cleanup(func() { c.Manager().Docker(context.Background(), "node", "update", "--availability", "active", drained.Name) })
+	var moved harness.Task
+	for deadline := time.Now().Add(120 * time.Second); moved.ID == ""; time.Sleep(200 * time.Millisecond) {
+		ts, _ := e.n.Tasks(e.ctx, "s8g-app")
+		for _, tk := range ts {
+			if tk.Slot == moving.Slot && tk.ID != moving.ID && tk.Status.State == "running" && tk.Status.ContainerStatus != nil {
+				moved = tk
+			}
+		}
+		if moved.ID == "" && time.Now().After(deadline) {
+			t.Fatalf("replica %d did not run again after draining %s:\n%s", moving.Slot, drained.Name, e.servicePS("s8g-app"))
+		}
+	}
+	n := e.nodeOf(moved)
+	st := e.volumeOf(moved)
+	t.Logf("drained %s: replica %d runs on %s %s later, on the volume written by replica %s (mounted by %s)",
+		drained.Name, moved.Slot, n.Name, time.Since(start).Round(time.Millisecond), st.owner, st.mounts)
+	if n == drained {
+		t.Errorf("replica %d still runs on the drained %s", moved.Slot, n.Name)
+	}
+	if st.owner != before[moving.Slot].owner || st.sum != before[moving.Slot].sum {
+		t.Errorf("replica %d came back on a volume written by %q with sha256 %q; it had %q, %q",
+			moved.Slot, st.owner, st.sum, before[moving.Slot].owner, before[moving.Slot].sum)
+	}
+	e.removeService("s8g-app")
 }

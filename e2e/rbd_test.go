@@ -81,6 +81,15 @@ func TestRBD(t *testing.T) {
 
 	t.Run("volume create", func(t *testing.T) { testVolumeCreate(t, c) })
 	t.Run("data survives service removal", func(t *testing.T) { testDataSurvives(t, c) })
+	t.Run("clone from", func(t *testing.T) {
+		testCloneFrom(t, c, func() int {
+			images, _, err := cl.Images(ctx, "e2e-vol-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(images)
+		})
+	})
 
 	// The subtests removed their volumes, and Swarm deletes them in the
 	// background: soon nothing of theirs is left in the pool but the
@@ -107,6 +116,6 @@ func TestRBD(t *testing.T) {
 			} `json:"stats"`
 		}
 		_ = json.Unmarshal(out, &df)
-		t.Logf("pool empty again; cluster uses %d MiB", df.Stats.TotalUsedBytes>>20)
+		t.Logf("the cluster uses %d MiB at the end", df.Stats.TotalUsedBytes>>20)
 	}
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
@@ -51,42 +52,36 @@ func (s *Server) copyOption(ctx context.Context, params map[string]string) (*csi
 
 // volumeIDOf resolves a volume id or name to its id.
 func (s *Server) volumeIDOf(ctx context.Context, ref string) (string, error) {
-	v, err := s.be.Volume(ctx, ref)
-	if err == nil {
-		return v.ID, nil
-	}
-	if !errors.Is(err, csierr.ErrNotFound) {
-		return "", err
-	}
-	all, err := s.be.ListVolumes(ctx)
-	if err != nil {
-		return "", err
-	}
-	for _, v := range all {
-		if v.Name == ref {
-			return v.ID, nil
-		}
-	}
-	return "", csierr.NotFound("%s=%s: no volume of the %s backend has that name or id (a volume of another driver cannot be copied)", paramCloneFrom, ref, s.info.Name)
+	return resolve(ctx, ref, s.be.Volume, s.be.ListVolumes, func(v *backend.Volume) (string, string) { return v.ID, v.Name },
+		csierr.NotFound("%s=%s: no volume of the %s backend has that name or id (a volume of another driver cannot be copied)", paramCloneFrom, ref, s.info.Name))
 }
 
 // snapshotIDOf resolves a snapshot id or name to its id.
 func (s *Server) snapshotIDOf(ctx context.Context, ref string) (string, error) {
-	sn, err := s.be.Snapshot(ctx, ref)
+	return resolve(ctx, ref, s.be.Snapshot, s.be.ListSnapshots, func(sn *backend.Snapshot) (string, string) { return sn.ID, sn.Name },
+		csierr.NotFound("%s=%s: no snapshot of the %s backend has that name or id", paramFromSnapshot, ref, s.info.Name))
+}
+
+// resolve finds ref as an id (get), else as a name among all (list);
+// notFound is the error when neither knows it.
+func resolve[T any](ctx context.Context, ref string, get func(context.Context, string) (T, error),
+	list func(context.Context) ([]T, error), idName func(T) (string, string), notFound error) (string, error) {
+	x, err := get(ctx, ref)
 	if err == nil {
-		return sn.ID, nil
+		id, _ := idName(x)
+		return id, nil
 	}
 	if !errors.Is(err, csierr.ErrNotFound) {
 		return "", err
 	}
-	all, err := s.be.ListSnapshots(ctx)
+	all, err := list(ctx)
 	if err != nil {
 		return "", err
 	}
-	for _, sn := range all {
-		if sn.Name == ref {
-			return sn.ID, nil
+	for _, x := range all {
+		if id, name := idName(x); name == ref {
+			return id, nil
 		}
 	}
-	return "", csierr.NotFound("%s=%s: no snapshot of the %s backend has that name or id", paramFromSnapshot, ref, s.info.Name)
+	return "", notFound
 }

@@ -470,3 +470,14 @@ func writeBusyboxTar(path string) error {
 	}
 	return f.Close()
 }
+
+// BuildCommand builds the repository's command pkg (e.g.
+// "./cmd/swarm-csi") into out with the local toolchain.
+func BuildCommand(ctx context.Context, pkg, out string) error {
+	root, err := RepoRoot()
+	if err != nil {
+		return err
+	}
+	_, err = runCmd(ctx, baseEnv("GOTOOLCHAIN=local"), root, "go", "build", "-o", out, pkg)
+	return err
+}
