@@ -193,7 +193,9 @@ func testGroupSpreadAndDrain(t *testing.T, c *harness.Cluster) {
 	}
 	start := time.Now()
 	e.docker("node", "update", "--availability", "drain", drained.Name)
-	t.Cleanup(func() { c.Manager().Docker(context.Background(), "node", "update", "--availability", "active", drained.Name) })
+	t.Cleanup(func() {
+		c.Manager().Docker(context.Background(), "node", "update", "--availability", "active", drained.Name)
+	})
 	var moved harness.Task
 	for deadline := time.Now().Add(120 * time.Second); moved.ID == ""; time.Sleep(200 * time.Millisecond) {
 		ts, _ := e.n.Tasks(e.ctx, "s8g-app")
