@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -382,6 +383,52 @@ func TestRealOnlineExpansion(t *testing.T) {
 			if len(stats.GetUsage()) != 2 || stats.GetUsage()[0].GetTotal() < before+600<<20 {
 				t.Fatalf("stats after expansion: %v", stats.GetUsage())
 			}
+			c.detach("node-a", id)
+			c.released(id)
+		})
+	}
+}
+
+// The node's growth check grows a volume in use that the controller
+// expanded, with no NodeExpandVolume (Swarm sends none). A mounted ext4
+// without CAP_SYS_RESOURCE cannot grow: it stays as it is and grows at the
+// next stage.
+func TestRealGrowthWatch(t *testing.T) {
+	for _, fsType := range []string{"ext4", "xfs"} {
+		t.Run(fsType, func(t *testing.T) {
+			needRoot(t, "mkfs."+fsType)
+			c := newCluster(t)
+			defer c.cleanup()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			id := c.create("watch", fsType, 320<<20, false, nil)
+			target := c.attach("node-a", id, fsType, false)
+			before := fsBytes(t, target)
+			go c.node("node-a", false).WatchGrowth(ctx, 100*time.Millisecond)
+			_, err := c.ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 30}})
+			c.must(err)
+			grown := func(wait time.Duration) bool {
+				for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+					if fsBytes(t, target) >= before+600<<20 {
+						return true
+					}
+				}
+				return false
+			}
+			if fsType == "ext4" && !haveSysResource(t) {
+				if grown(time.Second) {
+					t.Fatal("a mounted ext4 grew without CAP_SYS_RESOURCE")
+				}
+				cancel()
+				c.detach("node-a", id)
+				target = c.attach("node-a", id, fsType, false)
+				if fsBytes(t, target) < before+600<<20 {
+					t.Fatalf("ext4 did not grow at its next stage: %d bytes", fsBytes(t, target))
+				}
+			} else if !grown(10 * time.Second) {
+				t.Fatalf("the growth check did not grow the mounted %s: %d bytes before, %d after", fsType, before, fsBytes(t, target))
+			}
+			cancel()
 			c.detach("node-a", id)
 			c.released(id)
 		})
