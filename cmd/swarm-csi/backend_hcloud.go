@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +17,7 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud/metadata"
 
 	hcloudbe "github.com/swarm-csi/swarm-csi/pkg/backend/hcloud"
+	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
 
 // metadataTimeout bounds the start-up question to the metadata service.
@@ -91,13 +94,19 @@ func (s *hcloudSettings) open(ctx context.Context, c *config) (*openedBackend, e
 			location = md.Location
 		}
 	}
+	// Every API request is a backend call in the metrics, by route.
+	prefix := ""
+	if u, err := url.Parse(s.endpoint); err == nil {
+		prefix = strings.TrimSuffix(u.Path, "/")
+	}
 	be, err := hcloudbe.New(hcloudbe.Config{
-		Token:    token,
-		Endpoint: s.endpoint,
-		Location: location,
-		Cluster:  s.cluster,
-		Wait:     wait,
-		Version:  versionString(),
+		HTTPClient: &http.Client{Transport: &metrics.Transport{Backend: "hcloud", Strip: prefix}},
+		Token:      token,
+		Endpoint:   s.endpoint,
+		Location:   location,
+		Cluster:    s.cluster,
+		Wait:       wait,
+		Version:    versionString(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("--hcloud-location (HCLOUD_LOCATION): %w", err)

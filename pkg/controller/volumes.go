@@ -278,3 +278,21 @@ func (s *Server) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	}
 	return resp, nil
 }
+
+// VolumeCounts counts the backend's volumes by state, for the metrics:
+// "published" (to at least one node) and "unpublished".
+func (s *Server) VolumeCounts(ctx context.Context) (map[string]int, error) {
+	vols, err := s.be.ListVolumes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	counts := map[string]int{"published": 0, "unpublished": 0}
+	for _, v := range vols {
+		if len(v.Attachments) > 0 {
+			counts["published"]++
+		} else {
+			counts["unpublished"]++
+		}
+	}
+	return counts, nil
+}

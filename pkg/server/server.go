@@ -21,6 +21,7 @@ import (
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
 
 // SocketPath returns the filesystem path of an endpoint given as
@@ -98,6 +99,7 @@ var quiet = map[string]bool{
 func interceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 		start := time.Now()
+		done := metrics.RPCStarted(info.FullMethod)
 		defer func() {
 			if r := recover(); r != nil {
 				log.Error("panic in handler", "method", info.FullMethod, "panic", r)
@@ -105,6 +107,7 @@ func interceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 			}
 			err = csierr.Status(err)
 			code := status.Code(err)
+			done(code.String())
 			level := slog.LevelInfo
 			switch {
 			case code == codes.Internal || code == codes.Unknown:

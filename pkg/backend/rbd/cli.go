@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
 
 // Runner runs a command and returns its standard output. A command that
@@ -219,11 +220,25 @@ func (c *cli) tool(ctx context.Context, tool string, cr creds, what string, args
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	full := append([]string{"-c", c.conf, "--id", cr.user, "--keyring", cr.keyring}, args...)
+	start := time.Now()
 	out, err := c.run.Run(ctx, tool, full...)
 	if err != nil {
-		return nil, classify(describe(tool, args, what), err)
+		err = classify(describe(tool, args, what), err)
 	}
-	return out, nil
+	metrics.BackendCall("rbd", describe(tool, args, ""), outcome(err), time.Since(start))
+	return out, err
+}
+
+// outcome names a command's result for the metrics: ok, or its kind.
+func outcome(err error) string {
+	var e *Error
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.As(err, &e):
+		return e.Kind.Error()
+	}
+	return "error"
 }
 
 // describe names a command for messages: the tool, its subcommand words

@@ -1,0 +1,211 @@
+// Package metrics holds the driver's Prometheus metrics: its CSI calls,
+// the calls its backends make (loop tools, rbd commands, cloud API
+// requests), and, through collectors registered by the driver, its
+// volumes. They are served with --metrics-addr.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Registry holds every metric of the driver.
+var Registry = prometheus.NewRegistry()
+
+var (
+	rpcRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "swarm_csi_rpc_requests_total",
+		Help: "CSI calls served, by method and gRPC code.",
+	}, []string{"method", "code"})
+	rpcDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "swarm_csi_rpc_duration_seconds",
+		Help:    "Time to serve a CSI call, by method.",
+		Buckets: []float64{.001, .005, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 15, 30},
+	}, []string{"method"})
+	rpcInFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "swarm_csi_rpc_in_flight",
+		Help: "CSI calls being served, by method.",
+	}, []string{"method"})
+	backendCalls = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "swarm_csi_backend_call_duration_seconds",
+		Help:    "Calls the driver makes: tools it runs (mkfs, rbd ...) and cloud API requests, by backend, call and outcome.",
+		Buckets: []float64{.005, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"backend", "call", "status"})
+)
+
+func init() {
+	Registry.MustRegister(rpcRequests, rpcDuration, rpcInFlight, backendCalls,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+}
+
+// RPCStarted counts a CSI call in flight; the function it returns ends
+// it with its gRPC code.
+func RPCStarted(method string) func(code string) {
+	start := time.Now()
+	g := rpcInFlight.WithLabelValues(method)
+	g.Inc()
+	return func(code string) {
+		g.Dec()
+		rpcRequests.WithLabelValues(method, code).Inc()
+		rpcDuration.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	}
+}
+
+// BackendCall records a call the driver made: backend ("loop", "rbd",
+// "hcloud", "node"), what it was (a tool and subcommand, or a method and
+// route), its outcome ("ok", an error kind, an HTTP status) and duration.
+func BackendCall(backend, call, status string, d time.Duration) {
+	backendCalls.WithLabelValues(backend, call, status).Observe(d.Seconds())
+}
+
+// Serve serves /metrics on addr until ctx ends. The listener is made at
+// once, so a bad address fails the start.
+func Serve(ctx context.Context, addr string) (net.Addr, <-chan error, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(Registry, promhttp.HandlerOpts{Registry: Registry}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan error, 1)
+	go func() {
+		err := srv.Serve(lis)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		done <- err
+	}()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	return lis.Addr(), done, nil
+}
+
+// idPattern matches path segments that are ids, so that routes stay few.
+var idPattern = regexp.MustCompile(`^[0-9]+$`)
+
+// Route is an API path with its numeric ids replaced by {id}.
+func Route(path string) string {
+	out := []byte{}
+	seg := []byte{}
+	flush := func() {
+		if idPattern.Match(seg) {
+			out = append(out, "{id}"...)
+		} else {
+			out = append(out, seg...)
+		}
+		seg = seg[:0]
+	}
+	for i := 0; i < len(path); i++ {
+		if path[i] == '/' {
+			flush()
+			out = append(out, '/')
+			continue
+		}
+		seg = append(seg, path[i])
+	}
+	flush()
+	return string(out)
+}
+
+// Transport wraps an HTTP transport to record each request as a backend
+// call, by method and route.
+type Transport struct {
+	Backend string
+	Base    http.RoundTripper
+	// Strip is a path prefix to leave out of routes (the API's /v1).
+	Strip string
+}
+
+func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
+	base := t.Base
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	start := time.Now()
+	resp, err := base.RoundTrip(r)
+	status := "error"
+	if err == nil {
+		status = strconv.Itoa(resp.StatusCode)
+	}
+	path := r.URL.Path
+	if len(path) >= len(t.Strip) && path[:len(t.Strip)] == t.Strip {
+		path = path[len(t.Strip):]
+	}
+	BackendCall(t.Backend, r.Method+" "+Route(path), status, time.Since(start))
+	return resp, err
+}
+
+// Usage is the filesystem of a volume mounted on this node.
+type Usage struct {
+	VolumeID                 string
+	CapacityBytes, UsedBytes int64
+	Inodes, InodesUsed       int64
+}
+
+// scrapeTimeout bounds what a collector asks the backend at a scrape.
+const scrapeTimeout = 5 * time.Second
+
+var (
+	volumesDesc      = prometheus.NewDesc("swarm_csi_volumes", "Volumes the backend holds, by state (published to a node or not); on a node serving the controller.", []string{"state"}, nil)
+	capacityDesc     = prometheus.NewDesc("swarm_csi_volume_capacity_bytes", "Size of the filesystem of a volume mounted on this node.", []string{"volume_id"}, nil)
+	usedDesc         = prometheus.NewDesc("swarm_csi_volume_used_bytes", "Bytes used in the filesystem of a volume mounted on this node.", []string{"volume_id"}, nil)
+	inodesDesc       = prometheus.NewDesc("swarm_csi_volume_inodes", "Inodes of the filesystem of a volume mounted on this node.", []string{"volume_id"}, nil)
+	inodesUsedDesc   = prometheus.NewDesc("swarm_csi_volume_inodes_used", "Inodes used in the filesystem of a volume mounted on this node.", []string{"volume_id"}, nil)
+	scrapeErrorsDesc = prometheus.NewDesc("swarm_csi_scrape_errors", "1 when the last scrape could not ask the backend or the node state (then the volume series are missing).", []string{"source"}, nil)
+)
+
+// VolumeCollector collects the controller's volume counts (counts, may be
+// nil) and the node's mounted volumes (usage, may be nil) at each scrape.
+type VolumeCollector struct {
+	Counts func(ctx context.Context) (map[string]int, error)
+	Usage  func(ctx context.Context) ([]Usage, error)
+}
+
+func (c *VolumeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{volumesDesc, capacityDesc, usedDesc, inodesDesc, inodesUsedDesc, scrapeErrorsDesc} {
+		ch <- d
+	}
+}
+
+func (c *VolumeCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	failed := func(source string, err error) {
+		v := 0.0
+		if err != nil {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(scrapeErrorsDesc, prometheus.GaugeValue, v, source)
+	}
+	if c.Counts != nil {
+		counts, err := c.Counts(ctx)
+		failed("controller", err)
+		for state, n := range counts {
+			ch <- prometheus.MustNewConstMetric(volumesDesc, prometheus.GaugeValue, float64(n), state)
+		}
+	}
+	if c.Usage != nil {
+		us, err := c.Usage(ctx)
+		failed("node", err)
+		for _, u := range us {
+			ch <- prometheus.MustNewConstMetric(capacityDesc, prometheus.GaugeValue, float64(u.CapacityBytes), u.VolumeID)
+			ch <- prometheus.MustNewConstMetric(usedDesc, prometheus.GaugeValue, float64(u.UsedBytes), u.VolumeID)
+			ch <- prometheus.MustNewConstMetric(inodesDesc, prometheus.GaugeValue, float64(u.Inodes), u.VolumeID)
+			ch <- prometheus.MustNewConstMetric(inodesUsedDesc, prometheus.GaugeValue, float64(u.InodesUsed), u.VolumeID)
+		}
+	}
+}
