@@ -268,6 +268,8 @@ func checkConfig(t *testing.T, out string) {
 		"DRIVER_NAME":          "swarm-csi",
 		"LOG_LEVEL":            "info",
 		"MAX_VOLUMES_PER_NODE": "128",
+		"GROW_INTERVAL":        "30s",
+		"METRICS_ADDR":         "",
 		"PATH":                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 	}
 	got := map[string]string{}

@@ -77,7 +77,8 @@ func singleNode(t *testing.T) *harness.Cluster {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
 		start := time.Now()
-		single.c, single.err = harness.Start(ctx, logf, harness.Options{Nodes: 1})
+		// Metrics on the node's 127.0.0.1, which TestOperatorCLI scrapes.
+		single.c, single.err = harness.Start(ctx, logf, harness.Options{Nodes: 1, PluginEnv: []string{"METRICS_ADDR=" + metricsAddr}})
 		single.setup = time.Since(start)
 		if single.err == nil {
 			logf("single-node swarm up in %s", single.setup.Round(time.Millisecond))

@@ -23,6 +23,7 @@ import (
 
 	"github.com/swarm-csi/swarm-csi/pkg/controller"
 	"github.com/swarm-csi/swarm-csi/pkg/identity"
+	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 	"github.com/swarm-csi/swarm-csi/pkg/node"
 	"github.com/swarm-csi/swarm-csi/pkg/server"
 )
@@ -34,6 +35,8 @@ var version = ""
 type config struct {
 	endpoint, dataDir, nodeID, driverName, backend, logLevel string
 	maxVolumesPerNode                                        int64
+	growInterval                                             time.Duration
+	metricsAddr                                              string
 	showVersion                                              bool
 	// open opens the chosen backend.
 	open opener
@@ -70,6 +73,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&c.logLevel, "log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
 	maxVols := env("MAX_VOLUMES_PER_NODE", "128")
 	fs.StringVar(&maxVols, "max-volumes-per-node", maxVols, "most volumes published to one node (env MAX_VOLUMES_PER_NODE)")
+	grow := env("GROW_INTERVAL", "30s")
+	fs.StringVar(&grow, "grow-interval", grow, "how often the node looks for volumes in use that have grown, and grows them online; 0 never (env GROW_INTERVAL)")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", env("METRICS_ADDR", ""), "serve Prometheus metrics at http://ADDR/metrics, e.g. :9464 (env METRICS_ADDR; default off)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	openers := configureBackends(fs, env)
 	if err := fs.Parse(args); err != nil {
@@ -86,6 +92,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		return nil, fmt.Errorf("--max-volumes-per-node (MAX_VOLUMES_PER_NODE) %q: want a whole number of at least 1", maxVols)
 	}
 	c.maxVolumesPerNode = n
+	if c.growInterval, err = time.ParseDuration(grow); err != nil || (c.growInterval != 0 && c.growInterval < time.Second) {
+		return nil, fmt.Errorf("--grow-interval (GROW_INTERVAL) %q: want 0 or a duration of at least 1s, such as 30s", grow)
+	}
 	if _, err := server.SocketPath(c.endpoint); err != nil {
 		return nil, fmt.Errorf("--endpoint (CSI_ENDPOINT): %w", err)
 	}
@@ -132,9 +141,9 @@ func versionString() string {
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "stack" {
+	if cmd := operatorCommand(os.Args[1:]); cmd != nil {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-		code := stackMain(ctx, os.Args[2:], os.Stdout, os.Stderr)
+		code := cmd(ctx, os.Args[1:], os.Stdout, os.Stderr)
 		stop()
 		os.Exit(code)
 	}
@@ -182,7 +191,7 @@ func run(cfg *config, log *slog.Logger) error {
 	if m := be.controller.Info().MaxVolumesPerNode; m > 0 {
 		maxPerNode = min(maxPerNode, m)
 	}
-	nodeSrv, err := node.New(ctx, be.node, node.NewMounter(), node.Config{
+	nodeSrv, err := node.New(ctx, be.node, node.WithMetrics(node.NewMounter()), node.Config{
 		NodeID:            nodeID,
 		MaxVolumesPerNode: maxPerNode,
 		StateDir:          filepath.Join(cfg.dataDir, "node-state", nodeID),
@@ -199,6 +208,16 @@ func run(cfg *config, log *slog.Logger) error {
 		GroupController: ctrl,
 		Node:            nodeSrv,
 	})
+	var metricsDone <-chan error
+	if cfg.metricsAddr != "" {
+		metrics.Registry.MustRegister(&metrics.VolumeCollector{Counts: ctrl.VolumeCounts, Usage: nodeSrv.VolumeUsage})
+		addr, done, err := metrics.Serve(ctx, cfg.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr (METRICS_ADDR): %w", err)
+		}
+		metricsDone = done
+		log.Info("serving metrics", "url", "http://"+addr.String()+"/metrics")
+	}
 	sock, _ := server.SocketPath(cfg.endpoint)
 	lis, err := server.Listen(sock)
 	if err != nil {
@@ -213,9 +232,14 @@ func run(cfg *config, log *slog.Logger) error {
 	// Mounts lost while volumes stayed in use (a plugin disable/enable)
 	// come back in the background: the socket must answer at once.
 	go func() { _ = nodeSrv.Restore(ctx) }()
+	if cfg.growInterval > 0 {
+		go nodeSrv.WatchGrowth(ctx, cfg.growInterval)
+	}
 	select {
 	case err := <-errc:
 		return err
+	case err := <-metricsDone:
+		return fmt.Errorf("metrics server: %w", err)
 	case <-ctx.Done():
 	}
 	// Attached volumes stay attached: containers keep using them, and the

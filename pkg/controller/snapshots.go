@@ -101,7 +101,14 @@ func (s *Server) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 		return nil, err
 	}
 	var snaps []*backend.Snapshot
-	if id := req.GetSnapshotId(); id != "" {
+	if ref := req.GetSnapshotId(); ref != "" {
+		// An id, or the name the snapshot was created with: CSI has no
+		// name in a listing, and operators name snapshots (swarm-csi
+		// snapshot rm NAME).
+		id, err := s.snapshotIDOf(ctx, ref)
+		if err != nil {
+			return &csi.ListSnapshotsResponse{}, ignoreNotFound(err)
+		}
 		sn, err := s.be.Snapshot(ctx, id)
 		if err != nil {
 			return &csi.ListSnapshotsResponse{}, ignoreNotFound(err)
