@@ -404,7 +404,17 @@ func TestRealGrowthWatch(t *testing.T) {
 			id := c.create("watch", fsType, 320<<20, false, nil)
 			target := c.attach("node-a", id, fsType, false)
 			before := fsBytes(t, target)
-			go c.node("node-a", false).WatchGrowth(ctx, 100*time.Millisecond)
+			watching := make(chan struct{})
+			go func() {
+				defer close(watching)
+				c.node("node-a", false).WatchGrowth(ctx, 100*time.Millisecond)
+			}()
+			// A check in progress holds the volume's lock (a CO's call
+			// meanwhile is Aborted and retried): stop it before detaching.
+			stop := func() {
+				cancel()
+				<-watching
+			}
 			_, err := c.ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 30}})
 			c.must(err)
 			grown := func(wait time.Duration) bool {
@@ -419,7 +429,7 @@ func TestRealGrowthWatch(t *testing.T) {
 				if grown(time.Second) {
 					t.Fatal("a mounted ext4 grew without CAP_SYS_RESOURCE")
 				}
-				cancel()
+				stop()
 				c.detach("node-a", id)
 				target = c.attach("node-a", id, fsType, false)
 				if fsBytes(t, target) < before+600<<20 {
@@ -428,7 +438,7 @@ func TestRealGrowthWatch(t *testing.T) {
 			} else if !grown(10 * time.Second) {
 				t.Fatalf("the growth check did not grow the mounted %s: %d bytes before, %d after", fsType, before, fsBytes(t, target))
 			}
-			cancel()
+			stop()
 			c.detach("node-a", id)
 			c.released(id)
 		})
