@@ -49,14 +49,11 @@ func (s *Server) growAll(ctx context.Context, failed *growFailures) {
 	}
 }
 
-// growOne brings one volume to its size; it does nothing to a volume that
-// is released, busy (its lock is taken: next round) or the right size.
+// growOne brings one volume to its size. What it needs is found without
+// the volume's lock (reads only), so that the check never holds up a CO's
+// call; the lock is taken only to grow, and a volume that is busy then,
+// or was released meanwhile, waits for the next round.
 func (s *Server) growOne(ctx context.Context, st *staged, failed *growFailures) {
-	release, err := s.lock(st.VolumeID)
-	if err != nil {
-		return
-	}
-	defer release()
 	dev, err := s.be.Device(ctx, st.VolumeID)
 	if err != nil || dev == "" {
 		return
@@ -69,7 +66,19 @@ func (s *Server) growOne(ctx context.Context, st *staged, failed *growFailures) 
 	if err != nil {
 		return
 	}
-	if size < v.CapacityBytes {
+	refresh := size < v.CapacityBytes
+	if !refresh && !s.fsNeedsGrowth(dev, v.ID, v.FsType, v.Block, st.StagingPath, size, failed) {
+		return
+	}
+	release, err := s.lock(st.VolumeID)
+	if err != nil {
+		return
+	}
+	defer release()
+	if cur, err := s.state.load(st.VolumeID); err != nil || cur == nil || cur.StagingPath != st.StagingPath {
+		return // released or moved meanwhile
+	}
+	if refresh {
 		// Attach on an attached volume refreshes the device's size.
 		if dev, err = s.be.Attach(ctx, v, nil); err != nil {
 			s.cfg.Log.Warn("growth check: device not refreshed", "volume", v.ID, "error", err)
@@ -79,22 +88,9 @@ func (s *Server) growOne(ctx context.Context, st *staged, failed *growFailures) 
 			return
 		}
 		s.cfg.Log.Info("volume grown: device refreshed", "volume", v.ID, "device", dev, "bytes", size)
-	}
-	if v.Block {
-		return
-	}
-	if mounted, err := s.mounter.IsMountPoint(st.StagingPath); err != nil || !mounted {
-		return
-	}
-	failed.mu.Lock()
-	tried := failed.seen[v.ID] == size
-	failed.mu.Unlock()
-	if tried {
-		return
-	}
-	need, err := s.mounter.NeedsResize(dev, v.FsType)
-	if err != nil || !need {
-		return
+		if !s.fsNeedsGrowth(dev, v.ID, v.FsType, v.Block, st.StagingPath, size, failed) {
+			return
+		}
 	}
 	if err := s.grow(dev, st.StagingPath, v.FsType); err != nil {
 		failed.mu.Lock()
@@ -104,4 +100,23 @@ func (s *Server) growOne(ctx context.Context, st *staged, failed *growFailures) 
 		return
 	}
 	s.cfg.Log.Info("volume grown: filesystem grown online", "volume", v.ID, "bytes", size)
+}
+
+// fsNeedsGrowth reports whether a mounted filesystem is smaller than its
+// device of size bytes, and was not tried at that size already.
+func (s *Server) fsNeedsGrowth(dev, id, fsType string, block bool, staging string, size int64, failed *growFailures) bool {
+	if block {
+		return false
+	}
+	if mounted, err := s.mounter.IsMountPoint(staging); err != nil || !mounted {
+		return false
+	}
+	failed.mu.Lock()
+	tried := failed.seen[id] == size
+	failed.mu.Unlock()
+	if tried {
+		return false
+	}
+	need, err := s.mounter.NeedsResize(dev, fsType)
+	return err == nil && need
 }
