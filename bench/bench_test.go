@@ -144,25 +144,7 @@ func TestQuickRunHcloud(t *testing.T) {
 	cfg.applyQuick(nil)
 	cfg.hcloudDefaults(map[string]bool{"action-delay": true})
 	cfg.ActionDelay = 50 * time.Millisecond
-	cfg.Driver = os.Getenv("SWARM_CSI_DRIVER")
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
-	defer cancel()
-
-	rep, err := run(ctx, cfg, t.Output())
-	if rep != nil {
-		if mounts, loops, lerr := leftovers(rep.Dir); lerr != nil || len(mounts)+len(loops) > 0 {
-			t.Errorf("left behind under %s: mounts %v, loop devices %v (%v)", rep.Dir, mounts, loops, lerr)
-		}
-		if exists(rep.Dir) {
-			t.Errorf("temp dir %s not removed", rep.Dir)
-		}
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(rep.Leftovers) > 0 {
-		t.Errorf("teardown left %v behind (removed by the sweep)", rep.Leftovers)
-	}
+	rep := quickRun(t, cfg)
 	if len(rep.Modes) != 0 || rep.RSS != nil || len(rep.Cloud) != 2 {
 		t.Fatalf("report has %d loop modes, memory %v, %d cloud modes; want only the 2 cloud modes", len(rep.Modes), rep.RSS, len(rep.Cloud))
 	}
