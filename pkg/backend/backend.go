@@ -80,6 +80,25 @@ type Volume struct {
 	CreatedAt   time.Time    `json:"createdAt"`
 }
 
+// SetAttachment records a, in place of the node's attachment if it had one.
+func (v *Volume) SetAttachment(a Attachment) {
+	v.Attachments = append(v.without(a.NodeID), a)
+}
+
+// RemoveAttachment drops the node's attachment, if any.
+func (v *Volume) RemoveAttachment(nodeID string) { v.Attachments = v.without(nodeID) }
+
+// without returns a new slice of the attachments but nodeID's.
+func (v *Volume) without(nodeID string) []Attachment {
+	out := make([]Attachment, 0, len(v.Attachments))
+	for _, a := range v.Attachments {
+		if a.NodeID != nodeID {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // AttachedTo returns the attachment for nodeID, if any.
 func (v *Volume) AttachedTo(nodeID string) (Attachment, bool) {
 	for _, a := range v.Attachments {

@@ -193,12 +193,8 @@ func (f *fakeBackend) Publish(ctx context.Context, cur *backend.Volume, a backen
 	if !ok {
 		return nil, csierr.NotFound("fake: volume %q", id)
 	}
-	v.Attachments = append(without(v.Attachments, a.NodeID), a)
+	v.SetAttachment(a)
 	return map[string]string{"fakeDevice": "/dev/fake-" + id}, nil
-}
-
-func without(as []backend.Attachment, nodeID string) []backend.Attachment {
-	return slices.DeleteFunc(slices.Clone(as), func(a backend.Attachment) bool { return a.NodeID == nodeID })
 }
 
 func (f *fakeBackend) Unpublish(_ context.Context, id, nodeID string) error {
@@ -206,7 +202,7 @@ func (f *fakeBackend) Unpublish(_ context.Context, id, nodeID string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if v, ok := f.vols[id]; ok {
-		v.Attachments = without(v.Attachments, nodeID)
+		v.RemoveAttachment(nodeID)
 	}
 	return nil
 }

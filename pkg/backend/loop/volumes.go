@@ -147,7 +147,7 @@ func (b *Backend) Publish(_ context.Context, cur *backend.Volume, a backend.Atta
 		return nil, err
 	}
 	if cur, ok := v.AttachedTo(a.NodeID); !ok || cur != a {
-		v.Attachments = append(without(v.Attachments, a.NodeID), a)
+		v.SetAttachment(a)
 		if err := writeJSON(b.store.volumeRecord(id), v); err != nil {
 			return nil, err
 		}
@@ -176,18 +176,8 @@ func (b *Backend) Unpublish(_ context.Context, id, nodeID string) error {
 	if _, ok := v.AttachedTo(nodeID); !ok {
 		return nil
 	}
-	v.Attachments = without(v.Attachments, nodeID)
+	v.RemoveAttachment(nodeID)
 	return writeJSON(b.store.volumeRecord(id), v)
-}
-
-func without(as []backend.Attachment, nodeID string) []backend.Attachment {
-	out := make([]backend.Attachment, 0, len(as))
-	for _, a := range as {
-		if a.NodeID != nodeID {
-			out = append(out, a)
-		}
-	}
-	return out
 }
 
 // ModifyVolume implements backend.Controller.

@@ -481,9 +481,8 @@ func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Atta
 		return nil, csierr.NotFound("volume %q is not an rbd volume id of this cluster", v.ID)
 	}
 	rec := &volumeRecord{Volume: *v, Pool: ref.pool, Image: ref.image}
-	rec.Attachments = slices.Clone(v.Attachments)
 	if cur, ok := rec.AttachedTo(a.NodeID); !ok || cur != a {
-		rec.Attachments = append(without(rec.Attachments, a.NodeID), a)
+		rec.SetAttachment(a) // a new slice: v's stays as it was
 		if err := b.index.set(ctx, cr, volumeKeyPrefix+hash, rec); err != nil {
 			return nil, err
 		}
@@ -519,19 +518,9 @@ func (b *Backend) Unpublish(ctx context.Context, id, nodeID string) error {
 	if _, ok := rec.AttachedTo(nodeID); !ok {
 		return nil
 	}
-	rec.Attachments = without(rec.Attachments, nodeID)
+	rec.RemoveAttachment(nodeID)
 	_, hash, _ := b.names.parseVolumeID(id)
 	return b.index.set(ctx, cr, volumeKeyPrefix+hash, rec)
-}
-
-func without(as []backend.Attachment, nodeID string) []backend.Attachment {
-	out := make([]backend.Attachment, 0, len(as))
-	for _, a := range as {
-		if a.NodeID != nodeID {
-			out = append(out, a)
-		}
-	}
-	return out
 }
 
 // ExpandVolume implements backend.Controller. The image grows first, the
