@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/swarm-csi/swarm-csi/pkg/mountinfo"
 )
 
 // leftovers lists the mounts under dir (outermost first) and the loop
@@ -24,7 +26,7 @@ func leftovers(dir string) (mounts, loops []string, err error) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		if fields := strings.Fields(sc.Text()); len(fields) > 4 {
-			if p := unescapeMountPath(fields[4]); under(p) {
+			if p := mountinfo.Unescape(fields[4]); under(p) {
 				mounts = append(mounts, p)
 			}
 		}
@@ -43,22 +45,6 @@ func leftovers(dir string) (mounts, loops []string, err error) {
 		}
 	}
 	return mounts, loops, nil
-}
-
-// unescapeMountPath undoes the octal escapes (\040 for space, ...) of mountinfo.
-func unescapeMountPath(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // settledLeftovers is leftovers, re-checked for up to 3 s: a detached loop

@@ -37,7 +37,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -52,6 +51,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/swarm-csi/swarm-csi/pkg/mountinfo"
 )
 
 const driverPackage = "github.com/swarm-csi/swarm-csi/cmd/swarm-csi"
@@ -796,30 +797,11 @@ func mountsUnder(dirs []string) ([]string, error) {
 		if len(fields) < 5 {
 			continue
 		}
-		if mp := unescapeMountinfo(fields[4]); isUnder(mp, dirs) {
+		if mp := mountinfo.Unescape(fields[4]); isUnder(mp, dirs) {
 			found = append(found, mp)
 		}
 	}
 	return found, sc.Err()
-}
-
-// unescapeMountinfo decodes the \NNN octal escapes used in mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 func detachLoop(dev string) error {

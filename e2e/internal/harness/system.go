@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/swarm-csi/swarm-csi/pkg/mountinfo"
 )
 
 // Mount is one line of a mountinfo file.
@@ -51,32 +53,13 @@ func parseMountinfo(b []byte) []Mount {
 		}
 		ms = append(ms, Mount{
 			MajorMinor: f[2],
-			Root:       unescapeMount(f[3]),
-			MountPoint: unescapeMount(f[4]),
+			Root:       mountinfo.Unescape(f[3]),
+			MountPoint: mountinfo.Unescape(f[4]),
 			FSType:     f[sep+1],
-			Source:     unescapeMount(f[sep+2]),
+			Source:     mountinfo.Unescape(f[sep+2]),
 		})
 	}
 	return ms
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // under reports whether p is dir or inside it.

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/swarm-csi/swarm-csi/pkg/loopdev"
+	"github.com/swarm-csi/swarm-csi/pkg/mountinfo"
 )
 
 // fuseAttacher exposes an image as a file with rbd-fuse (one process and
@@ -260,7 +261,7 @@ func isFuseMount(mp string) (bool, error) {
 	for sc.Scan() {
 		before, after, ok := strings.Cut(sc.Text(), " - ")
 		fields := strings.Fields(before)
-		if !ok || len(fields) < 5 || unescape(fields[4]) != mp {
+		if !ok || len(fields) < 5 || mountinfo.Unescape(fields[4]) != mp {
 			continue
 		}
 		if strings.HasPrefix(after, "fuse.rbd-fuse ") || strings.HasPrefix(after, "fuse ") {
@@ -268,25 +269,6 @@ func isFuseMount(mp string) (bool, error) {
 		}
 	}
 	return false, sc.Err()
-}
-
-// unescape decodes mountinfo's \NNN escapes.
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // fusePIDs returns the rbd-fuse processes serving mount point mp (its last

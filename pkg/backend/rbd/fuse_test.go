@@ -7,23 +7,6 @@ import (
 	"testing"
 )
 
-func TestMountinfoUnescape(t *testing.T) {
-	for in, want := range map[string]string{
-		`/data/rbd/fuse/x`:       "/data/rbd/fuse/x",
-		`/data/with\040space`:    "/data/with space",
-		`/tab\011and\134slash`:   "/tab\tand\\slash",
-		`/ends\040`:              "/ends ",
-		`/not\04`:                `/not\04`,
-		`/bad\999escape`:         `/bad\999escape`,
-		`\040`:                   " ",
-		`/a\040b\040c\040d\040e`: "/a b c d e",
-	} {
-		if got := unescape(in); got != want {
-			t.Errorf("unescape(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // The fuse mode's paths come from parsed ids only: <state>/fuse/<node
 // tag>/<pool>/<image>, and a loop tag that fits lo_file_name.
 func TestFusePaths(t *testing.T) {
