@@ -59,8 +59,17 @@ func (b *bench) rawRBDLifecycle(name, fs string, size int64) *lifecycle {
 			name: "rbd-fuse",
 			do:   with("rbd-fuse", "-p", cl.Pool, "-r", image, fuse),
 			undo: &step{name: "umount rbd-fuse", do: func(ctx context.Context) error {
-				if _, err := execute(ctx, "umount", fuse); err != nil {
-					return err
+				// The loop device detached a step before lets go of the
+				// file a moment later: busy until then.
+				for deadline := time.Now().Add(5 * time.Second); ; {
+					_, err := execute(ctx, "umount", fuse)
+					if err == nil {
+						break
+					}
+					if !strings.Contains(err.Error(), "target is busy") || time.Now().After(deadline) {
+						return err
+					}
+					time.Sleep(10 * time.Millisecond)
 				}
 				// Its watch on the image ends when it exits.
 				return waitExit(ctx, "rbd-fuse", fuse)
