@@ -149,11 +149,16 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// Usage is the filesystem of a volume mounted on this node.
+// Usage is a volume published on this node: the size and use of its
+// filesystem (a block volume has only its size), or the reason it is
+// abnormal (NotMounted, DeviceDetached...: then no sizes).
 type Usage struct {
 	VolumeID                 string
 	CapacityBytes, UsedBytes int64
+	AvailableBytes           int64 // to an unprivileged writer
 	Inodes, InodesUsed       int64
+	Block                    bool
+	Abnormal                 string
 }
 
 // scrapeTimeout bounds what a collector asks the backend at a scrape.
@@ -161,10 +166,12 @@ const scrapeTimeout = 5 * time.Second
 
 var (
 	volumesDesc      = prometheus.NewDesc("swarm_csi_volumes", "Volumes the backend holds, by state (published to a node or not); on a node serving the controller.", []string{"state"}, nil)
-	capacityDesc     = prometheus.NewDesc("swarm_csi_volume_capacity_bytes", "Size of the filesystem of a volume mounted on this node.", []string{"volume_id"}, nil)
+	capacityDesc     = prometheus.NewDesc("swarm_csi_volume_capacity_bytes", "Size of the filesystem (or block device) of a volume published on this node.", []string{"volume_id"}, nil)
 	usedDesc         = prometheus.NewDesc("swarm_csi_volume_used_bytes", "Bytes used in the filesystem of a volume mounted on this node.", []string{"volume_id"}, nil)
+	availableDesc    = prometheus.NewDesc("swarm_csi_volume_available_bytes", "Bytes an unprivileged writer can still use in the filesystem of a volume published on this node.", []string{"volume_id"}, nil)
 	inodesDesc       = prometheus.NewDesc("swarm_csi_volume_inodes", "Inodes of the filesystem of a volume mounted on this node.", []string{"volume_id"}, nil)
 	inodesUsedDesc   = prometheus.NewDesc("swarm_csi_volume_inodes_used", "Inodes used in the filesystem of a volume mounted on this node.", []string{"volume_id"}, nil)
+	abnormalDesc     = prometheus.NewDesc("swarm_csi_volume_abnormal", "1 when a volume published on this node has lost its mount or device (reason says which), else 0.", []string{"volume_id", "reason"}, nil)
 	scrapeErrorsDesc = prometheus.NewDesc("swarm_csi_scrape_errors", "1 when the last scrape could not ask the backend or the node state (then the volume series are missing).", []string{"source"}, nil)
 )
 
@@ -176,7 +183,7 @@ type VolumeCollector struct {
 }
 
 func (c *VolumeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{volumesDesc, capacityDesc, usedDesc, inodesDesc, inodesUsedDesc, scrapeErrorsDesc} {
+	for _, d := range []*prometheus.Desc{volumesDesc, capacityDesc, usedDesc, availableDesc, inodesDesc, inodesUsedDesc, abnormalDesc, scrapeErrorsDesc} {
 		ch <- d
 	}
 }
@@ -202,8 +209,17 @@ func (c *VolumeCollector) Collect(ch chan<- prometheus.Metric) {
 		us, err := c.Usage(ctx)
 		failed("node", err)
 		for _, u := range us {
+			if u.Abnormal != "" {
+				ch <- prometheus.MustNewConstMetric(abnormalDesc, prometheus.GaugeValue, 1, u.VolumeID, u.Abnormal)
+				continue
+			}
+			ch <- prometheus.MustNewConstMetric(abnormalDesc, prometheus.GaugeValue, 0, u.VolumeID, "")
 			ch <- prometheus.MustNewConstMetric(capacityDesc, prometheus.GaugeValue, float64(u.CapacityBytes), u.VolumeID)
+			if u.Block {
+				continue
+			}
 			ch <- prometheus.MustNewConstMetric(usedDesc, prometheus.GaugeValue, float64(u.UsedBytes), u.VolumeID)
+			ch <- prometheus.MustNewConstMetric(availableDesc, prometheus.GaugeValue, float64(u.AvailableBytes), u.VolumeID)
 			ch <- prometheus.MustNewConstMetric(inodesDesc, prometheus.GaugeValue, float64(u.Inodes), u.VolumeID)
 			ch <- prometheus.MustNewConstMetric(inodesUsedDesc, prometheus.GaugeValue, float64(u.InodesUsed), u.VolumeID)
 		}

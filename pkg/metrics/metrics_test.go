@@ -42,7 +42,8 @@ func TestServe(t *testing.T) {
 			return map[string]int{"published": 2, "unpublished": 1}, countsErr
 		},
 		Usage: func(context.Context) ([]Usage, error) {
-			return []Usage{{VolumeID: "vol-1", CapacityBytes: 1000, UsedBytes: used, Inodes: 10, InodesUsed: 3}}, nil
+			return []Usage{{VolumeID: "vol-1", CapacityBytes: 1000, UsedBytes: used, Inodes: 10, InodesUsed: 3},
+				{VolumeID: "vol-2", Abnormal: "NotMounted"}, {VolumeID: "vol-3", Block: true, CapacityBytes: 4096}}, nil
 		},
 	})
 	addr, done, err := Serve(ctx, "127.0.0.1:0")
@@ -86,9 +87,17 @@ func TestServe(t *testing.T) {
 		`swarm_csi_volume_used_bytes{volume_id="vol-1"} 100`,
 		`swarm_csi_volume_inodes_used{volume_id="vol-1"} 3`,
 		`swarm_csi_scrape_errors{source="controller"} 0`,
+		`swarm_csi_volume_abnormal{reason="",volume_id="vol-1"} 0`,
+		`swarm_csi_volume_abnormal{reason="NotMounted",volume_id="vol-2"} 1`,
+		`swarm_csi_volume_capacity_bytes{volume_id="vol-3"} 4096`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("scrape lacks %s", want)
+		}
+	}
+	for _, not := range []string{`volume_id="vol-2"`, `swarm_csi_volume_used_bytes{volume_id="vol-3"}`} {
+		if strings.Contains(strings.ReplaceAll(m, `swarm_csi_volume_abnormal{reason="NotMounted",volume_id="vol-2"}`, ""), not) {
+			t.Errorf("scrape has %s:\n%s", not, grep(m, "swarm_csi_volume"))
 		}
 	}
 	used, countsErr = 400, errors.New("backend down")

@@ -6,6 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
 	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
 
@@ -44,29 +45,50 @@ func (t timedMounter) ResizeUnmounted(device, fsType string) (bool, error) {
 	return done, err
 }
 
-// VolumeUsage reports the filesystem of each volume mounted on this node,
-// for the metrics (block volumes have none).
-func (s *Server) VolumeUsage(context.Context) ([]metrics.Usage, error) {
+// VolumeUsage reports each volume published on this node, for the
+// metrics: its filesystem's size and use (a block volume's size), or why
+// it is abnormal (its device or a mount gone), as NodeGetVolumeHealth.
+func (s *Server) VolumeUsage(ctx context.Context) ([]metrics.Usage, error) {
 	sts, err := s.state.list()
 	if err != nil {
 		return nil, err
 	}
 	var out []metrics.Usage
 	for _, st := range sts {
-		if st.Block || len(st.Targets) == 0 {
+		if len(st.Targets) == 0 {
 			continue
 		}
-		var fs unix.Statfs_t
-		if err := unix.Statfs(st.StagingPath, &fs); err != nil {
-			continue
+		u := metrics.Usage{VolumeID: st.VolumeID, Block: st.Block}
+		paths := st.Targets
+		if !st.Block {
+			paths = append([]string{st.StagingPath}, paths...)
 		}
-		if mounted, err := s.mounter.IsMountPoint(st.StagingPath); err != nil || !mounted {
-			continue
+		var dev string
+		for _, p := range paths {
+			pr := s.probe(ctx, st.VolumeID, p)
+			if pr.problem != nil {
+				u.Abnormal = pr.problem.GetReason()
+				break
+			}
+			dev = pr.device
 		}
-		bs := uint64(fs.Bsize)
-		out = append(out, metrics.Usage{VolumeID: st.VolumeID,
-			CapacityBytes: int64(fs.Blocks * bs), UsedBytes: int64((fs.Blocks - fs.Bfree) * bs),
-			Inodes: int64(fs.Files), InodesUsed: int64(fs.Files - fs.Ffree)})
+		switch {
+		case u.Abnormal != "":
+		case st.Block:
+			if u.CapacityBytes, err = blockdev.Size(dev); err != nil {
+				u.Abnormal = "DeviceUnreadable"
+			}
+		default:
+			var fs unix.Statfs_t
+			if err := unix.Statfs(st.StagingPath, &fs); err != nil {
+				u.Abnormal = "PathUnreadable"
+				break
+			}
+			bs := uint64(fs.Bsize)
+			u.CapacityBytes, u.UsedBytes, u.AvailableBytes = int64(fs.Blocks*bs), int64((fs.Blocks-fs.Bfree)*bs), int64(fs.Bavail*bs)
+			u.Inodes, u.InodesUsed = int64(fs.Files), int64(fs.Files-fs.Ffree)
+		}
+		out = append(out, u)
 	}
 	return out, nil
 }

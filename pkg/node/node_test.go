@@ -371,6 +371,32 @@ func TestVolumeHealth(t *testing.T) {
 	wantCode(t, err, codes.NotFound)
 }
 
+// The metrics' view of the volumes published here: sizes while healthy,
+// the reason once a mount or the device is gone.
+func TestVolumeUsage(t *testing.T) {
+	h := newHarness(t, mountVolume())
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	ctx := context.Background()
+	h.must(h.stage(c, nil))
+	if us, err := h.srv.VolumeUsage(ctx); err != nil || len(us) != 0 {
+		t.Fatalf("staged, not published: %+v, %v", us, err)
+	}
+	h.must(h.publish(c, h.target, false))
+	us, err := h.srv.VolumeUsage(ctx)
+	if err != nil || len(us) != 1 || us[0].VolumeID != volID || us[0].Abnormal != "" || us[0].CapacityBytes <= 0 || us[0].Inodes <= 0 {
+		t.Fatalf("published: %+v, %v", us, err)
+	}
+	h.must(h.m.Unmount(h.target))
+	if us, _ = h.srv.VolumeUsage(ctx); len(us) != 1 || us[0].Abnormal != "NotMounted" || us[0].CapacityBytes != 0 {
+		t.Fatalf("the published mount gone: %+v", us)
+	}
+	h.must(h.m.BindMount(h.staging, h.target, nil))
+	h.must(h.be.Detach(ctx, volID))
+	if us, _ = h.srv.VolumeUsage(ctx); len(us) != 1 || us[0].Abnormal != "DeviceDetached" {
+		t.Fatalf("the device gone: %+v", us)
+	}
+}
+
 func TestNodeGetInfo(t *testing.T) {
 	h := newHarness(t, mountVolume())
 	info, err := h.srv.NodeGetInfo(context.Background(), &csi.NodeGetInfoRequest{})
