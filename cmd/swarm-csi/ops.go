@@ -34,7 +34,9 @@ const opsUsage = `usage: swarm-csi [options] COMMAND
   volume ls                     the plugin's volumes beside Swarm's; orphans marked
   volume inspect NAME           one volume: id, size, nodes, condition
   volume expand NAME SIZE       grow a volume (e.g. 20G); in use, it grows online
-  volume stats NAME             capacity, used, free (bytes and inodes) on this node
+  volume stats NAME             capacity, used, free (bytes and inodes) and condition
+                                on every node it is published on (other nodes
+                                through their plugin's METRICS_ADDR)
   volume rm-orphan ID           delete a disk no Swarm volume refers to
   snapshot create VOLUME NAME   snapshot a volume
   snapshot ls [VOLUME]          list snapshots
@@ -407,62 +409,6 @@ func (o *ops) volumeExpand(ctx context.Context, name, size string) error {
 		fmt.Fprintf(o.out, "node %s (this one): filesystem grown, the device has %d bytes\n", n, nr.GetCapacityBytes())
 	}
 	return nil
-}
-
-func (o *ops) volumeStats(ctx context.Context, name string) error {
-	v, id, err := o.swarmVolume(ctx, name)
-	if err != nil {
-		return err
-	}
-	here := o.thisNode(ctx)
-	type usage struct {
-		Unit      string `json:"unit"`
-		Total     int64  `json:"total"`
-		Used      int64  `json:"used"`
-		Available int64  `json:"available"`
-	}
-	out := struct {
-		Name      string   `json:"name"`
-		Node      string   `json:"node"`
-		Usage     []usage  `json:"usage"`
-		Abnormal  bool     `json:"abnormal"`
-		Condition string   `json:"condition,omitempty"`
-		Elsewhere []string `json:"published_elsewhere,omitempty"`
-	}{Name: name, Node: here}
-	published := false
-	for _, n := range publishedOn(v) {
-		if n == here {
-			published = true
-		} else {
-			out.Elsewhere = append(out.Elsewhere, n)
-		}
-	}
-	if !published {
-		return fmt.Errorf("volume %s is not published on this node (%s); it is on %v: run this there", name, here, out.Elsewhere)
-	}
-	r, err := o.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: publishedPath(v)})
-	if err != nil {
-		return fmt.Errorf("volume %s: %w", name, err)
-	}
-	for _, u := range r.GetUsage() {
-		unit := strings.ToLower(strings.TrimPrefix(u.GetUnit().String(), "UNKNOWN"))
-		out.Usage = append(out.Usage, usage{Unit: unit, Total: u.GetTotal(), Used: u.GetUsed(), Available: u.GetAvailable()})
-	}
-	if h, err := o.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: id, VolumePublishPath: publishedPath(v)}); err == nil {
-		out.Abnormal, out.Condition = healthProblem(h.GetVolumeHealth())
-	}
-	return o.print(out, func(w *tabwriter.Writer) {
-		fmt.Fprintln(w, "NODE\tUNIT\tTOTAL\tUSED\tAVAILABLE")
-		for _, u := range out.Usage {
-			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\n", here, u.Unit, u.Total, u.Used, u.Available)
-		}
-		if out.Abnormal {
-			fmt.Fprintf(w, "condition: ABNORMAL: %s\n", out.Condition)
-		}
-		for _, n := range out.Elsewhere {
-			fmt.Fprintf(w, "also published on node %s: run swarm-csi volume stats there\n", n)
-		}
-	})
 }
 
 // snapshots lists the snapshots, of one source volume if sourceID is set.
