@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -80,7 +83,7 @@ func TestDrainMovesVolumeBetweenNodes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	start := time.Now()
-	c, err := harness.Start(ctx, logf, harness.Options{Nodes: 3})
+	c, err := harness.Start(ctx, logf, harness.Options{Nodes: 3, PluginEnv: []string{"METRICS_ADDR=:9464"}})
 	if err != nil {
 		t.Fatalf("bring up the three-node swarm: %v", err)
 	}
@@ -161,6 +164,7 @@ func TestDrainMovesVolumeBetweenNodes(t *testing.T) {
 			n.Name, countRPC(l, "NodeStageVolume"), countRPC(l, "NodePublishVolume"), countRPC(l, "NodeUnpublishVolume"), countRPC(l, "NodeUnstageVolume"))
 	}
 	e.docker("node", "update", "--availability", "active", a.Name)
+	t.Run("stats from another node", func(t *testing.T) { testRemoteStats(t, c, vid, b) })
 	t.Run("volume group", func(t *testing.T) { testGroupSpreadAndDrain(t, c) })
 }
 
@@ -220,4 +224,69 @@ func testGroupSpreadAndDrain(t *testing.T, c *harness.Cluster) {
 			moved.Slot, st.owner, st.sum, before[moving.Slot].owner, before[moving.Slot].sum)
 	}
 	e.removeService("s8g-app")
+}
+
+// testRemoteStats: volume stats on the manager reports the volume as the
+// worker that has it published sees it, through that worker's metrics;
+// then, with the published mount taken away behind the plugin's back, as
+// abnormal.
+func testRemoteStats(t *testing.T, c *harness.Cluster, vid string, on *harness.Node) {
+	e := newEnv(t, c)
+	o := newOperatorCLI(t, e)
+	onID, err := on.SwarmNodeID(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := o.stats("s8-vol")
+	t.Logf("volume stats s8-vol on the manager:\n%s", o.want(0, on.Name, "volume", "stats", "s8-vol"))
+	if s.VolumeID != vid || len(s.Nodes) != 1 {
+		t.Fatalf("volume stats s8-vol: %+v, want volume %s on one node", s, vid)
+	}
+	n := s.Nodes[0]
+	if n.Node != onID || !strings.Contains(n.From, on.Addr+":9464") || n.Abnormal || n.Error != "" {
+		t.Fatalf("volume stats s8-vol: %+v, want node %s (%s) through http://%s:9464", n, onID, on.Name, on.Addr)
+	}
+	// The task wrote a blob of 16 MiB and its checksum.
+	if len(n.Usage) != 2 || n.Usage[0].Unit != "bytes" || n.Usage[0].Total < 900<<20 || n.Usage[0].Used < 16<<20 ||
+		n.Usage[0].Available <= 0 || n.Usage[1].Unit != "inodes" || n.Usage[1].Used <= 0 {
+		t.Errorf("volume stats s8-vol on %s: %+v", on.Name, n.Usage)
+	}
+
+	v, _ := e.inspectVolume("s8-vol")
+	pid, err := on.PluginPID(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The plugin's rootfs has no mount tools: a static busybox is put in
+	// its propagated mount (/data/published), which the host sees too.
+	root, err := on.PluginMountsRoot(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tools := filepath.Join(root, "e2e-tools")
+	defer os.RemoveAll(tools)
+	if err := os.MkdirAll(tools, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "/usr/bin/busybox", tools).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	inPlugin := func(args ...string) {
+		t.Helper()
+		args = append([]string{"-t", fmt.Sprint(pid), "-m", "/data/published/e2e-tools/busybox"}, args...)
+		if out, err := exec.CommandContext(e.ctx, "nsenter", args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s in %s's plugin: %v\n%s", strings.Join(args, " "), on.Name, err, out)
+		}
+	}
+	published, staged := "/data/published/"+v.ClusterVolume.ID, "/data/staged/"+v.ClusterVolume.ID
+	inPlugin("umount", published)
+	s = o.stats("s8-vol")
+	inPlugin("mount", "--bind", staged, published) // as the plugin published it
+	t.Logf("%s's published mount taken away: %+v", on.Name, s.Nodes)
+	if n := s.Nodes[0]; len(s.Nodes) != 1 || !n.Abnormal || n.Condition != "NotMounted" || len(n.Usage) != 0 {
+		t.Errorf("volume stats s8-vol without its published mount on %s: %+v, want abnormal NotMounted", on.Name, s.Nodes)
+	}
+	if s = o.stats("s8-vol"); s.Nodes[0].Abnormal {
+		t.Errorf("volume stats s8-vol with the mount back: %+v", s.Nodes)
+	}
 }

@@ -29,10 +29,11 @@ func newOperatorCLI(t *testing.T, e *env) *operatorCLI {
 	return &operatorCLI{t: t, e: e, bin: bin}
 }
 
-// run returns the command's output and exit status.
+// run returns the command's output and exit status. It runs in the
+// manager's network namespace, where the other nodes' addresses are.
 func (o *operatorCLI) run(args ...string) (string, int) {
 	o.t.Helper()
-	cmd := exec.CommandContext(o.e.ctx, o.bin, args...)
+	cmd := exec.CommandContext(o.e.ctx, "nsenter", append([]string{"--net=/run/netns/" + o.e.n.NetNS, o.bin}, args...)...)
 	cmd.Env = append(os.Environ(), "DOCKER_HOST=unix://"+o.e.n.Socket)
 	out, err := cmd.CombinedOutput()
 	code := 0
@@ -179,18 +180,11 @@ func TestOperatorCLI(t *testing.T) {
 	t.Logf("metrics: %d series lines; e.g. %s", strings.Count(after, "\nswarm_csi_"), grepLine(after, "ControllerExpandVolume"))
 
 	// stats and inspect, as JSON.
-	var stats struct {
-		Usage []struct {
-			Unit        string
-			Total, Used int64
-			Available   int64
-		} `json:"usage"`
-		Abnormal bool `json:"abnormal"`
+	stats := o.stats("op-xfs")
+	if len(stats.Nodes) != 1 || stats.Nodes[0].From != "plugin socket" {
+		t.Fatalf("volume stats op-xfs: %+v, want this node through the socket", stats)
 	}
-	if err := json.Unmarshal([]byte(o.want(0, "usage", "--format", "json", "volume", "stats", "op-xfs")), &stats); err != nil {
-		t.Fatal(err)
-	}
-	if len(stats.Usage) != 2 || stats.Usage[0].Total < 1900<<20 || stats.Usage[0].Used <= 0 || stats.Abnormal {
+	if u := stats.Nodes[0].Usage; len(u) != 2 || u[0].Total < 1900<<20 || u[0].Used <= 0 || stats.Nodes[0].Abnormal {
 		t.Errorf("volume stats op-xfs: %+v", stats)
 	}
 	var insp struct {
@@ -250,6 +244,28 @@ func TestOperatorCLI(t *testing.T) {
 	if insp2 := o.want(0, "2GiB", "volume", "inspect", "op-xfs"); !strings.Contains(insp2, fmt.Sprint(int64(2<<30))) {
 		t.Errorf("op-xfs changed by the bad commands:\n%s", insp2)
 	}
+}
+
+type volumeStats struct {
+	VolumeID string `json:"volume_id"`
+	Nodes    []struct {
+		Node, From, Condition, Error string
+		Abnormal                     bool
+		Usage                        []struct {
+			Unit                   string
+			Total, Used, Available int64
+		}
+	}
+}
+
+// stats runs volume stats NAME, which must succeed.
+func (o *operatorCLI) stats(name string) volumeStats {
+	o.t.Helper()
+	var s volumeStats
+	if err := json.Unmarshal([]byte(o.want(0, "nodes", "--format", "json", "volume", "stats", name)), &s); err != nil {
+		o.t.Fatal(err)
+	}
+	return s
 }
 
 func grepLine(s, sub string) string {
