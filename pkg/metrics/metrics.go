@@ -67,6 +67,16 @@ func BackendCall(backend, call, status string, d time.Duration) {
 	backendCalls.WithLabelValues(backend, call, status).Observe(d.Seconds())
 }
 
+// Observe records a backend call that began at start and ended with err
+// (status "ok" or "error").
+func Observe(backend, call string, start time.Time, err error) {
+	status := "ok"
+	if err != nil {
+		status = "error"
+	}
+	BackendCall(backend, call, status, time.Since(start))
+}
+
 // Serve serves /metrics on addr until ctx ends. The listener is made at
 // once, so a bad address fails the start.
 func Serve(ctx context.Context, addr string) (net.Addr, <-chan error, error) {

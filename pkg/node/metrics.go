@@ -16,13 +16,7 @@ func WithMetrics(m Mounter) Mounter { return timedMounter{m} }
 
 type timedMounter struct{ Mounter }
 
-func observe(call string, start time.Time, err error) {
-	status := "ok"
-	if err != nil {
-		status = "error"
-	}
-	metrics.BackendCall("node", call, status, time.Since(start))
-}
+func observe(call string, start time.Time, err error) { metrics.Observe("node", call, start, err) }
 
 func (t timedMounter) FormatAndMount(device, target, fsType string, mkfsArgs, options []string) error {
 	start := time.Now()

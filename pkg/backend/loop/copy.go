@@ -6,15 +6,24 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
 
 // buildImage makes path a durable image of size bytes: a copy of src grown
 // to size when src is set (size 0 keeps the source's size), an empty sparse
 // file otherwise. It is built under a temporary name and renamed into place,
 // so path never holds a partial image.
-func buildImage(path, src string, size int64) error {
+func buildImage(path, src string, size int64) (err error) {
+	call := "create image"
+	if src != "" {
+		call = "copy image"
+	}
+	start := time.Now()
+	defer func() { metrics.Observe("loop", call, start, err) }()
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
 
 var testNow = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -1006,5 +1007,55 @@ func TestInfoOffersSnapshotsAndClones(t *testing.T) {
 	}
 	if info := b.Info(); !info.Snapshots || !info.Clones {
 		t.Fatalf("Info() = %+v: the loop backend must offer snapshots and clones", info)
+	}
+}
+
+// backendCalls is how many loop calls named call ended with status.
+func backendCalls(t *testing.T, call, status string) uint64 {
+	t.Helper()
+	fams, err := metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != "swarm_csi_backend_call_duration_seconds" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["backend"] == "loop" && labels["call"] == call && labels["status"] == status {
+				return m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	return 0
+}
+
+// Image builds are measured as backend calls, failures apart.
+func TestImageBuildsAreMeasured(t *testing.T) {
+	dir := t.TempDir()
+	before := map[string]uint64{}
+	for _, k := range []string{"create image/ok", "copy image/ok", "copy image/error"} {
+		call, status, _ := strings.Cut(k, "/")
+		before[k] = backendCalls(t, call, status)
+	}
+	src := filepath.Join(dir, "a.img")
+	if err := buildImage(src, "", MiB); err != nil {
+		t.Fatal(err)
+	}
+	if err := buildImage(filepath.Join(dir, "b.img"), src, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := buildImage(filepath.Join(dir, "c.img"), filepath.Join(dir, "missing.img"), 0); err == nil {
+		t.Fatal("a copy of a missing image succeeded")
+	}
+	for k, was := range before {
+		call, status, _ := strings.Cut(k, "/")
+		if got := backendCalls(t, call, status); got != was+1 {
+			t.Errorf("%s %s: %d calls recorded, want %d", call, status, got, was+1)
+		}
 	}
 }
