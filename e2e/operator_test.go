@@ -163,6 +163,8 @@ func TestOperatorCLI(t *testing.T) {
 		`swarm_csi_rpc_requests_total{code="OK",method="/csi.v1.Controller/ControllerExpandVolume"}`,
 		`swarm_csi_rpc_requests_total{code="OK",method="/csi.v1.Node/NodePublishVolume"}`,
 		`swarm_csi_backend_call_duration_seconds_count{backend="node",call="format and mount xfs",status="ok"}`,
+		`swarm_csi_backend_call_duration_seconds_count{backend="loop",call="create image",status="ok"}`,
+		`swarm_csi_backend_call_duration_seconds_count{backend="loop",call="attach loop device",status="ok"}`,
 	} {
 		was, _ := metricValue(before, series)
 		now, ok := metricValue(after, series)
