@@ -176,12 +176,12 @@ func installAtomically(built, final string) error {
 	return os.Rename(built, final)
 }
 
-// buildDockerd returns the cached dockerd, building it (about 6 minutes on
-// 2 cores) with `go install` from the module proxy if needed. Builds run
-// under nice: in CI other packages' tests run beside this one.
-func buildDockerd(ctx context.Context, logf Logf) (string, bool, error) {
-	dir := filepath.Join(CacheDir(), "dockerd-"+DockerdVersion)
-	final := filepath.Join(dir, "dockerd")
+// cachedBinary returns dir/name, building it first if the cache lacks it:
+// build writes the binary at the path it is given, in a fresh directory of
+// dir's that goes afterwards; the result is renamed into place only whole.
+// cached says whether it was there already.
+func cachedBinary(dir, name string, build func(tmp, bin string) error) (path string, cached bool, err error) {
+	final := filepath.Join(dir, name)
 	if isExecutable(final) {
 		return final, true, nil
 	}
@@ -193,14 +193,25 @@ func buildDockerd(ctx context.Context, logf Logf) (string, bool, error) {
 		return "", false, err
 	}
 	defer os.RemoveAll(tmp)
-	logf("building dockerd %s with go install (about 6 minutes on 2 cores)", DockerdVersion)
-	if _, err := runCmd(ctx, goEnv("GOBIN="+tmp, "GOFLAGS=-buildvcs=false"), tmp, "nice", "-n", "10", "go", "install", DockerdModule+"@"+DockerdVersion); err != nil {
+	bin := filepath.Join(tmp, name)
+	if err := build(tmp, bin); err != nil {
 		return "", false, err
 	}
-	if err := installAtomically(filepath.Join(tmp, "dockerd"), final); err != nil {
+	if err := installAtomically(bin, final); err != nil {
 		return "", false, err
 	}
 	return final, false, nil
+}
+
+// buildDockerd returns the cached dockerd, building it (about 6 minutes on
+// 2 cores) with `go install` from the module proxy if needed. Builds run
+// under nice: in CI other packages' tests run beside this one.
+func buildDockerd(ctx context.Context, logf Logf) (string, bool, error) {
+	return cachedBinary(filepath.Join(CacheDir(), "dockerd-"+DockerdVersion), "dockerd", func(tmp, _ string) error {
+		logf("building dockerd %s with go install (about 6 minutes on 2 cores)", DockerdVersion)
+		_, err := runCmd(ctx, goEnv("GOBIN="+tmp, "GOFLAGS=-buildvcs=false"), tmp, "nice", "-n", "10", "go", "install", DockerdModule+"@"+DockerdVersion)
+		return err
+	})
 }
 
 var selinuxReplace = regexp.MustCompile(`(?m)^replace\s+github\.com/opencontainers/selinux\s+=>.*$`)
@@ -211,58 +222,47 @@ var selinuxReplace = regexp.MustCompile(`(?m)^replace\s+github\.com/opencontaine
 // with -tags seccomp (SWARM.md: Debian's runc 1.1.5 fails every container,
 // and a runc without seccomp support fails them too).
 func buildRunc(ctx context.Context, logf Logf) (string, bool, error) {
-	dir := filepath.Join(CacheDir(), "runc-"+RuncVersion)
-	final := filepath.Join(dir, "runc")
-	if isExecutable(final) {
-		return dir, true, nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", false, err
-	}
-	tmp, err := os.MkdirTemp(dir, "build-")
+	path, cached, err := cachedBinary(filepath.Join(CacheDir(), "runc-"+RuncVersion), "runc", func(tmp, bin string) error {
+		logf("building runc %s with -tags seccomp", RuncVersion)
+		out, err := runCmd(ctx, goEnv("GOFLAGS=-mod=mod"), tmp, "go", "mod", "download", "-json", RuncModule+"@"+RuncVersion)
+		if err != nil {
+			return err
+		}
+		var mod struct{ Dir string }
+		if err := json.Unmarshal([]byte(out), &mod); err != nil || mod.Dir == "" {
+			return fmt.Errorf("go mod download %s: no directory in %q", RuncModule, out)
+		}
+		src := filepath.Join(tmp, "src")
+		if err := copyTree(mod.Dir, src); err != nil {
+			return err
+		}
+		gomod := filepath.Join(src, "go.mod")
+		b, err := os.ReadFile(gomod)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(gomod, selinuxReplace.ReplaceAll(b, nil), 0o644); err != nil {
+			return err
+		}
+		if _, err := runCmd(ctx, goEnv("CGO_ENABLED=1", "GOFLAGS=-mod=mod -buildvcs=false"), src, "nice", "-n", "10", "go", "build", "-trimpath",
+			"-tags", "seccomp", "-ldflags", "-X main.version="+strings.TrimPrefix(RuncVersion, "v"), "-o", bin, "."); err != nil {
+			return err
+		}
+		out, err = runCmd(ctx, nil, "", bin, "features")
+		var features struct {
+			Linux struct {
+				Seccomp struct{ Enabled *bool } `json:"seccomp"`
+			} `json:"linux"`
+		}
+		if err != nil || json.Unmarshal([]byte(out), &features) != nil || features.Linux.Seccomp.Enabled == nil || !*features.Linux.Seccomp.Enabled {
+			return fmt.Errorf("built runc lacks seccomp support: %v\n%s", err, out)
+		}
+		return nil
+	})
 	if err != nil {
 		return "", false, err
 	}
-	defer os.RemoveAll(tmp)
-	logf("building runc %s with -tags seccomp", RuncVersion)
-	out, err := runCmd(ctx, goEnv("GOFLAGS=-mod=mod"), tmp, "go", "mod", "download", "-json", RuncModule+"@"+RuncVersion)
-	if err != nil {
-		return "", false, err
-	}
-	var mod struct{ Dir string }
-	if err := json.Unmarshal([]byte(out), &mod); err != nil || mod.Dir == "" {
-		return "", false, fmt.Errorf("go mod download %s: no directory in %q", RuncModule, out)
-	}
-	src := filepath.Join(tmp, "src")
-	if err := copyTree(mod.Dir, src); err != nil {
-		return "", false, err
-	}
-	gomod := filepath.Join(src, "go.mod")
-	b, err := os.ReadFile(gomod)
-	if err != nil {
-		return "", false, err
-	}
-	if err := os.WriteFile(gomod, selinuxReplace.ReplaceAll(b, nil), 0o644); err != nil {
-		return "", false, err
-	}
-	bin := filepath.Join(tmp, "runc")
-	if _, err := runCmd(ctx, goEnv("CGO_ENABLED=1", "GOFLAGS=-mod=mod -buildvcs=false"), src, "nice", "-n", "10", "go", "build", "-trimpath",
-		"-tags", "seccomp", "-ldflags", "-X main.version="+strings.TrimPrefix(RuncVersion, "v"), "-o", bin, "."); err != nil {
-		return "", false, err
-	}
-	out, err = runCmd(ctx, nil, "", bin, "features")
-	var features struct {
-		Linux struct {
-			Seccomp struct{ Enabled *bool } `json:"seccomp"`
-		} `json:"linux"`
-	}
-	if err != nil || json.Unmarshal([]byte(out), &features) != nil || features.Linux.Seccomp.Enabled == nil || !*features.Linux.Seccomp.Enabled {
-		return "", false, fmt.Errorf("built runc lacks seccomp support: %v\n%s", err, out)
-	}
-	if err := installAtomically(bin, final); err != nil {
-		return "", false, err
-	}
-	return dir, false, nil
+	return filepath.Dir(path), cached, nil
 }
 
 func isExecutable(p string) bool {
