@@ -63,6 +63,20 @@ func (e *env) usable(tk harness.Task, vid, sum, when string) {
 	}
 }
 
+// serviceWithData creates volume name and service name-svc, which writes
+// a blob to it; it returns the volume's id, the running task, the blob's
+// sha256 and the volume's mounts then (the baseline of checkSingleUse).
+func (e *env) serviceWithData(name, when string) (vid string, tk harness.Task, sum string, baseline map[string]int) {
+	e.t.Helper()
+	e.createVolume(name, "--type", "mount")
+	v, _ := e.waitCreated(name, 60*time.Second)
+	vid = v.VolumeID()
+	e.service(name+"-svc", writeScript, "--mount", "type=cluster,src="+name+",dst=/data")
+	tk = e.waitRunning(name+"-svc", 90*time.Second)
+	sum = strings.Fields(e.waitFile(tk, "/data/blob.sum", 60*time.Second))[0]
+	return vid, tk, sum, e.checkSingleUse(vid, when, nil)
+}
+
 // Scenario 7a: docker plugin disable/enable while a service holds a
 // volume. The running task keeps its volume, and a new task of the service
 // (docker service update --force) gets the volume, with its data, no
@@ -70,13 +84,7 @@ func (e *env) usable(tk harness.Task, vid, sum, when string) {
 func TestPluginDisableEnable(t *testing.T) {
 	c := singleNode(t)
 	e := newEnv(t, c)
-	e.createVolume("s7-plugin", "--type", "mount")
-	v, _ := e.waitCreated("s7-plugin", 60*time.Second)
-	vid := v.VolumeID()
-	e.service("s7-plugin-svc", writeScript, "--mount", "type=cluster,src=s7-plugin,dst=/data")
-	tk := e.waitRunning("s7-plugin-svc", 90*time.Second)
-	sum := strings.Fields(e.waitFile(tk, "/data/blob.sum", 60*time.Second))[0]
-	baseline := e.checkSingleUse(vid, "before the plugin restart", nil)
+	vid, tk, sum, baseline := e.serviceWithData("s7-plugin", "before the plugin restart")
 
 	pidBefore, _ := e.n.PluginPID(e.ctx)
 	out, err := e.n.Docker(e.ctx, "plugin", "disable", harness.PluginName)
@@ -120,13 +128,7 @@ func TestPluginDisableEnable(t *testing.T) {
 func TestDaemonRestart(t *testing.T) {
 	c := singleNode(t)
 	e := newEnv(t, c)
-	e.createVolume("s7-daemon", "--type", "mount")
-	v, _ := e.waitCreated("s7-daemon", 60*time.Second)
-	vid := v.VolumeID()
-	e.service("s7-daemon-svc", writeScript, "--mount", "type=cluster,src=s7-daemon,dst=/data")
-	tk := e.waitRunning("s7-daemon-svc", 90*time.Second)
-	sum := strings.Fields(e.waitFile(tk, "/data/blob.sum", 60*time.Second))[0]
-	baseline := e.checkSingleUse(vid, "before the daemon restart", nil)
+	vid, tk, sum, baseline := e.serviceWithData("s7-daemon", "before the daemon restart")
 
 	logFrom := e.n.LogSize()
 	start := time.Now()
