@@ -346,10 +346,11 @@ func (o *ops) volumeInspect(ctx context.Context, name string) error {
 	})
 }
 
-// healthProblem reports the first problem of a volume's health, if any.
+// healthProblem reports the first problem of a volume's health, if any:
+// its reason (NotMounted, StorageMissing...) and message.
 func healthProblem(h *csi.VolumeHealth) (bool, string) {
 	for _, st := range h.GetHealthStatuses() {
-		return true, st.GetStatus().String() + ": " + st.GetMessage()
+		return true, st.GetReason() + ": " + st.GetMessage()
 	}
 	return false, ""
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"sort"
@@ -46,6 +47,10 @@ type nodeStats struct {
 
 // scrapeTimeout bounds the wait for one node's metrics.
 const scrapeTimeout = 5 * time.Second
+
+// scrapeClient goes to the nodes directly, whatever HTTP_PROXY says: they
+// are the swarm's own addresses.
+var scrapeClient = &http.Client{Transport: &http.Transport{}}
 
 func (o *ops) volumeStats(ctx context.Context, name string) error {
 	v, id, err := o.swarmVolume(ctx, name)
@@ -211,6 +216,9 @@ func remoteStats(ctx context.Context, url, id string, ns *nodeStats) {
 	}
 }
 
+// maxScrape bounds what is read of one node's metrics.
+const maxScrape = 64 << 20
+
 func scrapeMetrics(ctx context.Context, url string) (map[string]*dto.MetricFamily, error) {
 	ctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
 	defer cancel()
@@ -218,7 +226,7 @@ func scrapeMetrics(ctx context.Context, url string) (map[string]*dto.MetricFamil
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := scrapeClient.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -227,7 +235,7 @@ func scrapeMetrics(ctx context.Context, url string) (map[string]*dto.MetricFamil
 		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
+	fams, err := p.TextToMetricFamilies(io.LimitReader(resp.Body, maxScrape))
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", url, err)
 	}
