@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -432,4 +435,31 @@ func (e *env) checkOnVolume(tk harness.Task, volumeID, target string) {
 	}
 	e.t.Fatalf("task %s on %s: %s in the container is not volume %s: it is %s %s (device %s, root %s), while the volume's loop devices are %v",
 		tk.ID, n.Name, target, volumeID, found.FSType, found.Source, found.MajorMinor, found.Root, devs)
+}
+
+// inPlugin runs busybox ARGS in the mount namespace of n's plugin. Its
+// rootfs has no tools, so a static busybox is put in its propagated mount
+// (/data/published), which the host sees too, for the time of the call.
+func (e *env) inPlugin(n *harness.Node, args ...string) {
+	e.t.Helper()
+	pid, err := n.PluginPID(e.ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	root, err := n.PluginMountsRoot(e.ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	tools := filepath.Join(root, "e2e-tools")
+	defer os.RemoveAll(tools)
+	if err := os.MkdirAll(tools, 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "/usr/bin/busybox", tools).CombinedOutput(); err != nil {
+		e.t.Fatalf("%v: %s", err, out)
+	}
+	cmd := append([]string{"-t", fmt.Sprint(pid), "-m", "/data/published/e2e-tools/busybox"}, args...)
+	if out, err := exec.CommandContext(e.ctx, "nsenter", cmd...).CombinedOutput(); err != nil {
+		e.t.Fatalf("%s in %s's plugin: %v\n%s", strings.Join(args, " "), n.Name, err, out)
+	}
 }

@@ -3,9 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -253,35 +250,10 @@ func testRemoteStats(t *testing.T, c *harness.Cluster, vid string, on *harness.N
 	}
 
 	v, _ := e.inspectVolume("s8-vol")
-	pid, err := on.PluginPID(e.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The plugin's rootfs has no mount tools: a static busybox is put in
-	// its propagated mount (/data/published), which the host sees too.
-	root, err := on.PluginMountsRoot(e.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tools := filepath.Join(root, "e2e-tools")
-	defer os.RemoveAll(tools)
-	if err := os.MkdirAll(tools, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("cp", "/usr/bin/busybox", tools).CombinedOutput(); err != nil {
-		t.Fatalf("%v: %s", err, out)
-	}
-	inPlugin := func(args ...string) {
-		t.Helper()
-		args = append([]string{"-t", fmt.Sprint(pid), "-m", "/data/published/e2e-tools/busybox"}, args...)
-		if out, err := exec.CommandContext(e.ctx, "nsenter", args...).CombinedOutput(); err != nil {
-			t.Fatalf("%s in %s's plugin: %v\n%s", strings.Join(args, " "), on.Name, err, out)
-		}
-	}
 	published, staged := "/data/published/"+v.ClusterVolume.ID, "/data/staged/"+v.ClusterVolume.ID
-	inPlugin("umount", published)
+	e.inPlugin(on, "umount", published)
 	s = o.stats("s8-vol")
-	inPlugin("mount", "--bind", staged, published) // as the plugin published it
+	e.inPlugin(on, "mount", "--bind", staged, published) // as the plugin published it
 	t.Logf("%s's published mount taken away: %+v", on.Name, s.Nodes)
 	if n := s.Nodes[0]; len(s.Nodes) != 1 || !n.Abnormal || n.Condition != "NotMounted" || len(n.Usage) != 0 {
 		t.Errorf("volume stats s8-vol without its published mount on %s: %+v, want abnormal NotMounted", on.Name, s.Nodes)

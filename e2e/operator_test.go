@@ -189,6 +189,19 @@ func TestOperatorCLI(t *testing.T) {
 	if u := stats.Nodes[0].Usage; len(u) != 2 || u[0].Total < 1900<<20 || u[0].Used <= 0 || stats.Nodes[0].Abnormal {
 		t.Errorf("volume stats op-xfs: %+v", stats)
 	}
+	// Its published mount taken away behind the plugin's back: abnormal,
+	// with the reason, until it is back.
+	published, staged := "/data/published/"+vx.ClusterVolume.ID, "/data/staged/"+vx.ClusterVolume.ID
+	e.inPlugin(e.n, "umount", published)
+	gone := o.stats("op-xfs")
+	e.inPlugin(e.n, "mount", "--bind", staged, published) // as the plugin published it
+	if n := gone.Nodes[0]; !n.Abnormal || !strings.HasPrefix(n.Condition, "NotMounted: ") || len(n.Usage) != 0 {
+		t.Errorf("volume stats op-xfs without its published mount: %+v, want abnormal NotMounted", gone.Nodes)
+	}
+	t.Logf("op-xfs without its published mount: %s", gone.Nodes[0].Condition)
+	if s := o.stats("op-xfs"); s.Nodes[0].Abnormal {
+		t.Errorf("volume stats op-xfs with the mount back: %+v", s.Nodes)
+	}
 	var insp struct {
 		VolumeID  string `json:"volume_id"`
 		SizeBytes int64  `json:"size_bytes"`
