@@ -4,8 +4,6 @@ import (
 	"context"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
 	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
@@ -57,30 +55,22 @@ func (s *Server) VolumeUsage(ctx context.Context) ([]metrics.Usage, error) {
 		if !st.Block {
 			paths = append([]string{st.StagingPath}, paths...)
 		}
-		var dev string
-		for _, p := range paths {
-			pr := s.probe(ctx, st.VolumeID, p)
-			if pr.problem != nil {
-				u.Abnormal = pr.problem.GetReason()
-				break
-			}
-			dev = pr.device
-		}
+		pr := s.probe(ctx, st.VolumeID, paths...)
 		switch {
-		case u.Abnormal != "":
+		case pr.problem != nil:
+			u.Abnormal = pr.problem.GetReason()
 		case st.Block:
-			if u.CapacityBytes, err = blockdev.Size(dev); err != nil {
+			if u.CapacityBytes, err = blockdev.Size(pr.device); err != nil {
 				u.Abnormal = "DeviceUnreadable"
 			}
 		default:
-			var fs unix.Statfs_t
-			if err := unix.Statfs(st.StagingPath, &fs); err != nil {
+			bytes, inodes, err := fsStats(st.StagingPath)
+			if err != nil {
 				u.Abnormal = "PathUnreadable"
 				break
 			}
-			bs := uint64(fs.Bsize)
-			u.CapacityBytes, u.UsedBytes, u.AvailableBytes = int64(fs.Blocks*bs), int64((fs.Blocks-fs.Bfree)*bs), int64(fs.Bavail*bs)
-			u.Inodes, u.InodesUsed = int64(fs.Files), int64(fs.Files-fs.Ffree)
+			u.CapacityBytes, u.UsedBytes, u.AvailableBytes = bytes.GetTotal(), bytes.GetUsed(), bytes.GetAvailable()
+			u.Inodes, u.InodesUsed = inodes.GetTotal(), inodes.GetUsed()
 		}
 		out = append(out, u)
 	}

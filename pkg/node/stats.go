@@ -43,15 +43,23 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		}
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
 	}
+	bytes, inodes, err := fsStats(path)
+	if err != nil {
+		return nil, err
+	}
+	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{bytes, inodes}}, nil
+}
+
+// fsStats is the size and use of the filesystem at path: bytes (available
+// to an unprivileged writer) and inodes.
+func fsStats(path string) (bytes, inodes *csi.VolumeUsage, err error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err != nil {
-		return nil, fmt.Errorf("statfs %s: %w", path, err)
+		return nil, nil, fmt.Errorf("statfs %s: %w", path, err)
 	}
 	bs := st.Bsize
-	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
-		{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs, Used: int64(st.Blocks-st.Bfree) * bs},
-		{Unit: csi.VolumeUsage_INODES, Total: int64(st.Files), Available: int64(st.Ffree), Used: int64(st.Files - st.Ffree)},
-	}}, nil
+	return &csi.VolumeUsage{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs, Used: int64(st.Blocks-st.Bfree) * bs},
+		&csi.VolumeUsage{Unit: csi.VolumeUsage_INODES, Total: int64(st.Files), Available: int64(st.Ffree), Used: int64(st.Files - st.Ffree)}, nil
 }
 
 // probed is what probe found of a volume on this node.
@@ -60,14 +68,14 @@ type probed struct {
 	problem *csi.VolumeHealth_VolumeHealthEntry // nil when healthy
 }
 
-// probe checks that the volume's device is attached and, when path is not
-// empty, that path exists and is mounted.
-func (s *Server) probe(ctx context.Context, volumeID, path string) probed {
+// probe checks that each of paths exists and is mounted, then that the
+// volume's device is attached; it reports the first problem.
+func (s *Server) probe(ctx context.Context, volumeID string, paths ...string) probed {
 	inaccessible := func(reason, format string, args ...any) probed {
 		return probed{problem: &csi.VolumeHealth_VolumeHealthEntry{
 			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reason, Message: fmt.Sprintf(format, args...)}}
 	}
-	if path != "" {
+	for _, path := range paths {
 		mounted, err := s.mounter.IsMountPoint(path)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
@@ -99,27 +107,23 @@ func (s *Server) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 		return nil, err
 	}
 	var paths []string
-	for field, p := range map[string]string{"volume_publish_path": req.GetVolumePublishPath(), "staging_target_path": req.GetStagingTargetPath()} {
-		if p == "" {
+	for _, f := range []struct{ field, path string }{
+		{"staging_target_path", req.GetStagingTargetPath()}, {"volume_publish_path", req.GetVolumePublishPath()},
+	} {
+		if f.path == "" {
 			continue
 		}
-		c, err := cleanPath(field, p)
+		c, err := cleanPath(f.field, f.path)
 		if err != nil {
 			return nil, err
 		}
-		if !(v.Block && field == "staging_target_path") {
+		if !(v.Block && f.field == "staging_target_path") {
 			paths = append(paths, c)
 		}
 	}
-	if len(paths) == 0 {
-		paths = []string{""} // the device alone
-	}
 	h := &csi.VolumeHealth{VolumeId: v.ID}
-	for _, p := range paths {
-		if pr := s.probe(ctx, v.ID, p); pr.problem != nil {
-			h.HealthStatuses = append(h.HealthStatuses, pr.problem)
-			break
-		}
+	if pr := s.probe(ctx, v.ID, paths...); pr.problem != nil {
+		h.HealthStatuses = append(h.HealthStatuses, pr.problem)
 	}
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
 }
