@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
@@ -16,7 +15,7 @@ import (
 func (s *Server) WatchGrowth(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	failed := &growFailures{seen: map[string]int64{}}
+	failed := growFailures{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -27,15 +26,12 @@ func (s *Server) WatchGrowth(ctx context.Context, every time.Duration) {
 	}
 }
 
-// growFailures remembers, by volume, the device size at which growing the
-// filesystem failed, so that a failure that will not go away by itself
+// growFailures remembers, by volume id, the device size at which growing
+// the filesystem failed, so that a failure that will not go away by itself
 // (ext4 without CAP_SYS_RESOURCE) is logged and tried once per size.
-type growFailures struct {
-	mu   sync.Mutex
-	seen map[string]int64
-}
+type growFailures map[string]int64
 
-func (s *Server) growAll(ctx context.Context, failed *growFailures) {
+func (s *Server) growAll(ctx context.Context, failed growFailures) {
 	sts, err := s.state.list()
 	if err != nil {
 		s.cfg.Log.Warn("growth check: cannot read the node state", "error", err)
@@ -53,7 +49,7 @@ func (s *Server) growAll(ctx context.Context, failed *growFailures) {
 // the volume's lock (reads only), so that the check never holds up a CO's
 // call; the lock is taken only to grow, and a volume that is busy then,
 // or was released meanwhile, waits for the next round.
-func (s *Server) growOne(ctx context.Context, st *staged, failed *growFailures) {
+func (s *Server) growOne(ctx context.Context, st *staged, failed growFailures) {
 	dev, err := s.be.Device(ctx, st.VolumeID)
 	if err != nil || dev == "" {
 		return
@@ -93,9 +89,7 @@ func (s *Server) growOne(ctx context.Context, st *staged, failed *growFailures) 
 		}
 	}
 	if err := s.grow(dev, st.StagingPath, v.FsType); err != nil {
-		failed.mu.Lock()
-		failed.seen[v.ID] = size
-		failed.mu.Unlock()
+		failed[v.ID] = size
 		s.cfg.Log.Warn("volume grown, its filesystem not: it grows at the volume's next stage", "volume", v.ID, "error", err)
 		return
 	}
@@ -104,17 +98,14 @@ func (s *Server) growOne(ctx context.Context, st *staged, failed *growFailures) 
 
 // fsNeedsGrowth reports whether a mounted filesystem is smaller than its
 // device of size bytes, and was not tried at that size already.
-func (s *Server) fsNeedsGrowth(dev, id, fsType string, block bool, staging string, size int64, failed *growFailures) bool {
+func (s *Server) fsNeedsGrowth(dev, id, fsType string, block bool, staging string, size int64, failed growFailures) bool {
 	if block {
 		return false
 	}
 	if mounted, err := s.mounter.IsMountPoint(staging); err != nil || !mounted {
 		return false
 	}
-	failed.mu.Lock()
-	tried := failed.seen[id] == size
-	failed.mu.Unlock()
-	if tried {
+	if failed[id] == size {
 		return false
 	}
 	need, err := s.mounter.NeedsResize(dev, fsType)
