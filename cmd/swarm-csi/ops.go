@@ -16,6 +16,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/go-units"
+	"github.com/moby/moby/api/types/plugin"
 	"github.com/moby/moby/api/types/volume"
 	"github.com/moby/moby/client"
 	"google.golang.org/grpc"
@@ -57,6 +58,8 @@ type ops struct {
 	conn *grpc.ClientConn
 	ctrl csi.ControllerClient
 	node csi.NodeClient
+
+	installed *plugin.Plugin // from docker plugin inspect, once asked
 }
 
 // opsMain runs an operator command; it returns the exit status.
@@ -140,14 +143,14 @@ const pluginsDir = "/run/docker/plugins"
 func (o *ops) connect(ctx context.Context) error {
 	sock := o.socket
 	if sock == "" {
-		p, err := o.docker.PluginInspect(ctx, o.plugin, client.PluginInspectOptions{})
+		p, err := o.pluginInspect(ctx)
 		if err != nil {
-			return fmt.Errorf("plugin %s: %w", o.plugin, err)
+			return err
 		}
-		if !p.Plugin.Enabled {
+		if !p.Enabled {
 			return fmt.Errorf("plugin %s is disabled: docker plugin enable %s", o.plugin, o.plugin)
 		}
-		sock = filepath.Join(pluginsDir, p.Plugin.ID, p.Plugin.Config.Interface.Socket)
+		sock = filepath.Join(pluginsDir, p.ID, p.Config.Interface.Socket)
 	}
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -155,6 +158,18 @@ func (o *ops) connect(ctx context.Context) error {
 	}
 	o.conn, o.ctrl, o.node = conn, csi.NewControllerClient(conn), csi.NewNodeClient(conn)
 	return nil
+}
+
+// pluginInspect is `docker plugin inspect` of the plugin, asked once.
+func (o *ops) pluginInspect(ctx context.Context) (*plugin.Plugin, error) {
+	if o.installed == nil {
+		r, err := o.docker.PluginInspect(ctx, o.plugin, client.PluginInspectOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("plugin %s: %w", o.plugin, err)
+		}
+		o.installed = &r.Plugin
+	}
+	return o.installed, nil
 }
 
 // swarmVolume returns the Swarm volume NAME of this plugin.

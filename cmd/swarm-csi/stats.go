@@ -146,12 +146,12 @@ func (o *ops) localStats(ctx context.Context, v *volume.Volume, id string, ns *n
 // metricsPort is the port of the plugin's METRICS_ADDR on this node, which
 // the plugins of the other nodes are taken to share.
 func (o *ops) metricsPort(ctx context.Context) (string, error) {
-	p, err := o.docker.PluginInspect(ctx, o.plugin, client.PluginInspectOptions{})
+	p, err := o.pluginInspect(ctx)
 	if err != nil {
-		return "", fmt.Errorf("plugin %s: %w", o.plugin, err)
+		return "", err
 	}
 	addr := ""
-	for _, e := range p.Plugin.Settings.Env {
+	for _, e := range p.Settings.Env {
 		if v, ok := strings.CutPrefix(e, "METRICS_ADDR="); ok {
 			addr = v
 		}
