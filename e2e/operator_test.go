@@ -191,10 +191,7 @@ func TestOperatorCLI(t *testing.T) {
 	}
 	// Its published mount taken away behind the plugin's back: abnormal,
 	// with the reason, until it is back.
-	published, staged := "/data/published/"+vx.ClusterVolume.ID, "/data/staged/"+vx.ClusterVolume.ID
-	e.inPlugin(e.n, "umount", published)
-	gone := o.stats("op-xfs")
-	e.inPlugin(e.n, "mount", "--bind", staged, published) // as the plugin published it
+	gone := o.statsWithoutPublishedMount(e.n, "op-xfs")
 	if n := gone.Nodes[0]; !n.Abnormal || !strings.HasPrefix(n.Condition, "NotMounted: ") || len(n.Usage) != 0 {
 		t.Errorf("volume stats op-xfs without its published mount: %+v, want abnormal NotMounted", gone.Nodes)
 	}
@@ -280,6 +277,19 @@ func (o *operatorCLI) stats(name string) volumeStats {
 	if err := json.Unmarshal([]byte(o.want(0, "nodes", "--format", "json", "volume", "stats", name)), &s); err != nil {
 		o.t.Fatal(err)
 	}
+	return s
+}
+
+// statsWithoutPublishedMount runs volume stats NAME with the volume's
+// published mount on n unmounted inside n's plugin, behind its back, and
+// then mounts it back as the plugin had.
+func (o *operatorCLI) statsWithoutPublishedMount(n *harness.Node, name string) volumeStats {
+	o.t.Helper()
+	v, _ := o.e.inspectVolume(name)
+	published, staged := "/data/published/"+v.ClusterVolume.ID, "/data/staged/"+v.ClusterVolume.ID
+	o.e.inPlugin(n, "umount", published)
+	s := o.stats(name)
+	o.e.inPlugin(n, "mount", "--bind", staged, published)
 	return s
 }
 
