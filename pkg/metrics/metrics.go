@@ -174,14 +174,28 @@ type Usage struct {
 // scrapeTimeout bounds what a collector asks the backend at a scrape.
 const scrapeTimeout = 5 * time.Second
 
+// The series of each volume published on a node, and their labels: what
+// `swarm-csi volume stats` reads from the other nodes.
+const (
+	VolumeCapacityBytes  = "swarm_csi_volume_capacity_bytes"
+	VolumeUsedBytes      = "swarm_csi_volume_used_bytes"
+	VolumeAvailableBytes = "swarm_csi_volume_available_bytes"
+	VolumeInodes         = "swarm_csi_volume_inodes"
+	VolumeInodesUsed     = "swarm_csi_volume_inodes_used"
+	VolumeAbnormal       = "swarm_csi_volume_abnormal"
+
+	LabelVolumeID = "volume_id"
+	LabelReason   = "reason" // of VolumeAbnormal
+)
+
 var (
 	volumesDesc      = prometheus.NewDesc("swarm_csi_volumes", "Volumes the backend holds, by state (published to a node or not); on a node serving the controller.", []string{"state"}, nil)
-	capacityDesc     = prometheus.NewDesc("swarm_csi_volume_capacity_bytes", "Size of the filesystem (or block device) of a volume published on this node.", []string{"volume_id"}, nil)
-	usedDesc         = prometheus.NewDesc("swarm_csi_volume_used_bytes", "Bytes used in the filesystem of a volume mounted on this node.", []string{"volume_id"}, nil)
-	availableDesc    = prometheus.NewDesc("swarm_csi_volume_available_bytes", "Bytes an unprivileged writer can still use in the filesystem of a volume published on this node.", []string{"volume_id"}, nil)
-	inodesDesc       = prometheus.NewDesc("swarm_csi_volume_inodes", "Inodes of the filesystem of a volume mounted on this node.", []string{"volume_id"}, nil)
-	inodesUsedDesc   = prometheus.NewDesc("swarm_csi_volume_inodes_used", "Inodes used in the filesystem of a volume mounted on this node.", []string{"volume_id"}, nil)
-	abnormalDesc     = prometheus.NewDesc("swarm_csi_volume_abnormal", "1 when a volume published on this node has lost its mount or device (reason says which), else 0.", []string{"volume_id", "reason"}, nil)
+	capacityDesc     = prometheus.NewDesc(VolumeCapacityBytes, "Size of the filesystem (or block device) of a volume published on this node.", []string{LabelVolumeID}, nil)
+	usedDesc         = prometheus.NewDesc(VolumeUsedBytes, "Bytes used in the filesystem of a volume mounted on this node.", []string{LabelVolumeID}, nil)
+	availableDesc    = prometheus.NewDesc(VolumeAvailableBytes, "Bytes an unprivileged writer can still use in the filesystem of a volume published on this node.", []string{LabelVolumeID}, nil)
+	inodesDesc       = prometheus.NewDesc(VolumeInodes, "Inodes of the filesystem of a volume mounted on this node.", []string{LabelVolumeID}, nil)
+	inodesUsedDesc   = prometheus.NewDesc(VolumeInodesUsed, "Inodes used in the filesystem of a volume mounted on this node.", []string{LabelVolumeID}, nil)
+	abnormalDesc     = prometheus.NewDesc(VolumeAbnormal, "1 when a volume published on this node has lost its mount or device (reason says which), else 0.", []string{LabelVolumeID, LabelReason}, nil)
 	scrapeErrorsDesc = prometheus.NewDesc("swarm_csi_scrape_errors", "1 when the last scrape could not ask the backend or the node state (then the volume series are missing).", []string{"source"}, nil)
 )
 
