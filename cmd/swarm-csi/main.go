@@ -1,5 +1,7 @@
 // Command swarm-csi is the swarm-csi CSI driver: Identity, Controller and
-// Node services on one unix socket. This file is wiring only.
+// Node services on one unix socket; with a command (volume, snapshot,
+// stack) it runs the operator's commands of package ops instead. This
+// file is wiring only.
 package main
 
 import (
@@ -25,6 +27,7 @@ import (
 	"github.com/swarm-csi/swarm-csi/pkg/identity"
 	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 	"github.com/swarm-csi/swarm-csi/pkg/node"
+	"github.com/swarm-csi/swarm-csi/pkg/ops"
 	"github.com/swarm-csi/swarm-csi/pkg/server"
 )
 
@@ -43,6 +46,11 @@ type config struct {
 	// log is the driver's logger, for backends that log what they do in
 	// the background; set before open is called.
 	log *slog.Logger
+
+	// command, if set, is an operator command (volume ..., snapshot ...,
+	// stack ...) to run with its options instead of the driver.
+	command []string
+	ops     ops.Options
 }
 
 // nodeIDPattern is what a node id may be: it names files in the data
@@ -52,12 +60,12 @@ var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 // driverNamePattern is the CSI spec's rule for plugin names.
 var driverNamePattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$`)
 
-// parseConfig reads flags, each falling back to an environment variable,
-// since Docker plugin settings arrive as env (docker plugin set).
+// parseConfig reads the command line: the driver's flags, each falling
+// back to an environment variable, since Docker plugin settings arrive as
+// env (docker plugin set); or an operator command with its options.
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("swarm-csi", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	env := func(name, def string) string {
 		if v := getenv(name); v != "" {
 			return v
@@ -78,13 +86,11 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&c.metricsAddr, "metrics-addr", env("METRICS_ADDR", ""), "serve Prometheus metrics at http://ADDR/metrics, e.g. :9464 (env METRICS_ADDR; default off)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	openers := configureBackends(fs, env)
-	if err := fs.Parse(args); err != nil {
+	var err error
+	if c.command, err = parseArgs(fs, &c.ops, args, stderr); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if c.showVersion {
+	if c.command != nil || c.showVersion {
 		return c, nil
 	}
 	n, err := strconv.ParseInt(maxVols, 10, 64)
@@ -116,6 +122,45 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	return c, nil
 }
 
+// parseArgs parses args, the driver's flags or the commands' options
+// (into opts) followed by a command. It returns the command, the first
+// argument that is not a flag, or nil to run the driver.
+func parseArgs(driver *flag.FlagSet, opts *ops.Options, args []string, stderr io.Writer) ([]string, error) {
+	opsFlags := flag.NewFlagSet("", flag.ContinueOnError)
+	opts.Flags(opsFlags)
+	fs := flag.NewFlagSet("swarm-csi", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: swarm-csi [options]\n  serve the CSI driver on a unix socket\noptions:")
+		driver.SetOutput(stderr)
+		driver.PrintDefaults()
+		fmt.Fprintln(stderr, "\n"+ops.Usage)
+	}
+	for _, set := range []*flag.FlagSet{driver, opsFlags} {
+		set.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	command := fs.Args()
+	if len(command) > 0 && !ops.IsCommand(command[0]) {
+		return nil, fmt.Errorf("unexpected argument %q: the commands are volume, snapshot and stack", command[0])
+	}
+	var misplaced error
+	fs.Visit(func(f *flag.Flag) {
+		switch isOps := opsFlags.Lookup(f.Name) != nil; {
+		case len(command) > 0 && !isOps:
+			misplaced = fmt.Errorf("--%s is an option of the driver, not of %s", f.Name, command[0])
+		case len(command) == 0 && isOps:
+			misplaced = fmt.Errorf("--%s is an option of the commands: swarm-csi --%s ... volume|snapshot ...", f.Name, f.Name)
+		}
+	})
+	if misplaced != nil || len(command) == 0 {
+		return nil, misplaced
+	}
+	return command, nil
+}
+
 func parseLevel(s string) (slog.Level, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(s)); err != nil || strings.ContainsAny(s, "+-") {
@@ -141,12 +186,6 @@ func versionString() string {
 }
 
 func main() {
-	if cmd := operatorCommand(os.Args[1:]); cmd != nil {
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-		code := cmd(ctx, os.Args[1:], os.Stdout, os.Stderr)
-		stop()
-		os.Exit(code)
-	}
 	cfg, err := parseConfig(os.Args[1:], os.Getenv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -154,6 +193,12 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "swarm-csi:", err)
 		os.Exit(2)
+	}
+	if cfg.command != nil {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		code := ops.Main(ctx, cfg.ops, cfg.command, os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
 	}
 	if cfg.showVersion {
 		fmt.Println("swarm-csi", versionString())
