@@ -214,8 +214,8 @@ func TestParseConfigCommand(t *testing.T) {
 	}
 	for args, want := range map[string]string{
 		"--backend=loop volume ls": "--backend is an option of the driver, not of volume",
-		"--format json":            "--format is an option of the commands",
-		"--socket=/s.sock":         "--socket is an option of the commands",
+		"--format json":            "--format is an option of the volume and snapshot commands",
+		"--socket=/s.sock":         "--socket is an option of the volume and snapshot commands",
 		"--version snapshot ls":    "--version is an option of the driver",
 		"volumes ls":               `unexpected argument "volumes"`,
 	} {
