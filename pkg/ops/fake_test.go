@@ -92,6 +92,7 @@ type fakeCSI struct {
 	nodes    map[string][]string      // the plugin's node ids by volume id
 	snaps    map[string]*csi.Snapshot // by name
 	abnormal map[string]string        // reason by volume id
+	growErr  error                    // what NodeExpandVolume answers
 	changes  []string                 // the calls that changed something
 }
 
@@ -216,6 +217,9 @@ func (f *fakeCSI) DeleteSnapshot(_ context.Context, r *csi.DeleteSnapshotRequest
 }
 
 func (f *fakeCSI) NodeExpandVolume(_ context.Context, r *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	if f.growErr != nil {
+		return nil, f.growErr
+	}
 	f.changed("NodeExpandVolume", r.GetVolumeId()+" "+r.GetVolumePath())
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: r.GetCapacityRange().GetRequiredBytes()}, nil
 }

@@ -7,6 +7,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Exit status: 0 done, 1 failed with nothing changed, 2 bad usage (with
@@ -151,6 +154,14 @@ func TestVolumeExpand(t *testing.T) {
 		t.Errorf("expand cache and idle made %v", c)
 	}
 	w.want(0, "2GiB (2147483648 bytes)", "volume", "inspect", "pgdata")
+
+	// The disk grew, its filesystem here did not: exit 1, saying which.
+	w.csi.growErr = status.Error(codes.Internal, "xfs_growfs: no CAP_SYS_RESOURCE")
+	w.want(1, "swarm-csi: volume pgdata grew, but its filesystem on this node did not: rpc error: code = Internal desc = xfs_growfs: no CAP_SYS_RESOURCE",
+		"volume", "expand", "pgdata", "3G")
+	if !strings.Contains(w.stdout.String(), "volume pgdata: 3221225472 bytes (was 2147483648)\n") {
+		t.Errorf("expand without the filesystem: %q", &w.stdout)
+	}
 }
 
 // volume stats: this node through the plugin's socket, another through
