@@ -1561,8 +1561,12 @@ func TestRestoreKeepsFsTypeAfterSourceDeleted(t *testing.T) {
 // time and has a largest size says so, and the controller keeps to it.
 func TestBackendLimits(t *testing.T) {
 	fb := newFakeBackend("n1")
-	fb.info.NoCapacity, fb.info.SingleNodeOnly, fb.info.MaxSize = true, true, 4*giB
-	s := New(fb, 0)
+	fb.info.SingleNodeOnly, fb.info.MaxSize = true, 4*giB
+	// Without the CapacityReporter, but with the Expander.
+	s := New(struct {
+		backend.Controller
+		backend.Expander
+	}{fb, fb}, 0)
 	ctx := context.Background()
 	caps, err := s.ControllerGetCapabilities(ctx, &csi.ControllerGetCapabilitiesRequest{})
 	if err != nil {
@@ -1611,32 +1615,159 @@ func TestBackendLimits(t *testing.T) {
 	}
 }
 
-// A backend without snapshots or clones neither advertises nor serves them.
-func TestBackendWithoutSnapshots(t *testing.T) {
-	fb := newFakeBackend()
-	fb.info.Snapshots, fb.info.Clones, fb.info.MutableParameters = false, false, nil
-	s := New(fb, 0)
+// advertised returns what the controller advertises: its controller
+// capabilities, its plugin services and volume expansion, and its group
+// controller capabilities.
+func advertised(t *testing.T, s *Server) (ctrl []csi.ControllerServiceCapability_RPC_Type, plugin []string, group int) {
+	t.Helper()
 	ctx := context.Background()
 	caps, err := s.ControllerGetCapabilities(ctx, &csi.ControllerGetCapabilitiesRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range caps.GetCapabilities() {
-		switch c.GetRpc().GetType() {
-		case csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT, csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
-			csi.ControllerServiceCapability_RPC_GET_SNAPSHOT, csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
-			csi.ControllerServiceCapability_RPC_MODIFY_VOLUME:
-			t.Fatalf("advertises %v without backend support", c.GetRpc().GetType())
+		ctrl = append(ctrl, c.GetRpc().GetType())
+	}
+	for _, c := range s.PluginCapabilities() {
+		if svc := c.GetService(); svc != nil {
+			plugin = append(plugin, svc.GetType().String())
+		} else {
+			plugin = append(plugin, "expansion "+c.GetVolumeExpansion().GetType().String())
 		}
 	}
-	if slices.Contains(s.PluginServices(), csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE) {
-		t.Fatal("advertises the GroupController service without snapshots")
+	g, err := s.GroupControllerGetCapabilities(ctx, &csi.GroupControllerGetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	_, err = s.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "v"})
-	wantCode(t, err, codes.Unimplemented)
-	req := mountReq("clone")
-	req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "v"}}}
-	_, err = s.CreateVolume(ctx, req)
-	wantCode(t, err, codes.Unimplemented)
+	return ctrl, plugin, len(g.GetCapabilities())
+}
+
+// The capabilities follow the optional interfaces the backend implements.
+func TestCapabilitiesFollowInterfaces(t *testing.T) {
+	optional := []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+		csi.ControllerServiceCapability_RPC_MODIFY_VOLUME,
+		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
+	}
+	groupSvc := csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE.String()
+	online := "expansion " + csi.PluginCapability_VolumeExpansion_ONLINE.String()
+
+	ctrl, plugin, group := advertised(t, New(newFakeBackend(), 0))
+	for _, c := range optional {
+		if !slices.Contains(ctrl, c) {
+			t.Errorf("a backend with every feature: %v not advertised", c)
+		}
+	}
+	if !slices.Contains(plugin, groupSvc) || !slices.Contains(plugin, online) || group != 1 {
+		t.Errorf("a backend with every feature: plugin capabilities %v, %d group capabilities", plugin, group)
+	}
+
+	ctrl, plugin, group = advertised(t, New(coreOnly{newFakeBackend()}, 0))
+	for _, c := range optional {
+		if slices.Contains(ctrl, c) {
+			t.Errorf("a backend without the feature advertises %v", c)
+		}
+	}
+	if slices.Contains(plugin, groupSvc) || slices.Contains(plugin, online) || group != 0 {
+		t.Errorf("a backend without features: plugin capabilities %v, %d group capabilities", plugin, group)
+	}
+
+	ctrl, _, _ = advertised(t, New(struct {
+		backend.Controller
+		backend.Snapshotter
+	}{newFakeBackend(), newFakeBackend()}, 0))
+	if !slices.Contains(ctrl, csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT) ||
+		slices.Contains(ctrl, csi.ControllerServiceCapability_RPC_CLONE_VOLUME) {
+		t.Errorf("a backend with snapshots but no copies advertises %v", ctrl)
+	}
+}
+
+// A backend without the optional features gets Unimplemented for every
+// call that needs one (InvalidArgument for mutable parameters in
+// CreateVolume), before the backend is asked anything.
+func TestBackendWithoutFeatures(t *testing.T) {
+	fb := newFakeBackend("n1")
+	s := New(coreOnly{fb}, 0)
+	ctx := context.Background()
+	resp, err := s.CreateVolume(ctx, mountReq("v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetVolume().GetVolumeId()
+	fromVolume := &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}}
+	fromSnapshot := &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "snap-0001"}}}
+	unimplemented := map[string]func() error{
+		"CreateSnapshot": func() error {
+			_, err := s.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: id})
+			return err
+		},
+		"DeleteSnapshot": func() error {
+			_, err := s.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: "snap-0001"})
+			return err
+		},
+		"GetSnapshot": func() error {
+			_, err := s.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: "snap-0001"})
+			return err
+		},
+		"ListSnapshots": func() error { _, err := s.ListSnapshots(ctx, &csi.ListSnapshotsRequest{}); return err },
+		"CreateVolumeGroupSnapshot": func() error {
+			_, err := s.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: "g", SourceVolumeIds: []string{id}})
+			return err
+		},
+		"GetVolumeGroupSnapshot": func() error {
+			_, err := s.GetVolumeGroupSnapshot(ctx, &csi.GetVolumeGroupSnapshotRequest{GroupSnapshotId: "g"})
+			return err
+		},
+		"DeleteVolumeGroupSnapshot": func() error {
+			_, err := s.DeleteVolumeGroupSnapshot(ctx, &csi.DeleteVolumeGroupSnapshotRequest{GroupSnapshotId: "g"})
+			return err
+		},
+		"ControllerExpandVolume": func() error {
+			_, err := s.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: 2 * giB}})
+			return err
+		},
+		"ControllerModifyVolume": func() error {
+			_, err := s.ControllerModifyVolume(ctx, &csi.ControllerModifyVolumeRequest{VolumeId: id,
+				MutableParameters: map[string]string{"iops": "5"}})
+			return err
+		},
+		"GetCapacity": func() error { _, err := s.GetCapacity(ctx, &csi.GetCapacityRequest{}); return err },
+		"CreateVolume from a volume": func() error {
+			req := mountReq("clone")
+			req.VolumeContentSource = fromVolume
+			_, err := s.CreateVolume(ctx, req)
+			return err
+		},
+		"CreateVolume from a snapshot": func() error {
+			req := mountReq("restore")
+			req.VolumeContentSource = fromSnapshot
+			_, err := s.CreateVolume(ctx, req)
+			return err
+		},
+	}
+	for name, call := range unimplemented {
+		if err := call(); csierr.Code(err) != codes.Unimplemented {
+			t.Errorf("%s: got %v, want Unimplemented", name, err)
+		}
+	}
+	req := mountReq("mutable")
+	req.MutableParameters = map[string]string{"iops": "5"}
+	if _, err := s.CreateVolume(ctx, req); csierr.Code(err) != codes.InvalidArgument {
+		t.Errorf("CreateVolume with mutable parameters: got %v, want InvalidArgument", err)
+	}
+	for _, m := range []string{"CreateVolumeFrom", "CreateSnapshot", "ExpandVolume", "ModifyVolume"} {
+		if n := fb.callCount(m); n != 0 {
+			t.Errorf("the backend's %s was called %d times", m, n)
+		}
+	}
+	if n := fb.callCount("CreateVolume"); n != 1 {
+		t.Errorf("the backend's CreateVolume was called %d times, want 1", n)
+	}
 }
