@@ -7,7 +7,9 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -707,6 +709,95 @@ func TestControllerPublishNodeLimit(t *testing.T) {
 	// The limit is per node, and a repeated publish takes no new slot.
 	mustPublish(t, s, ids[2], "node-b", c, false)
 	mustPublish(t, s, ids[0], "node-a", c, false)
+}
+
+// Concurrent publishes of different volumes to one node keep to the
+// node's limit: exactly that many succeed, the rest are ResourceExhausted,
+// and none is Aborted because of another.
+func TestControllerPublishNodeLimitConcurrent(t *testing.T) {
+	const limit, tries = 3, 16
+	s, fb := newServer(t, limit, "node-a")
+	ids := make([]string, tries)
+	for i := range ids {
+		ids[i] = mustCreate(t, s, mountReq(fmt.Sprint("v", i))).GetVolumeId()
+	}
+	// An attach takes a while, so every publish that does not wait for
+	// the node would count its volumes before any other had attached.
+	fb.publishFn = func(context.Context, string, backend.Attachment) error {
+		time.Sleep(2 * time.Millisecond)
+		return nil
+	}
+	start := make(chan struct{})
+	errs := make([]error, tries)
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = publish(s, id, "node-a", mountCap(snw, ""), false)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	published := 0
+	for i, err := range errs {
+		switch csierr.Code(err) {
+		case codes.OK:
+			published++
+		case codes.ResourceExhausted:
+		default:
+			t.Errorf("publish of %s: %v, want success or ResourceExhausted", ids[i], err)
+		}
+	}
+	attached := 0
+	for _, id := range ids {
+		attached += len(attachments(t, fb, id))
+	}
+	if published != limit || attached != limit {
+		t.Fatalf("%d publishes succeeded and %d volumes are attached to a node that takes %d", published, attached, limit)
+	}
+}
+
+// A publish waits for another volume's publish to the same node (until its
+// context ends), and not for one to another node.
+func TestControllerPublishNodeLock(t *testing.T) {
+	s, fb := newServer(t, 1, "node-a", "node-b")
+	slow := mustCreate(t, s, mountReq("slow")).GetVolumeId()
+	other := mustCreate(t, s, mountReq("other")).GetVolumeId()
+	third := mustCreate(t, s, mountReq("third")).GetVolumeId()
+	blk := newBlocker(t)
+	fb.publishFn = func(ctx context.Context, id string, _ backend.Attachment) error {
+		if id == slow {
+			return blk.wait(ctx)
+		}
+		return nil
+	}
+	slowDone := make(chan error, 1)
+	go func() { slowDone <- publish(s, slow, "node-a", mountCap(snw, ""), false) }()
+	<-blk.entered
+
+	mustPublish(t, s, other, "node-b", mountCap(snw, ""), false)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	_, err := s.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{
+		VolumeId: third, NodeId: "node-a", VolumeCapability: mountCap(snw, "")})
+	wantCode(t, err, codes.DeadlineExceeded)
+
+	waiting := make(chan error, 1)
+	go func() { waiting <- publish(s, third, "node-a", mountCap(snw, ""), false) }()
+	select {
+	case err := <-waiting:
+		t.Fatalf("a publish to a node busy with another volume's publish returned at once: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	blk.unblock()
+	if err := <-slowDone; err != nil {
+		t.Fatal(err)
+	}
+	// Its turn comes after the slow one attached, which filled the node.
+	wantCode(t, <-waiting, codes.ResourceExhausted)
 }
 
 func TestControllerUnpublish(t *testing.T) {

@@ -131,5 +131,6 @@ func (s *Server) lock(keys ...string) (func(), error) { return s.locks.TryLock(k
 
 func volumeKey(id string) string      { return "volume " + id }
 func snapshotKey(id string) string    { return "snapshot " + id }
+func nodeKey(id string) string        { return "node " + id }
 func volumeNameKey(n string) string   { return "volume name " + n }
 func snapshotNameKey(n string) string { return "snapshot name " + n }
