@@ -1210,7 +1210,10 @@ func TestControllerModifyVolume(t *testing.T) {
 		want   codes.Code
 	}{
 		{"no volume id", "", map[string]string{"iops": "1"}, codes.InvalidArgument},
-		{"no parameters", id, nil, codes.InvalidArgument},
+		{"no parameters", id, nil, codes.OK},
+		{"empty parameters", id, map[string]string{}, codes.OK},
+		{"no parameters, unknown volume", "vol-nope", nil, codes.NotFound},
+		{"empty parameters, unknown volume", "vol-nope", map[string]string{}, codes.NotFound},
 		{"unknown parameter", id, map[string]string{"speed": "1"}, codes.InvalidArgument},
 		{"bad value", id, map[string]string{"iops": "lots"}, codes.InvalidArgument},
 		{"unknown volume", "vol-nope", map[string]string{"iops": "1"}, codes.NotFound},
@@ -1227,6 +1230,14 @@ func TestControllerModifyVolume(t *testing.T) {
 	}
 	if got := fb.volume(id).MutableParameters; !maps.Equal(got, map[string]string{"iops": "500"}) {
 		t.Fatalf("mutable parameters %v, want iops=500", got)
+	}
+	// An empty request changes nothing and reaches no backend call that would.
+	calls := fb.callCount("ModifyVolume")
+	if _, err := s.ControllerModifyVolume(ctx, &csi.ControllerModifyVolumeRequest{VolumeId: id}); err != nil {
+		t.Fatal(err)
+	}
+	if got := fb.volume(id).MutableParameters; !maps.Equal(got, map[string]string{"iops": "500"}) || fb.callCount("ModifyVolume") != calls {
+		t.Fatalf("an empty ModifyVolume changed the parameters to %v or called the backend", got)
 	}
 	// The fake keeps the map it is given for a volume that had none: the
 	// request's map must not be it.

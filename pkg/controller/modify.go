@@ -38,9 +38,6 @@ func (s *Server) ControllerModifyVolume(ctx context.Context, req *csi.Controller
 	if req.GetVolumeId() == "" {
 		return nil, csierr.Invalid("volume_id is required")
 	}
-	if len(req.GetMutableParameters()) == 0 {
-		return nil, csierr.Invalid("mutable_parameters are required")
-	}
 	if err := s.checkMutable(req.GetMutableParameters()); err != nil {
 		return nil, err
 	}
@@ -49,6 +46,13 @@ func (s *Server) ControllerModifyVolume(ctx context.Context, req *csi.Controller
 		return nil, err
 	}
 	defer release()
+	if len(req.GetMutableParameters()) == 0 {
+		// Nothing to change: done, once the volume is found to exist.
+		if _, err := s.be.Volume(ctx, req.GetVolumeId()); err != nil {
+			return nil, err
+		}
+		return &csi.ControllerModifyVolumeResponse{}, nil
+	}
 	if err := s.modifier.ModifyVolume(ctx, req.GetVolumeId(), maps.Clone(req.GetMutableParameters())); err != nil {
 		return nil, err
 	}
