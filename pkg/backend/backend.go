@@ -202,6 +202,16 @@ type Cloner interface {
 	CreateVolumeFrom(ctx context.Context, spec VolumeSpec) (*Volume, error)
 }
 
+// Complete is a Controller with every optional feature.
+type Complete interface {
+	Controller
+	Expander
+	Modifier
+	CapacityReporter
+	Snapshotter
+	Cloner
+}
+
 // Node is the backend's side of the CSI node service. Every method is
 // idempotent.
 type Node interface {

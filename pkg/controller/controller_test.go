@@ -766,16 +766,7 @@ func TestControllerPublishNodeLock(t *testing.T) {
 	slow := mustCreate(t, s, mountReq("slow")).GetVolumeId()
 	other := mustCreate(t, s, mountReq("other")).GetVolumeId()
 	third := mustCreate(t, s, mountReq("third")).GetVolumeId()
-	blk := newBlocker(t)
-	fb.publishFn = func(ctx context.Context, id string, _ backend.Attachment) error {
-		if id == slow {
-			return blk.wait(ctx)
-		}
-		return nil
-	}
-	slowDone := make(chan error, 1)
-	go func() { slowDone <- publish(s, slow, "node-a", mountCap(snw, ""), false) }()
-	<-blk.entered
+	blk, slowDone := publishBlocked(t, s, fb, slow, "node-a", mountCap(snw, ""))
 
 	mustPublish(t, s, other, "node-b", mountCap(snw, ""), false)
 
@@ -1457,6 +1448,24 @@ func (b *blocker) unblock() {
 	}
 }
 
+// publishBlocked starts a publish of volume id to a node and returns once
+// it is in the backend, where it waits for the blocker's release (its
+// result then comes on the channel). Other volumes' publishes go through.
+func publishBlocked(t *testing.T, s *Server, fb *fakeBackend, id, node string, c *csi.VolumeCapability) (*blocker, <-chan error) {
+	t.Helper()
+	blk := newBlocker(t)
+	fb.publishFn = func(ctx context.Context, vid string, _ backend.Attachment) error {
+		if vid == id {
+			return blk.wait(ctx)
+		}
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- publish(s, id, node, c, false) }()
+	<-blk.entered
+	return blk, done
+}
+
 // TestPerVolumeLock checks that a second operation on a volume that is busy
 // fails at once with Aborted, while other volumes are not held up.
 func TestPerVolumeLock(t *testing.T) {
@@ -1467,16 +1476,7 @@ func TestPerVolumeLock(t *testing.T) {
 	busy := mustCreate(t, s, req).GetVolumeId()
 	other := mustCreate(t, s, mountReq("other")).GetVolumeId()
 
-	blk := newBlocker(t)
-	fb.publishFn = func(ctx context.Context, id string, _ backend.Attachment) error {
-		if id == busy {
-			return blk.wait(ctx)
-		}
-		return nil
-	}
-	done := make(chan error, 1)
-	go func() { done <- publish(s, busy, "node-a", mountCap(mnro, ""), false) }()
-	<-blk.entered
+	blk, done := publishBlocked(t, s, fb, busy, "node-a", mountCap(mnro, ""))
 
 	ops := map[string]func() error{
 		"publish to another node": func() error { return publish(s, busy, "node-b", mountCap(mnro, ""), false) },

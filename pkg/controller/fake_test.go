@@ -68,14 +68,7 @@ func newFakeBackend(nodes ...string) *fakeBackend {
 	return f
 }
 
-var _ interface {
-	backend.Controller
-	backend.Expander
-	backend.Modifier
-	backend.CapacityReporter
-	backend.Snapshotter
-	backend.Cloner
-} = (*fakeBackend)(nil)
+var _ backend.Complete = (*fakeBackend)(nil)
 
 // coreOnly hides the optional features of the backend it wraps: only the
 // methods of backend.Controller are promoted.

@@ -87,7 +87,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	defer release()
 	create := s.be.CreateVolume
 	if spec.Source != nil {
-		create = s.cloner.CreateVolumeFrom // source checked it is there
+		create = s.cloner.CreateVolumeFrom // not nil: source and copyOption saw to it
 	}
 	v, err := create(ctx, spec)
 	if err != nil {

@@ -45,15 +45,7 @@ type Backend struct {
 	now   func() time.Time
 }
 
-// The loop backend has every optional feature.
-var _ interface {
-	backend.Controller
-	backend.Expander
-	backend.Modifier
-	backend.CapacityReporter
-	backend.Snapshotter
-	backend.Cloner
-} = (*Backend)(nil)
+var _ backend.Complete = (*Backend)(nil)
 
 // New opens (creating it if needed) the data directory at dataDir.
 func New(dataDir string) (*Backend, error) {

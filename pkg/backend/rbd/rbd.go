@@ -124,15 +124,7 @@ type Backend struct {
 	known sync.Map
 }
 
-// The rbd backend has every optional feature.
-var _ interface {
-	backend.Controller
-	backend.Expander
-	backend.Modifier
-	backend.CapacityReporter
-	backend.Snapshotter
-	backend.Cloner
-} = (*Backend)(nil)
+var _ backend.Complete = (*Backend)(nil)
 
 // New checks cfg and writes the Ceph configuration and keyring it needs.
 // It does not contact Ceph: the driver must answer Probe at once, even
