@@ -26,6 +26,8 @@ func init() {
 		m.unsupported = hcloudUnsupported
 		modes = append(modes, m)
 	}
+	modes = append(modes, mode{name: "hcloud-defaults", defaults: true, setup: setupHcloud,
+		unsupported: append([]unsupportedSpecs{attachLimitOff}, hcloudUnsupported...)})
 }
 
 // hcloudUnsupported are the specs csi-test skips for the hcloud backend,

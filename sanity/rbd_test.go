@@ -11,7 +11,7 @@ import (
 )
 
 // The rbd backend against a throwaway Ceph cluster (scripts/ceph-cluster),
-// brought up once for the three modes and taken down after the last test.
+// brought up once for its modes and taken down after the last test.
 // Nodes attach through rbd-fuse and loop devices: this kernel has neither
 // the rbd nor the nbd module. Each mode has a prefix of its own, so its
 // images and records are its own, and after its run none may be left.
@@ -20,6 +20,7 @@ func init() {
 		mode{name: "rbd-ext4", accessType: "mount", params: map[string]string{"fsType": "ext4"}, setup: rbdSetup("rbd-ext4"), mutable: rbdMutable},
 		mode{name: "rbd-xfs", accessType: "mount", params: map[string]string{"fsType": "xfs"}, requires: []string{"mkfs.xfs"}, setup: rbdSetup("rbd-xfs"), mutable: rbdMutable},
 		mode{name: "rbd-block", accessType: "block", setup: rbdSetup("rbd-block"), mutable: rbdMutable},
+		mode{name: "rbd-defaults", defaults: true, setup: rbdSetup("rbd-defaults"), unsupported: []unsupportedSpecs{attachLimitOff}},
 	)
 }
 

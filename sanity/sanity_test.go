@@ -5,6 +5,12 @@
 //   - xfs:   mount access, CreateVolume parameter fsType=xfs
 //   - block: raw block access
 //
+// and once with upstream's default configuration (mode defaults, and one
+// such mode per other backend): sanity.NewTestConfig() with nothing set but
+// the address and paths, as a CO or a csi-sanity user who tunes nothing
+// would run it. The other modes tune it: the access type and parameters
+// above, the backend's mutable parameters, and the node's attach limit.
+//
 // csi-test drives its specs with Ginkgo v2, and Ginkgo allows RunSpecs only
 // once per process. TestSanity therefore builds the driver, and for every
 // mode starts a fresh driver process, re-executes this test binary as a
@@ -99,6 +105,9 @@ type mode struct {
 	setup func(t *testing.T, dir string) (args, env []string)
 	// mutable is the mode's TestVolumeMutableParameters.
 	mutable map[string]string
+	// defaults runs upstream's default configuration: accessType, params
+	// and mutable are not used, nor is the attach limit tested.
+	defaults bool
 	// unsupported declares the specs that csi-test skips because the
 	// backend lacks a feature and rightly does not advertise it. Each
 	// must match at least one skipped spec and no spec that ran; any
@@ -119,6 +128,13 @@ var modes = []mode{
 	{name: "ext4", accessType: "mount", params: map[string]string{"fsType": "ext4"}},
 	{name: "xfs", accessType: "mount", params: map[string]string{"fsType": "xfs"}, requires: []string{"mkfs.xfs"}},
 	{name: "block", accessType: "block"},
+	{name: "defaults", defaults: true, unsupported: []unsupportedSpecs{attachLimitOff}},
+}
+
+// attachLimitOff is the spec upstream's default configuration leaves out.
+var attachLimitOff = unsupportedSpecs{
+	regexp.MustCompile(` ControllerPublishVolume should fail when publishing more volumes than the node max attach limit$`),
+	"upstream's default configuration leaves TestNodeVolumeAttachLimit off; the tuned modes run this spec",
 }
 
 // loopMutable is the loop backend's one mutable parameter.
@@ -169,15 +185,17 @@ func runSanityChild(name string) int {
 	cfg.Address = os.Getenv(envAddress)
 	cfg.StagingPath = os.Getenv(envStaging)
 	cfg.TargetPath = os.Getenv(envTarget)
-	cfg.TestVolumeAccessType = m.accessType
-	// Publish up to the node's limit and expect ResourceExhausted beyond it.
-	cfg.TestNodeVolumeAttachLimit = true
-	cfg.TestVolumeMutableParameters = loopMutable
-	if m.mutable != nil {
-		cfg.TestVolumeMutableParameters = m.mutable
-	}
-	if m.params != nil {
-		cfg.TestVolumeParameters = maps.Clone(m.params)
+	if !m.defaults {
+		cfg.TestVolumeAccessType = m.accessType
+		// Publish up to the node's limit and expect ResourceExhausted beyond it.
+		cfg.TestNodeVolumeAttachLimit = true
+		cfg.TestVolumeMutableParameters = loopMutable
+		if m.mutable != nil {
+			cfg.TestVolumeMutableParameters = m.mutable
+		}
+		if m.params != nil {
+			cfg.TestVolumeParameters = maps.Clone(m.params)
+		}
 	}
 	if cfg.Address == "" || cfg.StagingPath == "" || cfg.TargetPath == "" {
 		fmt.Fprintln(os.Stderr, "sanity child: address, staging path and target path must be set")
@@ -255,7 +273,7 @@ func TestSanity(t *testing.T) {
 	var b strings.Builder
 	b.WriteString("csi-sanity summary (csi-test v5, IdempotentCount=10):")
 	for _, m := range modes {
-		fmt.Fprintf(&b, "\n  %-5s %s", m.name+":", results[m.name])
+		fmt.Fprintf(&b, "\n  %-16s %s", m.name+":", results[m.name])
 	}
 	t.Log(b.String())
 }
@@ -463,7 +481,11 @@ func runSanityProcess(t *testing.T, m mode, endpoint, dir string, d *driverProc)
 	if *flagFocus != "" || *flagSkip != "" {
 		summary += fmt.Sprintf(" [filtered: -sanity.focus=%q -sanity.skip=%q]", *flagFocus, *flagSkip)
 	}
-	t.Logf("csi-sanity %s (access type %s, parameters %v): %s", m.name, m.accessType, m.params, summary)
+	if m.defaults {
+		t.Logf("csi-sanity %s (upstream's default configuration): %s", m.name, summary)
+	} else {
+		t.Logf("csi-sanity %s (access type %s, parameters %v): %s", m.name, m.accessType, m.params, summary)
+	}
 
 	for _, sr := range failures {
 		t.Errorf("csi-sanity %s: spec %s: %s\n    %s\n    at %s",

@@ -248,7 +248,7 @@ func run(cfg *config, log *slog.Logger) error {
 	}
 	ctrl := controller.New(be.controller, maxPerNode)
 	srv := server.New(log, server.Services{
-		Identity:        identity.New(cfg.driverName, versionString(), ctrl.PluginServices()...),
+		Identity:        identity.New(cfg.driverName, versionString(), ctrl.PluginCapabilities()...),
 		Controller:      ctrl,
 		GroupController: ctrl,
 		Node:            nodeSrv,

@@ -24,22 +24,12 @@ type Info struct {
 	// MaxSize is the largest volume the backend creates (0: no limit of
 	// its own). Larger requests and expansions are OutOfRange.
 	MaxSize int64
-	// MutableParameters are the parameters ModifyVolume may change.
-	MutableParameters []string
 	// Topology is the segment that nodes reaching this backend's storage
 	// report, and that its volumes are accessible from.
 	Topology map[string]string
-	// Snapshots and Clones say whether the backend makes snapshots (and
-	// volumes from them) and copies of volumes. Without them the
-	// controller neither advertises nor serves those RPCs.
-	Snapshots bool
-	Clones    bool
 	// SingleNodeOnly says a volume attaches to one node at a time: the
 	// multi-node access modes are refused.
 	SingleNodeOnly bool
-	// NoCapacity says the storage reports no free capacity: GetCapacity is
-	// neither advertised nor served.
-	NoCapacity bool
 	// MaxVolumesPerNode is how many volumes the storage attaches to one
 	// node at most (0: no limit of its own). The driver's per-node limit
 	// never exceeds it.
@@ -136,13 +126,18 @@ type Condition struct {
 	Message  string
 }
 
-// Controller is the backend's side of the CSI controller service. Every
-// method is idempotent. Errors wrap the sentinels of package csierr.
+// Controller is the backend's side of the CSI controller service: what
+// every backend does. A backend offers more by implementing the optional
+// interfaces below (Expander, Modifier, CapacityReporter, Snapshotter,
+// Cloner); the controller advertises and serves exactly those it finds, and
+// answers Unimplemented for the rest. Every method is idempotent. Errors
+// wrap the sentinels of package csierr.
 type Controller interface {
 	Info() Info
-	// CreateVolume creates the volume named spec.Name, or returns the one
-	// that already has that name, unchanged, for the caller to compare. A
-	// retry after a crash at any point resumes the creation.
+	// CreateVolume creates the empty volume named spec.Name (spec.Source
+	// is nil), or returns the one that already has that name, unchanged,
+	// for the caller to compare. A retry after a crash at any point
+	// resumes the creation.
 	CreateVolume(ctx context.Context, spec VolumeSpec) (*Volume, error)
 	// DeleteVolume deletes a volume; an unknown id is not an error.
 	DeleteVolume(ctx context.Context, id string) error
@@ -157,11 +152,37 @@ type Controller interface {
 	Publish(ctx context.Context, v *Volume, a Attachment) (map[string]string, error)
 	// Unpublish removes the attachment of a volume to a node, if any.
 	Unpublish(ctx context.Context, id, nodeID string) error
+	// NodeKnown reports whether a node id names a node of this cluster.
+	NodeKnown(ctx context.Context, nodeID string) (bool, error)
+	// Condition reports whether a volume's storage is healthy.
+	Condition(ctx context.Context, v *Volume) Condition
+}
+
+// Expander is a Controller whose volumes grow.
+type Expander interface {
 	// ExpandVolume grows a volume to at least size bytes and returns its size.
 	ExpandVolume(ctx context.Context, id string, size int64) (int64, error)
+}
+
+// Modifier is a Controller whose volumes have mutable parameters.
+type Modifier interface {
+	// MutableParameters are the parameter names CreateVolume and
+	// ModifyVolume accept in VolumeSpec.MutableParameters.
+	MutableParameters() []string
 	// ModifyVolume changes a volume's mutable parameters (validated by the
 	// backend); they take effect when the volume is next attached.
 	ModifyVolume(ctx context.Context, id string, params map[string]string) error
+}
+
+// CapacityReporter is a Controller whose storage tells its free space.
+type CapacityReporter interface {
+	// Capacity returns the bytes available for new volumes.
+	Capacity(ctx context.Context) (int64, error)
+}
+
+// Snapshotter is a Controller that takes snapshots of volumes. To make
+// volumes from its snapshots it must be a Cloner too.
+type Snapshotter interface {
 	// CreateSnapshot creates the snapshot named spec.Name, or returns the
 	// existing snapshot with that name, unchanged.
 	CreateSnapshot(ctx context.Context, spec SnapshotSpec) (*Snapshot, error)
@@ -171,12 +192,24 @@ type Controller interface {
 	Snapshot(ctx context.Context, id string) (*Snapshot, error)
 	// ListSnapshots returns all snapshots, sorted by id.
 	ListSnapshots(ctx context.Context) ([]*Snapshot, error)
-	// Capacity returns the bytes available for new volumes.
-	Capacity(ctx context.Context) (int64, error)
-	// NodeKnown reports whether a node id names a node of this cluster.
-	NodeKnown(ctx context.Context, nodeID string) (bool, error)
-	// Condition reports whether a volume's storage is healthy.
-	Condition(ctx context.Context, v *Volume) Condition
+}
+
+// Cloner is a Controller that makes volumes with the content of another
+// volume or, being a Snapshotter too, of a snapshot.
+type Cloner interface {
+	// CreateVolumeFrom is CreateVolume for a spec whose Source is set: the
+	// new volume starts as a copy of it. A missing source is ErrNotFound.
+	CreateVolumeFrom(ctx context.Context, spec VolumeSpec) (*Volume, error)
+}
+
+// Complete is a Controller with every optional feature.
+type Complete interface {
+	Controller
+	Expander
+	Modifier
+	CapacityReporter
+	Snapshotter
+	Cloner
 }
 
 // Node is the backend's side of the CSI node service. Every method is

@@ -7,7 +7,9 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -709,6 +711,86 @@ func TestControllerPublishNodeLimit(t *testing.T) {
 	mustPublish(t, s, ids[0], "node-a", c, false)
 }
 
+// Concurrent publishes of different volumes to one node keep to the
+// node's limit: exactly that many succeed, the rest are ResourceExhausted,
+// and none is Aborted because of another.
+func TestControllerPublishNodeLimitConcurrent(t *testing.T) {
+	const limit, tries = 3, 16
+	s, fb := newServer(t, limit, "node-a")
+	ids := make([]string, tries)
+	for i := range ids {
+		ids[i] = mustCreate(t, s, mountReq(fmt.Sprint("v", i))).GetVolumeId()
+	}
+	// An attach takes a while, so every publish that does not wait for
+	// the node would count its volumes before any other had attached.
+	fb.publishFn = func(context.Context, string, backend.Attachment) error {
+		time.Sleep(2 * time.Millisecond)
+		return nil
+	}
+	start := make(chan struct{})
+	errs := make([]error, tries)
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = publish(s, id, "node-a", mountCap(snw, ""), false)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	published := 0
+	for i, err := range errs {
+		switch csierr.Code(err) {
+		case codes.OK:
+			published++
+		case codes.ResourceExhausted:
+		default:
+			t.Errorf("publish of %s: %v, want success or ResourceExhausted", ids[i], err)
+		}
+	}
+	attached := 0
+	for _, id := range ids {
+		attached += len(attachments(t, fb, id))
+	}
+	if published != limit || attached != limit {
+		t.Fatalf("%d publishes succeeded and %d volumes are attached to a node that takes %d", published, attached, limit)
+	}
+}
+
+// A publish waits for another volume's publish to the same node (until its
+// context ends), and not for one to another node.
+func TestControllerPublishNodeLock(t *testing.T) {
+	s, fb := newServer(t, 1, "node-a", "node-b")
+	slow := mustCreate(t, s, mountReq("slow")).GetVolumeId()
+	other := mustCreate(t, s, mountReq("other")).GetVolumeId()
+	third := mustCreate(t, s, mountReq("third")).GetVolumeId()
+	blk, slowDone := publishBlocked(t, s, fb, slow, "node-a", mountCap(snw, ""))
+
+	mustPublish(t, s, other, "node-b", mountCap(snw, ""), false)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	_, err := s.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{
+		VolumeId: third, NodeId: "node-a", VolumeCapability: mountCap(snw, "")})
+	wantCode(t, err, codes.DeadlineExceeded)
+
+	waiting := make(chan error, 1)
+	go func() { waiting <- publish(s, third, "node-a", mountCap(snw, ""), false) }()
+	select {
+	case err := <-waiting:
+		t.Fatalf("a publish to a node busy with another volume's publish returned at once: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	blk.unblock()
+	if err := <-slowDone; err != nil {
+		t.Fatal(err)
+	}
+	// Its turn comes after the slow one attached, which filled the node.
+	wantCode(t, <-waiting, codes.ResourceExhausted)
+}
+
 func TestControllerUnpublish(t *testing.T) {
 	ctx := context.Background()
 	s, fb := newServer(t, 0, "node-a", "node-b", "node-c")
@@ -1119,7 +1201,10 @@ func TestControllerModifyVolume(t *testing.T) {
 		want   codes.Code
 	}{
 		{"no volume id", "", map[string]string{"iops": "1"}, codes.InvalidArgument},
-		{"no parameters", id, nil, codes.InvalidArgument},
+		{"no parameters", id, nil, codes.OK},
+		{"empty parameters", id, map[string]string{}, codes.OK},
+		{"no parameters, unknown volume", "vol-nope", nil, codes.NotFound},
+		{"empty parameters, unknown volume", "vol-nope", map[string]string{}, codes.NotFound},
 		{"unknown parameter", id, map[string]string{"speed": "1"}, codes.InvalidArgument},
 		{"bad value", id, map[string]string{"iops": "lots"}, codes.InvalidArgument},
 		{"unknown volume", "vol-nope", map[string]string{"iops": "1"}, codes.NotFound},
@@ -1136,6 +1221,14 @@ func TestControllerModifyVolume(t *testing.T) {
 	}
 	if got := fb.volume(id).MutableParameters; !maps.Equal(got, map[string]string{"iops": "500"}) {
 		t.Fatalf("mutable parameters %v, want iops=500", got)
+	}
+	// An empty request changes nothing and reaches no backend call that would.
+	calls := fb.callCount("ModifyVolume")
+	if _, err := s.ControllerModifyVolume(ctx, &csi.ControllerModifyVolumeRequest{VolumeId: id}); err != nil {
+		t.Fatal(err)
+	}
+	if got := fb.volume(id).MutableParameters; !maps.Equal(got, map[string]string{"iops": "500"}) || fb.callCount("ModifyVolume") != calls {
+		t.Fatalf("an empty ModifyVolume changed the parameters to %v or called the backend", got)
 	}
 	// The fake keeps the map it is given for a volume that had none: the
 	// request's map must not be it.
@@ -1355,6 +1448,24 @@ func (b *blocker) unblock() {
 	}
 }
 
+// publishBlocked starts a publish of volume id to a node and returns once
+// it is in the backend, where it waits for the blocker's release (its
+// result then comes on the channel). Other volumes' publishes go through.
+func publishBlocked(t *testing.T, s *Server, fb *fakeBackend, id, node string, c *csi.VolumeCapability) (*blocker, <-chan error) {
+	t.Helper()
+	blk := newBlocker(t)
+	fb.publishFn = func(ctx context.Context, vid string, _ backend.Attachment) error {
+		if vid == id {
+			return blk.wait(ctx)
+		}
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- publish(s, id, node, c, false) }()
+	<-blk.entered
+	return blk, done
+}
+
 // TestPerVolumeLock checks that a second operation on a volume that is busy
 // fails at once with Aborted, while other volumes are not held up.
 func TestPerVolumeLock(t *testing.T) {
@@ -1365,16 +1476,7 @@ func TestPerVolumeLock(t *testing.T) {
 	busy := mustCreate(t, s, req).GetVolumeId()
 	other := mustCreate(t, s, mountReq("other")).GetVolumeId()
 
-	blk := newBlocker(t)
-	fb.publishFn = func(ctx context.Context, id string, _ backend.Attachment) error {
-		if id == busy {
-			return blk.wait(ctx)
-		}
-		return nil
-	}
-	done := make(chan error, 1)
-	go func() { done <- publish(s, busy, "node-a", mountCap(mnro, ""), false) }()
-	<-blk.entered
+	blk, done := publishBlocked(t, s, fb, busy, "node-a", mountCap(mnro, ""))
 
 	ops := map[string]func() error{
 		"publish to another node": func() error { return publish(s, busy, "node-b", mountCap(mnro, ""), false) },
@@ -1561,8 +1663,12 @@ func TestRestoreKeepsFsTypeAfterSourceDeleted(t *testing.T) {
 // time and has a largest size says so, and the controller keeps to it.
 func TestBackendLimits(t *testing.T) {
 	fb := newFakeBackend("n1")
-	fb.info.NoCapacity, fb.info.SingleNodeOnly, fb.info.MaxSize = true, true, 4*giB
-	s := New(fb, 0)
+	fb.info.SingleNodeOnly, fb.info.MaxSize = true, 4*giB
+	// Without the CapacityReporter, but with the Expander.
+	s := New(struct {
+		backend.Controller
+		backend.Expander
+	}{fb, fb}, 0)
 	ctx := context.Background()
 	caps, err := s.ControllerGetCapabilities(ctx, &csi.ControllerGetCapabilitiesRequest{})
 	if err != nil {
@@ -1611,32 +1717,159 @@ func TestBackendLimits(t *testing.T) {
 	}
 }
 
-// A backend without snapshots or clones neither advertises nor serves them.
-func TestBackendWithoutSnapshots(t *testing.T) {
-	fb := newFakeBackend()
-	fb.info.Snapshots, fb.info.Clones, fb.info.MutableParameters = false, false, nil
-	s := New(fb, 0)
+// advertised returns what the controller advertises: its controller
+// capabilities, its plugin services and volume expansion, and its group
+// controller capabilities.
+func advertised(t *testing.T, s *Server) (ctrl []csi.ControllerServiceCapability_RPC_Type, plugin []string, group int) {
+	t.Helper()
 	ctx := context.Background()
 	caps, err := s.ControllerGetCapabilities(ctx, &csi.ControllerGetCapabilitiesRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range caps.GetCapabilities() {
-		switch c.GetRpc().GetType() {
-		case csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT, csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
-			csi.ControllerServiceCapability_RPC_GET_SNAPSHOT, csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
-			csi.ControllerServiceCapability_RPC_MODIFY_VOLUME:
-			t.Fatalf("advertises %v without backend support", c.GetRpc().GetType())
+		ctrl = append(ctrl, c.GetRpc().GetType())
+	}
+	for _, c := range s.PluginCapabilities() {
+		if svc := c.GetService(); svc != nil {
+			plugin = append(plugin, svc.GetType().String())
+		} else {
+			plugin = append(plugin, "expansion "+c.GetVolumeExpansion().GetType().String())
 		}
 	}
-	if slices.Contains(s.PluginServices(), csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE) {
-		t.Fatal("advertises the GroupController service without snapshots")
+	g, err := s.GroupControllerGetCapabilities(ctx, &csi.GroupControllerGetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	_, err = s.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "v"})
-	wantCode(t, err, codes.Unimplemented)
-	req := mountReq("clone")
-	req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "v"}}}
-	_, err = s.CreateVolume(ctx, req)
-	wantCode(t, err, codes.Unimplemented)
+	return ctrl, plugin, len(g.GetCapabilities())
+}
+
+// The capabilities follow the optional interfaces the backend implements.
+func TestCapabilitiesFollowInterfaces(t *testing.T) {
+	optional := []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+		csi.ControllerServiceCapability_RPC_MODIFY_VOLUME,
+		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
+	}
+	groupSvc := csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE.String()
+	online := "expansion " + csi.PluginCapability_VolumeExpansion_ONLINE.String()
+
+	ctrl, plugin, group := advertised(t, New(newFakeBackend(), 0))
+	for _, c := range optional {
+		if !slices.Contains(ctrl, c) {
+			t.Errorf("a backend with every feature: %v not advertised", c)
+		}
+	}
+	if !slices.Contains(plugin, groupSvc) || !slices.Contains(plugin, online) || group != 1 {
+		t.Errorf("a backend with every feature: plugin capabilities %v, %d group capabilities", plugin, group)
+	}
+
+	ctrl, plugin, group = advertised(t, New(coreOnly{newFakeBackend()}, 0))
+	for _, c := range optional {
+		if slices.Contains(ctrl, c) {
+			t.Errorf("a backend without the feature advertises %v", c)
+		}
+	}
+	if slices.Contains(plugin, groupSvc) || slices.Contains(plugin, online) || group != 0 {
+		t.Errorf("a backend without features: plugin capabilities %v, %d group capabilities", plugin, group)
+	}
+
+	ctrl, _, _ = advertised(t, New(struct {
+		backend.Controller
+		backend.Snapshotter
+	}{newFakeBackend(), newFakeBackend()}, 0))
+	if !slices.Contains(ctrl, csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT) ||
+		slices.Contains(ctrl, csi.ControllerServiceCapability_RPC_CLONE_VOLUME) {
+		t.Errorf("a backend with snapshots but no copies advertises %v", ctrl)
+	}
+}
+
+// A backend without the optional features gets Unimplemented for every
+// call that needs one (InvalidArgument for mutable parameters in
+// CreateVolume), before the backend is asked anything.
+func TestBackendWithoutFeatures(t *testing.T) {
+	fb := newFakeBackend("n1")
+	s := New(coreOnly{fb}, 0)
+	ctx := context.Background()
+	resp, err := s.CreateVolume(ctx, mountReq("v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetVolume().GetVolumeId()
+	fromVolume := &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}}
+	fromSnapshot := &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "snap-0001"}}}
+	unimplemented := map[string]func() error{
+		"CreateSnapshot": func() error {
+			_, err := s.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: id})
+			return err
+		},
+		"DeleteSnapshot": func() error {
+			_, err := s.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: "snap-0001"})
+			return err
+		},
+		"GetSnapshot": func() error {
+			_, err := s.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: "snap-0001"})
+			return err
+		},
+		"ListSnapshots": func() error { _, err := s.ListSnapshots(ctx, &csi.ListSnapshotsRequest{}); return err },
+		"CreateVolumeGroupSnapshot": func() error {
+			_, err := s.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: "g", SourceVolumeIds: []string{id}})
+			return err
+		},
+		"GetVolumeGroupSnapshot": func() error {
+			_, err := s.GetVolumeGroupSnapshot(ctx, &csi.GetVolumeGroupSnapshotRequest{GroupSnapshotId: "g"})
+			return err
+		},
+		"DeleteVolumeGroupSnapshot": func() error {
+			_, err := s.DeleteVolumeGroupSnapshot(ctx, &csi.DeleteVolumeGroupSnapshotRequest{GroupSnapshotId: "g"})
+			return err
+		},
+		"ControllerExpandVolume": func() error {
+			_, err := s.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: 2 * giB}})
+			return err
+		},
+		"ControllerModifyVolume": func() error {
+			_, err := s.ControllerModifyVolume(ctx, &csi.ControllerModifyVolumeRequest{VolumeId: id,
+				MutableParameters: map[string]string{"iops": "5"}})
+			return err
+		},
+		"GetCapacity": func() error { _, err := s.GetCapacity(ctx, &csi.GetCapacityRequest{}); return err },
+		"CreateVolume from a volume": func() error {
+			req := mountReq("clone")
+			req.VolumeContentSource = fromVolume
+			_, err := s.CreateVolume(ctx, req)
+			return err
+		},
+		"CreateVolume from a snapshot": func() error {
+			req := mountReq("restore")
+			req.VolumeContentSource = fromSnapshot
+			_, err := s.CreateVolume(ctx, req)
+			return err
+		},
+	}
+	for name, call := range unimplemented {
+		if err := call(); csierr.Code(err) != codes.Unimplemented {
+			t.Errorf("%s: got %v, want Unimplemented", name, err)
+		}
+	}
+	req := mountReq("mutable")
+	req.MutableParameters = map[string]string{"iops": "5"}
+	if _, err := s.CreateVolume(ctx, req); csierr.Code(err) != codes.InvalidArgument {
+		t.Errorf("CreateVolume with mutable parameters: got %v, want InvalidArgument", err)
+	}
+	for _, m := range []string{"CreateVolumeFrom", "CreateSnapshot", "ExpandVolume", "ModifyVolume"} {
+		if n := fb.callCount(m); n != 0 {
+			t.Errorf("the backend's %s was called %d times", m, n)
+		}
+	}
+	if n := fb.callCount("CreateVolume"); n != 1 {
+		t.Errorf("the backend's CreateVolume was called %d times, want 1", n)
+	}
 }

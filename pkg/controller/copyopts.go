@@ -21,7 +21,7 @@ func (s *Server) copyOption(ctx context.Context, params map[string]string) (*csi
 	case hasVol && hasSnap:
 		return nil, csierr.Invalid("parameters %s and %s exclude each other", paramCloneFrom, paramFromSnapshot)
 	case hasVol:
-		if !s.info.Clones {
+		if s.cloner == nil {
 			return nil, csierr.Invalid("parameter %s: the %s backend cannot copy volumes", paramCloneFrom, s.info.Name)
 		}
 		if vol == "" {
@@ -34,8 +34,8 @@ func (s *Server) copyOption(ctx context.Context, params map[string]string) (*csi
 		return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
 			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}}, nil
 	case hasSnap:
-		if !s.info.Snapshots {
-			return nil, csierr.Invalid("parameter %s: the %s backend has no snapshots", paramFromSnapshot, s.info.Name)
+		if s.snaps == nil || s.cloner == nil {
+			return nil, csierr.Invalid("parameter %s: the %s backend makes no volumes from snapshots", paramFromSnapshot, s.info.Name)
 		}
 		if snap == "" {
 			return nil, csierr.Invalid("parameter %s is empty: name a snapshot", paramFromSnapshot)
@@ -58,7 +58,7 @@ func (s *Server) volumeIDOf(ctx context.Context, ref string) (string, error) {
 
 // snapshotIDOf resolves a snapshot id or name to its id.
 func (s *Server) snapshotIDOf(ctx context.Context, ref string) (string, error) {
-	return resolve(ctx, ref, s.be.Snapshot, s.be.ListSnapshots, func(sn *backend.Snapshot) (string, string) { return sn.ID, sn.Name },
+	return resolve(ctx, ref, s.snaps.Snapshot, s.snaps.ListSnapshots, func(sn *backend.Snapshot) (string, string) { return sn.ID, sn.Name },
 		csierr.NotFound("%s=%s: no snapshot of the %s backend has that name or id", paramFromSnapshot, ref, s.info.Name))
 }
 

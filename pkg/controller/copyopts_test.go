@@ -77,8 +77,7 @@ func TestCopyOptions(t *testing.T) {
 	}
 
 	// A backend that cannot copy says so, naming the option and itself.
-	fb.info.Clones, fb.info.Snapshots = false, false
-	s2 := New(fb, 0)
+	s2 := New(coreOnly{fb}, 0)
 	for key, ref := range map[string]string{paramCloneFrom: "db-1", paramFromSnapshot: "before-upgrade"} {
 		req := mountReq("no-copy")
 		req.Parameters = map[string]string{key: ref}

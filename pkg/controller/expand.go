@@ -14,6 +14,9 @@ import (
 // filesystem afterwards: through NodeExpandVolume, or at the next stage,
 // since Swarm never calls NodeExpandVolume (SWARM.md).
 func (s *Server) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	if err := s.require(s.expander != nil, "volume expansion"); err != nil {
+		return nil, err
+	}
 	if req.GetVolumeId() == "" {
 		return nil, csierr.Invalid("volume_id is required")
 	}
@@ -44,7 +47,7 @@ func (s *Server) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && v.CapacityBytes > lim {
 		return nil, fmt.Errorf("%w: volume is %d bytes already, above limit_bytes %d; volumes do not shrink", csierr.ErrOutOfRange, v.CapacityBytes, lim)
 	}
-	if size, err = s.be.ExpandVolume(ctx, v.ID, size); err != nil {
+	if size, err = s.expander.ExpandVolume(ctx, v.ID, size); err != nil {
 		return nil, err
 	}
 	// Block volumes need the node too: the loop device must see the new size.

@@ -18,8 +18,8 @@ const (
 	giB = int64(1) << 30
 )
 
-// fakeBackend is an in-memory backend.Controller that follows the
-// interface's contract (idempotent by name, unknown ids ignored on delete,
+// fakeBackend is an in-memory backend.Controller with every optional
+// feature (coreOnly hides them) that follows the interfaces' contract (idempotent by name, unknown ids ignored on delete,
 // lists sorted by id). The optional hooks run before a call does its work;
 // an error they return is the call's result. They let a test block a call
 // on a channel or make it fail once.
@@ -46,15 +46,12 @@ const fakeTopologyKey = "fake/zone"
 func newFakeBackend(nodes ...string) *fakeBackend {
 	f := &fakeBackend{
 		info: backend.Info{
-			Name:              "fake",
-			Parameters:        []string{"pool"},
-			DefaultSize:       1 * giB,
-			Granularity:       1 * miB,
-			MinSize:           16 * miB,
-			MutableParameters: []string{"iops"},
-			Topology:          map[string]string{fakeTopologyKey: "a"},
-			Snapshots:         true,
-			Clones:            true,
+			Name:        "fake",
+			Parameters:  []string{"pool"},
+			DefaultSize: 1 * giB,
+			Granularity: 1 * miB,
+			MinSize:     16 * miB,
+			Topology:    map[string]string{fakeTopologyKey: "a"},
 		},
 		vols:      map[string]*backend.Volume{},
 		volNames:  map[string]string{},
@@ -71,7 +68,11 @@ func newFakeBackend(nodes ...string) *fakeBackend {
 	return f
 }
 
-var _ backend.Controller = (*fakeBackend)(nil)
+var _ backend.Complete = (*fakeBackend)(nil)
+
+// coreOnly hides the optional features of the backend it wraps: only the
+// methods of backend.Controller are promoted.
+type coreOnly struct{ backend.Controller }
 
 func (f *fakeBackend) count(method string) {
 	f.mu.Lock()
@@ -141,6 +142,11 @@ func (f *fakeBackend) CreateVolume(ctx context.Context, spec backend.VolumeSpec)
 	f.vols[v.ID] = v
 	f.volNames[spec.Name] = v.ID
 	return copyVolume(v), nil
+}
+
+func (f *fakeBackend) CreateVolumeFrom(ctx context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
+	f.count("CreateVolumeFrom")
+	return f.CreateVolume(ctx, spec)
 }
 
 func (f *fakeBackend) DeleteVolume(_ context.Context, id string) error {
@@ -233,6 +239,8 @@ func checkIOPS(params map[string]string) error {
 	}
 	return nil
 }
+
+func (f *fakeBackend) MutableParameters() []string { return []string{"iops"} }
 
 func (f *fakeBackend) ModifyVolume(_ context.Context, id string, params map[string]string) error {
 	f.count("ModifyVolume")

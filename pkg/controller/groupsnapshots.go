@@ -20,7 +20,11 @@ import (
 // group is not a single point in time.
 
 // GroupControllerGetCapabilities implements csi.GroupControllerServer.
+// Without snapshots the service has nothing to offer (and is not advertised).
 func (s *Server) GroupControllerGetCapabilities(context.Context, *csi.GroupControllerGetCapabilitiesRequest) (*csi.GroupControllerGetCapabilitiesResponse, error) {
+	if s.snaps == nil {
+		return &csi.GroupControllerGetCapabilitiesResponse{}, nil
+	}
 	return &csi.GroupControllerGetCapabilitiesResponse{Capabilities: []*csi.GroupControllerServiceCapability{{
 		Type: &csi.GroupControllerServiceCapability_Rpc{Rpc: &csi.GroupControllerServiceCapability_RPC{
 			Type: csi.GroupControllerServiceCapability_RPC_CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT,
@@ -36,7 +40,7 @@ func groupID(name string) string {
 
 // groupMembers returns the snapshots of a group, sorted by id.
 func (s *Server) groupMembers(ctx context.Context, id string) ([]*backend.Snapshot, error) {
-	all, err := s.be.ListSnapshots(ctx)
+	all, err := s.snaps.ListSnapshots(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +56,7 @@ func (s *Server) groupMembers(ctx context.Context, id string) ([]*backend.Snapsh
 // CreateVolumeGroupSnapshot implements csi.GroupControllerServer,
 // idempotent by name; a retry after a partial attempt completes the group.
 func (s *Server) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateVolumeGroupSnapshotRequest) (*csi.CreateVolumeGroupSnapshotResponse, error) {
-	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
 		return nil, err
 	}
 	switch {
@@ -95,7 +99,7 @@ func (s *Server) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateV
 	}
 	members := make([]*backend.Snapshot, 0, len(sources))
 	for i, v := range sources {
-		sn, err := s.be.CreateSnapshot(ctx, backend.SnapshotSpec{
+		sn, err := s.snaps.CreateSnapshot(ctx, backend.SnapshotSpec{
 			Name: id + "/" + v, SourceVolumeID: v, FsType: fsTypes[i], GroupID: id, GroupSources: sources,
 		})
 		if err != nil {
@@ -144,7 +148,7 @@ func checkMembers(members []*backend.Snapshot, ids []string, gone map[string]boo
 
 // DeleteVolumeGroupSnapshot implements csi.GroupControllerServer.
 func (s *Server) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteVolumeGroupSnapshotRequest) (*csi.DeleteVolumeGroupSnapshotResponse, error) {
-	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
 		return nil, err
 	}
 	if req.GetGroupSnapshotId() == "" {
@@ -164,7 +168,7 @@ func (s *Server) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteV
 	// are gone, and the spec wants OK for what no longer exists.
 	gone := map[string]bool{}
 	for _, id := range req.GetSnapshotIds() {
-		if _, err := s.be.Snapshot(ctx, id); err != nil {
+		if _, err := s.snaps.Snapshot(ctx, id); err != nil {
 			if err := ignoreNotFound(err); err != nil {
 				return nil, err
 			}
@@ -175,7 +179,7 @@ func (s *Server) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteV
 		return nil, err
 	}
 	for _, sn := range members {
-		if err := s.be.DeleteSnapshot(ctx, sn.ID); err != nil {
+		if err := s.snaps.DeleteSnapshot(ctx, sn.ID); err != nil {
 			return nil, err
 		}
 	}
@@ -184,7 +188,7 @@ func (s *Server) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteV
 
 // GetVolumeGroupSnapshot implements csi.GroupControllerServer.
 func (s *Server) GetVolumeGroupSnapshot(ctx context.Context, req *csi.GetVolumeGroupSnapshotRequest) (*csi.GetVolumeGroupSnapshotResponse, error) {
-	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
 		return nil, err
 	}
 	if req.GetGroupSnapshotId() == "" {

@@ -14,10 +14,17 @@ import (
 
 // checkMutable checks mutable parameter names; the backend checks values.
 func (s *Server) checkMutable(params map[string]string) error {
+	if len(params) == 0 {
+		return nil
+	}
+	if s.modifier == nil {
+		return csierr.Invalid("the %s backend has no mutable parameters", s.info.Name)
+	}
+	known := s.modifier.MutableParameters()
 	for k := range params {
-		if !slices.Contains(s.info.MutableParameters, k) {
+		if !slices.Contains(known, k) {
 			return csierr.Invalid("mutable parameter %q is not supported; the %s backend accepts: %s",
-				k, s.info.Name, strings.Join(s.info.MutableParameters, ", "))
+				k, s.info.Name, strings.Join(known, ", "))
 		}
 	}
 	return nil
@@ -25,14 +32,11 @@ func (s *Server) checkMutable(params map[string]string) error {
 
 // ControllerModifyVolume implements csi.ControllerServer.
 func (s *Server) ControllerModifyVolume(ctx context.Context, req *csi.ControllerModifyVolumeRequest) (*csi.ControllerModifyVolumeResponse, error) {
-	if err := s.require(len(s.info.MutableParameters) > 0, "mutable parameters"); err != nil {
+	if err := s.require(s.modifier != nil, "mutable parameters"); err != nil {
 		return nil, err
 	}
 	if req.GetVolumeId() == "" {
 		return nil, csierr.Invalid("volume_id is required")
-	}
-	if len(req.GetMutableParameters()) == 0 {
-		return nil, csierr.Invalid("mutable_parameters are required")
 	}
 	if err := s.checkMutable(req.GetMutableParameters()); err != nil {
 		return nil, err
@@ -42,7 +46,14 @@ func (s *Server) ControllerModifyVolume(ctx context.Context, req *csi.Controller
 		return nil, err
 	}
 	defer release()
-	if err := s.be.ModifyVolume(ctx, req.GetVolumeId(), maps.Clone(req.GetMutableParameters())); err != nil {
+	if len(req.GetMutableParameters()) == 0 {
+		// Nothing to change: done, once the volume is found to exist.
+		if _, err := s.be.Volume(ctx, req.GetVolumeId()); err != nil {
+			return nil, err
+		}
+		return &csi.ControllerModifyVolumeResponse{}, nil
+	}
+	if err := s.modifier.ModifyVolume(ctx, req.GetVolumeId(), maps.Clone(req.GetMutableParameters())); err != nil {
 		return nil, err
 	}
 	return &csi.ControllerModifyVolumeResponse{}, nil

@@ -34,6 +34,16 @@ func (s *Server) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 		return nil, err
 	}
 	defer release()
+	if s.maxPerNode > 0 {
+		// Publishes of other volumes to the node take turns, so that each
+		// counts the node's volumes with the one before it attached.
+		// They are not refused: a node gets several volumes at once.
+		releaseNode, err := s.locks.Wait(ctx, nodeKey(req.GetNodeId()))
+		if err != nil {
+			return nil, err
+		}
+		defer releaseNode()
+	}
 
 	v, all, err := s.publishedVolume(ctx, req.GetVolumeId())
 	if err != nil {

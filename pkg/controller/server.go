@@ -22,12 +22,26 @@ type Server struct {
 	info       backend.Info
 	locks      *locks.Set
 	maxPerNode int64
+
+	// The backend's optional features; nil when it lacks one.
+	expander backend.Expander
+	modifier backend.Modifier
+	capacity backend.CapacityReporter
+	snaps    backend.Snapshotter
+	cloner   backend.Cloner
 }
 
 // New returns a controller that keeps at most maxVolumesPerNode volumes
-// published to one node (0: no limit).
+// published to one node (0: no limit). It serves the optional features the
+// backend implements.
 func New(be backend.Controller, maxVolumesPerNode int64) *Server {
-	return &Server{be: be, info: be.Info(), locks: locks.New(), maxPerNode: maxVolumesPerNode}
+	s := &Server{be: be, info: be.Info(), locks: locks.New(), maxPerNode: maxVolumesPerNode}
+	s.expander, _ = be.(backend.Expander)
+	s.modifier, _ = be.(backend.Modifier)
+	s.capacity, _ = be.(backend.CapacityReporter)
+	s.snaps, _ = be.(backend.Snapshotter)
+	s.cloner, _ = be.(backend.Cloner)
+	return s
 }
 
 // capabilities lists what the controller serves with this backend.
@@ -41,23 +55,25 @@ func (s *Server) capabilities() []csi.ControllerServiceCapability_RPC_Type {
 		csi.ControllerServiceCapability_RPC_GET_VOLUME,
 		csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
 		csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
-		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csi.ControllerServiceCapability_RPC_PUBLISH_READONLY,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	}
-	if !s.info.NoCapacity {
+	if s.expander != nil {
+		caps = append(caps, csi.ControllerServiceCapability_RPC_EXPAND_VOLUME)
+	}
+	if s.capacity != nil {
 		caps = append(caps, csi.ControllerServiceCapability_RPC_GET_CAPACITY)
 	}
-	if s.info.Snapshots {
+	if s.snaps != nil {
 		caps = append(caps,
 			csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
 			csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
 			csi.ControllerServiceCapability_RPC_GET_SNAPSHOT)
 	}
-	if s.info.Clones {
+	if s.cloner != nil {
 		caps = append(caps, csi.ControllerServiceCapability_RPC_CLONE_VOLUME)
 	}
-	if len(s.info.MutableParameters) > 0 {
+	if s.modifier != nil {
 		caps = append(caps, csi.ControllerServiceCapability_RPC_MODIFY_VOLUME)
 	}
 	return caps
@@ -74,18 +90,31 @@ func (s *Server) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 	return resp, nil
 }
 
-// PluginServices are the plugin services (Identity) this controller
-// offers with its backend.
-func (s *Server) PluginServices() []csi.PluginCapability_Service_Type {
+// PluginCapabilities are the plugin capabilities (Identity) this
+// controller offers with its backend.
+func (s *Server) PluginCapabilities() []*csi.PluginCapability {
 	svcs := []csi.PluginCapability_Service_Type{csi.PluginCapability_Service_CONTROLLER_SERVICE}
 	if len(s.info.Topology) > 0 {
 		svcs = append(svcs, csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS)
 	}
-	if s.info.Snapshots {
+	if s.snaps != nil {
 		svcs = append(svcs, csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE,
 			csi.PluginCapability_Service_SNAPSHOT_ACCESSIBILITY_CONSTRAINTS)
 	}
-	return svcs
+	var caps []*csi.PluginCapability
+	for _, t := range svcs {
+		caps = append(caps, &csi.PluginCapability{
+			Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{Type: t}},
+		})
+	}
+	if s.expander != nil {
+		caps = append(caps, &csi.PluginCapability{
+			Type: &csi.PluginCapability_VolumeExpansion_{VolumeExpansion: &csi.PluginCapability_VolumeExpansion{
+				Type: csi.PluginCapability_VolumeExpansion_ONLINE,
+			}},
+		})
+	}
+	return caps
 }
 
 // require returns an Unimplemented error unless the backend has the
@@ -102,5 +131,6 @@ func (s *Server) lock(keys ...string) (func(), error) { return s.locks.TryLock(k
 
 func volumeKey(id string) string      { return "volume " + id }
 func snapshotKey(id string) string    { return "snapshot " + id }
+func nodeKey(id string) string        { return "node " + id }
 func volumeNameKey(n string) string   { return "volume name " + n }
 func snapshotNameKey(n string) string { return "snapshot name " + n }

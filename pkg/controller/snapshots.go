@@ -13,7 +13,7 @@ import (
 
 // CreateSnapshot implements csi.ControllerServer, idempotent by name.
 func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
 		return nil, err
 	}
 	switch {
@@ -37,7 +37,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	} else if csierr.Code(err) != csierr.Code(csierr.ErrNotFound) {
 		return nil, err
 	}
-	sn, err := s.be.CreateSnapshot(ctx, spec)
+	sn, err := s.snaps.CreateSnapshot(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -60,13 +60,13 @@ func csiSnapshot(sn *backend.Snapshot) *csi.Snapshot {
 
 // GetSnapshot implements csi.ControllerServer.
 func (s *Server) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
-	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
 		return nil, err
 	}
 	if req.GetSnapshotId() == "" {
 		return nil, csierr.Invalid("snapshot_id is required")
 	}
-	sn, err := s.be.Snapshot(ctx, req.GetSnapshotId())
+	sn, err := s.snaps.Snapshot(ctx, req.GetSnapshotId())
 	if err != nil {
 		return nil, err
 	}
@@ -75,7 +75,7 @@ func (s *Server) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (
 
 // DeleteSnapshot implements csi.ControllerServer.
 func (s *Server) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
-	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
 		return nil, err
 	}
 	if req.GetSnapshotId() == "" {
@@ -86,7 +86,7 @@ func (s *Server) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 		return nil, err
 	}
 	defer release()
-	if err := s.be.DeleteSnapshot(ctx, req.GetSnapshotId()); err != nil {
+	if err := s.snaps.DeleteSnapshot(ctx, req.GetSnapshotId()); err != nil {
 		return nil, err
 	}
 	return &csi.DeleteSnapshotResponse{}, nil
@@ -94,7 +94,7 @@ func (s *Server) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 
 // ListSnapshots implements csi.ControllerServer.
 func (s *Server) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
 		return nil, err
 	}
 	if _, err := pageStart(req.GetStartingToken()); err != nil {
@@ -109,13 +109,13 @@ func (s *Server) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 		if err != nil {
 			return &csi.ListSnapshotsResponse{}, ignoreNotFound(err)
 		}
-		sn, err := s.be.Snapshot(ctx, id)
+		sn, err := s.snaps.Snapshot(ctx, id)
 		if err != nil {
 			return &csi.ListSnapshotsResponse{}, ignoreNotFound(err)
 		}
 		snaps = []*backend.Snapshot{sn}
 	} else {
-		all, err := s.be.ListSnapshots(ctx)
+		all, err := s.snaps.ListSnapshots(ctx)
 		if err != nil {
 			return nil, err
 		}

@@ -85,7 +85,11 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, err
 	}
 	defer release()
-	v, err := s.be.CreateVolume(ctx, spec)
+	create := s.be.CreateVolume
+	if spec.Source != nil {
+		create = s.cloner.CreateVolumeFrom // not nil: source and copyOption saw to it
+	}
+	v, err := create(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -99,17 +103,17 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 // and its filesystem ("" when unknown).
 func (s *Server) source(ctx context.Context, src *csi.VolumeContentSource) (*backend.Source, int64, string, error) {
 	if snap := src.GetSnapshot(); snap != nil {
-		if err := s.require(s.info.Snapshots, "snapshots"); err != nil {
+		if err := s.require(s.snaps != nil && s.cloner != nil, "volumes from snapshots"); err != nil {
 			return nil, 0, "", err
 		}
-		sn, err := s.be.Snapshot(ctx, snap.GetSnapshotId())
+		sn, err := s.snaps.Snapshot(ctx, snap.GetSnapshotId())
 		if err != nil {
 			return nil, 0, "", err
 		}
 		return &backend.Source{SnapshotID: sn.ID}, sn.SizeBytes, sn.FsType, nil
 	}
 	if vol := src.GetVolume(); vol != nil {
-		if err := s.require(s.info.Clones, "volume clones"); err != nil {
+		if err := s.require(s.cloner != nil, "volume clones"); err != nil {
 			return nil, 0, "", err
 		}
 		v, err := s.be.Volume(ctx, vol.GetVolumeId())
@@ -257,7 +261,7 @@ func (s *Server) unsupported(v *backend.Volume, caps []*csi.VolumeCapability) st
 
 // GetCapacity implements csi.ControllerServer.
 func (s *Server) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
-	if err := s.require(!s.info.NoCapacity, "capacity figure"); err != nil {
+	if err := s.require(s.capacity != nil, "capacity figure"); err != nil {
 		return nil, err
 	}
 	for _, c := range req.GetVolumeCapabilities() {
@@ -268,7 +272,7 @@ func (s *Server) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	if _, _, _, err := s.splitParameters(req.GetParameters()); err != nil {
 		return nil, err
 	}
-	avail, err := s.be.Capacity(ctx)
+	avail, err := s.capacity.Capacity(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -12,13 +12,13 @@ import (
 type Server struct {
 	csi.UnimplementedIdentityServer
 	name, version string
-	services      []csi.PluginCapability_Service_Type
+	caps          []*csi.PluginCapability
 }
 
-// New returns the identity of a driver called name, at version, offering
-// the given plugin services besides online expansion.
-func New(name, version string, services ...csi.PluginCapability_Service_Type) *Server {
-	return &Server{name: name, version: version, services: services}
+// New returns the identity of a driver called name, at version, with the
+// given plugin capabilities.
+func New(name, version string, caps ...*csi.PluginCapability) *Server {
+	return &Server{name: name, version: version, caps: caps}
 }
 
 // GetPluginInfo implements csi.IdentityServer.
@@ -28,18 +28,7 @@ func (s *Server) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi
 
 // GetPluginCapabilities implements csi.IdentityServer.
 func (s *Server) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
-	resp := &csi.GetPluginCapabilitiesResponse{}
-	for _, t := range s.services {
-		resp.Capabilities = append(resp.Capabilities, &csi.PluginCapability{
-			Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{Type: t}},
-		})
-	}
-	resp.Capabilities = append(resp.Capabilities, &csi.PluginCapability{
-		Type: &csi.PluginCapability_VolumeExpansion_{VolumeExpansion: &csi.PluginCapability_VolumeExpansion{
-			Type: csi.PluginCapability_VolumeExpansion_ONLINE,
-		}},
-	})
-	return resp, nil
+	return &csi.GetPluginCapabilitiesResponse{Capabilities: s.caps}, nil
 }
 
 // Probe implements csi.IdentityServer. It answers ready at once: SwarmKit

@@ -8,7 +8,11 @@ import (
 )
 
 func TestIdentity(t *testing.T) {
-	s := New("swarm-csi", "v1.2.3", csi.PluginCapability_Service_CONTROLLER_SERVICE)
+	s := New("swarm-csi", "v1.2.3", &csi.PluginCapability{
+		Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{Type: csi.PluginCapability_Service_CONTROLLER_SERVICE}},
+	}, &csi.PluginCapability{
+		Type: &csi.PluginCapability_VolumeExpansion_{VolumeExpansion: &csi.PluginCapability_VolumeExpansion{Type: csi.PluginCapability_VolumeExpansion_ONLINE}},
+	})
 	ctx := context.Background()
 	info, err := s.GetPluginInfo(ctx, &csi.GetPluginInfoRequest{})
 	if err != nil || info.GetName() != "swarm-csi" || info.GetVendorVersion() != "v1.2.3" {
@@ -28,6 +32,6 @@ func TestIdentity(t *testing.T) {
 		online = online || c.GetVolumeExpansion().GetType() == csi.PluginCapability_VolumeExpansion_ONLINE
 	}
 	if !controller || !online {
-		t.Fatalf("capabilities %v: want CONTROLLER_SERVICE and ONLINE expansion", caps)
+		t.Fatalf("capabilities %v: want the CONTROLLER_SERVICE and ONLINE expansion given", caps)
 	}
 }

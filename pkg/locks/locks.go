@@ -1,9 +1,13 @@
 // Package locks provides per-key operation locks. A second operation on a key
-// that is busy fails at once instead of queueing, so a CO's retries never pile
-// up behind a stuck operation.
+// that is busy fails at once instead of queueing (TryLock), so a CO's retries
+// never pile up behind a stuck operation. Where operations on different
+// objects must merely take turns on a shared key, such as the volumes
+// published to one node, Wait queues for it instead, as long as the caller's
+// context allows.
 package locks
 
 import (
+	"context"
 	"fmt"
 	"sync"
 
@@ -12,12 +16,13 @@ import (
 
 // Set is a set of keys with an operation in progress.
 type Set struct {
-	mu   sync.Mutex
-	busy map[string]struct{}
+	mu sync.Mutex
+	// busy holds, for each key taken, a channel closed on its release.
+	busy map[string]chan struct{}
 }
 
 // New returns an empty Set.
-func New() *Set { return &Set{busy: map[string]struct{}{}} }
+func New() *Set { return &Set{busy: map[string]chan struct{}{}} }
 
 // TryLock takes the locks for all keys, or none of them. It returns an
 // Aborted error naming the first busy key. The returned function releases them.
@@ -30,13 +35,36 @@ func (s *Set) TryLock(keys ...string) (release func(), err error) {
 		}
 	}
 	for _, k := range keys {
-		s.busy[k] = struct{}{}
+		s.busy[k] = make(chan struct{})
 	}
-	return func() {
+	return func() { s.release(keys) }, nil
+}
+
+// Wait takes the lock for key, waiting while it is busy until ctx is done;
+// then it returns ctx's error. The returned function releases the lock.
+func (s *Set) Wait(ctx context.Context, key string) (release func(), err error) {
+	for {
 		s.mu.Lock()
-		defer s.mu.Unlock()
-		for _, k := range keys {
-			delete(s.busy, k)
+		freed, ok := s.busy[key]
+		if !ok {
+			s.busy[key] = make(chan struct{})
+			s.mu.Unlock()
+			return func() { s.release([]string{key}) }, nil
 		}
-	}, nil
+		s.mu.Unlock()
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the operation on %s: %w", key, ctx.Err())
+		}
+	}
+}
+
+func (s *Set) release(keys []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, k := range keys {
+		close(s.busy[k])
+		delete(s.busy, k)
+	}
 }

@@ -343,7 +343,7 @@ func TestServeOverSocket(t *testing.T) {
 	}
 	log, buf := testLogger(slog.LevelInfo)
 	srv := New(log, Services{
-		Identity: identity.New("swarm-csi", "test", csi.PluginCapability_Service_CONTROLLER_SERVICE),
+		Identity: identity.New("swarm-csi", "test"),
 		Controller: &fakeController{createVolume: func(_ context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 			return nil, fmt.Errorf("%w: volume %q exists with other arguments", csierr.ErrAlreadyExists, req.GetName())
 		}},

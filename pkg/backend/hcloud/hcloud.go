@@ -92,7 +92,13 @@ type serverKey struct {
 	id    int64
 }
 
-var _ backend.Controller = (*Backend)(nil)
+// Hetzner Cloud volumes grow, but have no snapshots, copies, mutable
+// settings or capacity figure: the backend implements no other optional
+// interface.
+var _ interface {
+	backend.Controller
+	backend.Expander
+} = (*Backend)(nil)
 
 // locationPattern is what a Hetzner Cloud location name looks like.
 var locationPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{1,31}$`)
@@ -167,7 +173,6 @@ func (b *Backend) Info() backend.Info {
 		MaxSize:           MaxSize,
 		Topology:          b.Topology(),
 		SingleNodeOnly:    true,
-		NoCapacity:        true,
 		MaxVolumesPerNode: MaxVolumesPerServer,
 	}
 }

@@ -163,9 +163,28 @@ func TestInfo(t *testing.T) {
 	}
 	info := be.Info()
 	if info.Name != "hcloud" || info.MinSize != 10*GiB || info.DefaultSize != 10*GiB || info.Granularity != GiB ||
-		info.MaxSize != 10240*GiB || info.MaxVolumesPerNode != 16 || !info.SingleNodeOnly || !info.NoCapacity ||
-		info.Snapshots || info.Clones || len(info.MutableParameters) > 0 || info.Topology[TopologyKey] != "nbg1" {
+		info.MaxSize != 10240*GiB || info.MaxVolumesPerNode != 16 || !info.SingleNodeOnly || info.Topology[TopologyKey] != "nbg1" {
 		t.Fatalf("Info() = %+v", info)
+	}
+}
+
+// Hetzner Cloud volumes grow, and have none of the other optional features.
+func TestOptionalFeatures(t *testing.T) {
+	var be any = must[*Backend](t)(New(Config{Location: "nbg1", Cluster: "c"}))
+	if _, ok := be.(backend.Expander); !ok {
+		t.Error("not a backend.Expander")
+	}
+	if _, ok := be.(backend.Snapshotter); ok {
+		t.Error("a backend.Snapshotter: Hetzner Cloud volumes have no snapshots")
+	}
+	if _, ok := be.(backend.Cloner); ok {
+		t.Error("a backend.Cloner: Hetzner Cloud volumes cannot be copied")
+	}
+	if _, ok := be.(backend.Modifier); ok {
+		t.Error("a backend.Modifier: Hetzner Cloud volumes have no mutable settings")
+	}
+	if _, ok := be.(backend.CapacityReporter); ok {
+		t.Error("a backend.CapacityReporter: Hetzner Cloud reports no free capacity")
 	}
 }
 
@@ -212,10 +231,6 @@ func TestCreateVolume(t *testing.T) {
 	big.CapacityBytes = MaxSize + 1
 	_, err = e.be.CreateVolume(ctx, big)
 	wantCode(t, err, codes.OutOfRange)
-	withSource := spec("clone")
-	withSource.Source = &backend.Source{VolumeID: v.ID}
-	_, err = e.be.CreateVolume(ctx, withSource)
-	wantCode(t, err, codes.Unimplemented)
 	withParams := spec("params")
 	withParams.Parameters = map[string]string{"x": "y"}
 	_, err = e.be.CreateVolume(ctx, withParams)
@@ -586,21 +601,6 @@ func TestNodeKnown(t *testing.T) {
 	if n := e.cloud.Requests().Total; n != 0 {
 		t.Errorf("a known server was asked for again: %d requests", n)
 	}
-}
-
-func TestSnapshotsAndModifyUnsupported(t *testing.T) {
-	e := newEnv(t, false)
-	ctx := context.Background()
-	_, err := e.be.CreateSnapshot(ctx, backend.SnapshotSpec{Name: "s", SourceVolumeID: "1"})
-	wantCode(t, err, codes.Unimplemented)
-	_, err = e.be.ListSnapshots(ctx)
-	wantCode(t, err, codes.Unimplemented)
-	wantCode(t, e.be.DeleteSnapshot(ctx, "1"), codes.Unimplemented)
-	_, err = e.be.Snapshot(ctx, "1")
-	wantCode(t, err, codes.Unimplemented)
-	wantCode(t, e.be.ModifyVolume(ctx, "1", map[string]string{"a": "b"}), codes.Unimplemented)
-	_, err = e.be.Capacity(ctx)
-	wantCode(t, err, codes.Unimplemented)
 }
 
 func TestCondition(t *testing.T) {

@@ -20,8 +20,6 @@ import (
 // running, the retry waits for it.
 func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
 	switch {
-	case spec.Source != nil:
-		return nil, fmt.Errorf("%w: Hetzner Cloud volumes cannot be created from snapshots or other volumes", csierr.ErrUnimplemented)
 	case len(spec.Parameters) > 0:
 		return nil, csierr.Invalid("the hcloud backend takes no parameters besides fsType and mkfsOptions")
 	case len(spec.MutableParameters) > 0:
@@ -251,7 +249,7 @@ func (b *Backend) ListVolumes(ctx context.Context) ([]*backend.Volume, error) {
 	return out, nil
 }
 
-// ExpandVolume implements backend.Controller: the volume grows to whole
+// ExpandVolume implements backend.Expander: the volume grows to whole
 // GiB, attached or not; the server sees the new size at once.
 func (b *Backend) ExpandVolume(ctx context.Context, id string, size int64) (int64, error) {
 	vid, ok := parseID(id)
@@ -290,36 +288,6 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, size int64) (int6
 			return 0, o.fail(err, what)
 		}
 	}
-}
-
-// ModifyVolume implements backend.Controller: there is nothing to modify.
-func (b *Backend) ModifyVolume(context.Context, string, map[string]string) error {
-	return fmt.Errorf("%w: the hcloud backend has no mutable parameters", csierr.ErrUnimplemented)
-}
-
-var errNoSnapshots = fmt.Errorf("%w: Hetzner Cloud volumes have no snapshots", csierr.ErrUnimplemented)
-
-// CreateSnapshot implements backend.Controller.
-func (b *Backend) CreateSnapshot(context.Context, backend.SnapshotSpec) (*backend.Snapshot, error) {
-	return nil, errNoSnapshots
-}
-
-// DeleteSnapshot implements backend.Controller.
-func (b *Backend) DeleteSnapshot(context.Context, string) error { return errNoSnapshots }
-
-// Snapshot implements backend.Controller.
-func (b *Backend) Snapshot(context.Context, string) (*backend.Snapshot, error) {
-	return nil, errNoSnapshots
-}
-
-// ListSnapshots implements backend.Controller.
-func (b *Backend) ListSnapshots(context.Context) ([]*backend.Snapshot, error) {
-	return nil, errNoSnapshots
-}
-
-// Capacity implements backend.Controller: the API tells no free capacity.
-func (b *Backend) Capacity(context.Context) (int64, error) {
-	return 0, fmt.Errorf("%w: Hetzner Cloud reports no free capacity", csierr.ErrUnimplemented)
 }
 
 // NodeKnown implements backend.Controller: a node id is a server id, and

@@ -45,7 +45,7 @@ type Backend struct {
 	now   func() time.Time
 }
 
-var _ backend.Controller = (*Backend)(nil)
+var _ backend.Complete = (*Backend)(nil)
 
 // New opens (creating it if needed) the data directory at dataDir.
 func New(dataDir string) (*Backend, error) {
@@ -59,14 +59,11 @@ func New(dataDir string) (*Backend, error) {
 // Info implements backend.Controller.
 func (b *Backend) Info() backend.Info {
 	return backend.Info{
-		Name:              "loop",
-		DefaultSize:       DefaultSize,
-		Granularity:       Granularity,
-		MinSize:           MinSize,
-		MutableParameters: []string{ParamDirectIO},
-		Topology:          b.Topology(),
-		Snapshots:         true,
-		Clones:            true,
+		Name:        "loop",
+		DefaultSize: DefaultSize,
+		Granularity: Granularity,
+		MinSize:     MinSize,
+		Topology:    b.Topology(),
 	}
 }
 
@@ -74,6 +71,9 @@ func (b *Backend) Info() backend.Info {
 func (b *Backend) Topology() map[string]string {
 	return map[string]string{TopologyKey: b.store.id}
 }
+
+// MutableParameters implements backend.Modifier.
+func (b *Backend) MutableParameters() []string { return []string{ParamDirectIO} }
 
 func checkMutable(params map[string]string) error {
 	for k, v := range params {
@@ -89,7 +89,7 @@ func checkMutable(params map[string]string) error {
 
 func directIO(v *backend.Volume) bool { return v.MutableParameters[ParamDirectIO] != "false" }
 
-// Capacity implements backend.Controller: the free space of the data directory.
+// Capacity implements backend.CapacityReporter: the free space of the data directory.
 func (b *Backend) Capacity(context.Context) (int64, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(b.store.root, &st); err != nil {

@@ -183,7 +183,7 @@ func TestInfo(t *testing.T) {
 	b, _ := newBackend(t)
 	info := b.Info()
 	if info.Name != "loop" || info.DefaultSize != GiB || info.Granularity != MiB || info.MinSize != MinSize ||
-		!slices.Equal(info.MutableParameters, []string{ParamDirectIO}) || len(info.Parameters) != 0 {
+		!slices.Equal(b.MutableParameters(), []string{ParamDirectIO}) || len(info.Parameters) != 0 {
 		t.Fatalf("Info = %+v", info)
 	}
 }
@@ -996,17 +996,6 @@ func TestCreateFromMissingSourceLeavesNoName(t *testing.T) {
 	}
 	if names, _ := os.ReadDir(filepath.Join(dir, "names")); len(names) != 0 {
 		t.Fatalf("a failed copy left %d name links behind", len(names))
-	}
-}
-
-// The loop backend copies images, so it offers snapshots and clones.
-func TestInfoOffersSnapshotsAndClones(t *testing.T) {
-	b, err := New(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info := b.Info(); !info.Snapshots || !info.Clones {
-		t.Fatalf("Info() = %+v: the loop backend must offer snapshots and clones", info)
 	}
 }
 

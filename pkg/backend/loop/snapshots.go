@@ -9,7 +9,7 @@ import (
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
-// CreateSnapshot implements backend.Controller. A snapshot is a copy of the
+// CreateSnapshot implements backend.Snapshotter. A snapshot is a copy of the
 // volume's image: a reflink where the filesystem supports it, a sparse copy
 // otherwise. Of a volume in use it is crash-consistent.
 func (b *Backend) CreateSnapshot(_ context.Context, spec backend.SnapshotSpec) (*backend.Snapshot, error) {
@@ -52,7 +52,7 @@ func (b *Backend) CreateSnapshot(_ context.Context, spec backend.SnapshotSpec) (
 	return s, nil
 }
 
-// DeleteSnapshot implements backend.Controller.
+// DeleteSnapshot implements backend.Snapshotter.
 func (b *Backend) DeleteSnapshot(_ context.Context, id string) error {
 	s, err := b.readSnapshot(id)
 	if errors.Is(err, csierr.ErrNotFound) {
@@ -70,7 +70,7 @@ func (b *Backend) DeleteSnapshot(_ context.Context, id string) error {
 	return removeFiles(b.store.snapshotImage(id), b.store.snapshotRecord(id))
 }
 
-// Snapshot implements backend.Controller.
+// Snapshot implements backend.Snapshotter.
 func (b *Backend) Snapshot(_ context.Context, id string) (*backend.Snapshot, error) {
 	return b.readSnapshot(id)
 }
@@ -86,7 +86,7 @@ func (b *Backend) readSnapshot(id string) (*backend.Snapshot, error) {
 	return &s, nil
 }
 
-// ListSnapshots implements backend.Controller.
+// ListSnapshots implements backend.Snapshotter.
 func (b *Backend) ListSnapshots(context.Context) ([]*backend.Snapshot, error) {
 	ids, err := b.store.listIDs(snapshotsDir, ValidSnapshotID)
 	if err != nil {

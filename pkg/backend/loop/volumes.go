@@ -11,7 +11,14 @@ import (
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
-// CreateVolume implements backend.Controller. The steps are ordered so that
+// CreateVolumeFrom implements backend.Cloner: CreateVolume copies the
+// source it is given.
+func (b *Backend) CreateVolumeFrom(ctx context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
+	return b.CreateVolume(ctx, spec)
+}
+
+// CreateVolume implements backend.Controller, and makes the copies of
+// CreateVolumeFrom. The steps are ordered so that
 // a crash anywhere leaves state a retry completes: the name is claimed first,
 // the image is built under a temporary name and renamed into place, and the
 // record that makes the volume exist is written last.
@@ -180,7 +187,7 @@ func (b *Backend) Unpublish(_ context.Context, id, nodeID string) error {
 	return writeJSON(b.store.volumeRecord(id), v)
 }
 
-// ModifyVolume implements backend.Controller.
+// ModifyVolume implements backend.Modifier.
 func (b *Backend) ModifyVolume(_ context.Context, id string, params map[string]string) error {
 	if err := checkMutable(params); err != nil {
 		return err
@@ -196,7 +203,7 @@ func (b *Backend) ModifyVolume(_ context.Context, id string, params map[string]s
 	return writeJSON(b.store.volumeRecord(id), v)
 }
 
-// ExpandVolume implements backend.Controller. The image grows first; the
+// ExpandVolume implements backend.Expander. The image grows first; the
 // record follows, so a crash in between is completed by a retry.
 func (b *Backend) ExpandVolume(_ context.Context, id string, size int64) (int64, error) {
 	v, err := b.readVolume(id)

@@ -124,7 +124,7 @@ type Backend struct {
 	known sync.Map
 }
 
-var _ backend.Controller = (*Backend)(nil)
+var _ backend.Complete = (*Backend)(nil)
 
 // New checks cfg and writes the Ceph configuration and keyring it needs.
 // It does not contact Ceph: the driver must answer Probe at once, even
@@ -284,15 +284,12 @@ func (b *Backend) credsFor(ctx context.Context) (creds, error) {
 // Info implements backend.Controller.
 func (b *Backend) Info() backend.Info {
 	return backend.Info{
-		Name:              "rbd",
-		Parameters:        []string{ParamPool, ParamImageFeatures},
-		MutableParameters: []string{ParamQoSIOPS, ParamQoSBPS},
-		DefaultSize:       DefaultSize,
-		Granularity:       Granularity,
-		MinSize:           MinSize,
-		Topology:          b.Topology(),
-		Snapshots:         true,
-		Clones:            true,
+		Name:        "rbd",
+		Parameters:  []string{ParamPool, ParamImageFeatures},
+		DefaultSize: DefaultSize,
+		Granularity: Granularity,
+		MinSize:     MinSize,
+		Topology:    b.Topology(),
 	}
 }
 
@@ -326,7 +323,7 @@ func monitorList(s string) []string {
 	return out
 }
 
-// Capacity implements backend.Controller: what the default pool can still
+// Capacity implements backend.CapacityReporter: what the default pool can still
 // take (ceph df's max_avail, which accounts for replication).
 func (b *Backend) Capacity(ctx context.Context) (int64, error) {
 	cr, err := b.credsFor(ctx)

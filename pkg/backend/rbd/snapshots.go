@@ -8,7 +8,7 @@ import (
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
-// CreateSnapshot implements backend.Controller. A snapshot is an RBD
+// CreateSnapshot implements backend.Snapshotter. A snapshot is an RBD
 // snapshot of the volume's image, named from the snapshot's name; of a
 // volume in use it is crash-consistent. Volumes made from it are clone v2
 // images, so it needs no protection, and may be deleted before them.
@@ -45,7 +45,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, spec backend.SnapshotSpec)
 	return &rec.Snapshot, nil
 }
 
-// DeleteSnapshot implements backend.Controller. A snapshot that clones
+// DeleteSnapshot implements backend.Snapshotter. A snapshot that clones
 // still depend on goes to the image's snapshot trash, and Ceph removes it
 // with its last clone.
 func (b *Backend) DeleteSnapshot(ctx context.Context, id string) error {
@@ -72,7 +72,7 @@ func (b *Backend) DeleteSnapshot(ctx context.Context, id string) error {
 	return b.index.remove(ctx, cr, snapshotKeyPrefix+hash)
 }
 
-// Snapshot implements backend.Controller.
+// Snapshot implements backend.Snapshotter.
 func (b *Backend) Snapshot(ctx context.Context, id string) (*backend.Snapshot, error) {
 	cr, err := b.credsFor(ctx)
 	if err != nil {
@@ -92,7 +92,7 @@ func (b *Backend) Snapshot(ctx context.Context, id string) (*backend.Snapshot, e
 	return &rec.Snapshot, nil
 }
 
-// ListSnapshots implements backend.Controller: one read of the index.
+// ListSnapshots implements backend.Snapshotter: one read of the index.
 func (b *Backend) ListSnapshots(ctx context.Context) ([]*backend.Snapshot, error) {
 	cr, err := b.credsFor(ctx)
 	if err != nil {

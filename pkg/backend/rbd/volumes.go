@@ -19,7 +19,14 @@ import (
 // pool can be traced back, and a retried CreateVolume checks it is its own.
 const metaName = "swarm-csi.name"
 
-// CreateVolume implements backend.Controller. The image's name follows from
+// CreateVolumeFrom implements backend.Cloner: CreateVolume copies the
+// source it is given.
+func (b *Backend) CreateVolumeFrom(ctx context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
+	return b.CreateVolume(ctx, spec)
+}
+
+// CreateVolume implements backend.Controller, and makes the copies of
+// CreateVolumeFrom. The image's name follows from
 // the volume's name, so every step finds what an earlier attempt left:
 // the image is made (or found), labelled with the name, and the record
 // that makes the volume exist is written last.
@@ -523,7 +530,7 @@ func (b *Backend) Unpublish(ctx context.Context, id, nodeID string) error {
 	return b.index.set(ctx, cr, volumeKeyPrefix+hash, rec)
 }
 
-// ExpandVolume implements backend.Controller. The image grows first, the
+// ExpandVolume implements backend.Expander. The image grows first, the
 // record after, so a retry after a crash in between completes it.
 func (b *Backend) ExpandVolume(ctx context.Context, id string, size int64) (int64, error) {
 	cr, err := b.credsFor(ctx)
@@ -556,6 +563,9 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, size int64) (int6
 }
 
 // checkMutable checks the values of mutable parameters: whole numbers.
+// MutableParameters implements backend.Modifier.
+func (b *Backend) MutableParameters() []string { return []string{ParamQoSIOPS, ParamQoSBPS} }
+
 func checkMutable(params map[string]string) error {
 	for k, v := range params {
 		if _, ok := qosOptions[k]; !ok {
@@ -583,7 +593,7 @@ func (b *Backend) applyMutable(ctx context.Context, cr creds, ref imageRef, para
 	return nil
 }
 
-// ModifyVolume implements backend.Controller: the image's options change
+// ModifyVolume implements backend.Modifier: the image's options change
 // first, the record after.
 func (b *Backend) ModifyVolume(ctx context.Context, id string, params map[string]string) error {
 	if err := checkMutable(params); err != nil {
