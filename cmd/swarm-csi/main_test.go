@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 )
 
 // envOf returns a getenv that reads m.
@@ -19,7 +21,7 @@ func envOf(m map[string]string) func(string) string {
 func TestParseConfigDefaults(t *testing.T) {
 	c, err := parseConfig(nil, envOf(nil), io.Discard)
 	host, _ := os.Hostname()
-	if !nodeIDPattern.MatchString(host) {
+	if !backend.ValidNodeID(host) {
 		// The default node id is the hostname; an unusable one must be
 		// reported as a node id problem.
 		if err == nil || !strings.Contains(err.Error(), "--node-id") {

@@ -100,7 +100,7 @@ func (b *Backend) Capacity(context.Context) (int64, error) {
 
 // NodeKnown implements backend.Controller: nodes register a directory.
 func (b *Backend) NodeKnown(_ context.Context, nodeID string) (bool, error) {
-	if !ValidNodeID(nodeID) {
+	if !backend.ValidNodeID(nodeID) {
 		return false, nil
 	}
 	fi, err := os.Stat(b.store.path(nodesDir, nodeID))
@@ -115,7 +115,7 @@ func (b *Backend) NodeKnown(_ context.Context, nodeID string) (bool, error) {
 
 // Register implements backend.Node.
 func (b *Backend) Register(_ context.Context, nodeID string) error {
-	if !ValidNodeID(nodeID) {
+	if !backend.ValidNodeID(nodeID) {
 		return csierr.Invalid("node id %q: use letters, digits, '.', '_' and '-' (at most 128)", nodeID)
 	}
 	return os.MkdirAll(b.store.path(nodesDir, nodeID), 0o700)

@@ -78,7 +78,7 @@ const registerRetry = 15 * time.Second
 // must not stop the driver (Swarm needs its Probe): the node then keeps
 // trying in the background. A refused key stops it with the reason.
 func (n *NodeSide) Register(ctx context.Context, nodeID string) error {
-	if !nodeIDPattern.MatchString(nodeID) {
+	if !backend.ValidNodeID(nodeID) {
 		return csierr.Invalid("node id %q: use letters, digits, '.', '_' and '-' (at most 128)", nodeID)
 	}
 	err := n.register(ctx, nodeID)
