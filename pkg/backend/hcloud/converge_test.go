@@ -121,8 +121,8 @@ func testRetriesConverge(t *testing.T, devices bool) {
 			if devices {
 				hop.node.writeAndCheck(t, ctx, e, v.ID, i)
 			}
-			retry("expand", func() error { _, err := e.be.ExpandVolume(ctx, v.ID, v.CapacityBytes+GiB); return err })
-			v.CapacityBytes += GiB
+			retry("expand", func() error { _, err := e.be.ExpandVolume(ctx, v.ID, v.CapacityBytes+backend.GiB); return err })
+			v.CapacityBytes += backend.GiB
 			retry("unpublish", func() error { return e.be.Unpublish(ctx, v.ID, hop.server) })
 		}
 		retry("delete", func() error { return e.be.DeleteVolume(ctx, v.ID) })

@@ -17,16 +17,13 @@ import (
 
 // Sizes of the loop backend.
 const (
-	MiB = int64(1) << 20
-	GiB = int64(1) << 30
-
 	// DefaultSize is the size of a volume created without a capacity range
 	// (Swarm sends {0,0} when the user gives no --required-bytes).
-	DefaultSize = 1 * GiB
+	DefaultSize = 1 * backend.GiB
 	// Granularity is the unit sizes are rounded up to.
-	Granularity = 1 * MiB
+	Granularity = 1 * backend.MiB
 	// MinSize keeps volumes large enough for an ext4 journal.
-	MinSize = 16 * MiB
+	MinSize = 16 * backend.MiB
 
 	// TopologyKey is the topology segment naming the data directory: nodes
 	// that share it can reach the same volumes.

@@ -30,16 +30,13 @@ import (
 
 // Sizes of the rbd backend.
 const (
-	MiB = int64(1) << 20
-	GiB = int64(1) << 30
-
 	// DefaultSize is the size of a volume created without a capacity range
 	// (Swarm sends {0,0} when the user gives no --required-bytes).
-	DefaultSize = 1 * GiB
+	DefaultSize = 1 * backend.GiB
 	// Granularity: rbd sizes are given in MiB.
-	Granularity = 1 * MiB
+	Granularity = 1 * backend.MiB
 	// MinSize keeps volumes large enough for an ext4 journal.
-	MinSize = 16 * MiB
+	MinSize = 16 * backend.MiB
 
 	// DefaultCallTimeout bounds one rbd or ceph command. Swarm allows an
 	// RPC about 15 s, and most RPCs need one to five commands that take
