@@ -8,30 +8,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
 	"github.com/swarm-csi/swarm-csi/pkg/loopdev"
 )
-
-// needLoopDevices skips a test that attaches real loop devices when this
-// is not root or the machine has no loop devices, except in CI (CI=true),
-// where they must be present and the test fails instead.
-func needLoopDevices(t *testing.T) {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "needs root to attach loop devices"
-	} else if _, err := os.Stat("/dev/loop-control"); err != nil {
-		why = "needs /dev/loop-control"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s, and CI=true: this test must run in CI", why)
-	}
-	t.Skip(why)
-}
 
 // attachForTest attaches v on n and detaches it when the test ends.
 func attachForTest(t *testing.T, n *NodeSide, id string) string {
@@ -51,7 +32,7 @@ func attachForTest(t *testing.T, n *NodeSide, id string) string {
 }
 
 func TestAttachDetach(t *testing.T) {
-	needLoopDevices(t)
+	testenv.RequireRoot(t)
 	ctx := context.Background()
 	b, dir := newBackend(t)
 	v := mustCreate(t, b, volSpec("v", 32*backend.MiB))
@@ -133,7 +114,7 @@ func TestAttachDetach(t *testing.T) {
 }
 
 func TestAttachDirectIO(t *testing.T) {
-	needLoopDevices(t)
+	testenv.RequireRoot(t)
 	ctx := context.Background()
 	b, _ := newBackend(t)
 	n := b.ForNode("node-1")
