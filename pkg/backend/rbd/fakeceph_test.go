@@ -19,7 +19,8 @@ import (
 // fakeCeph plays the rbd tool over an in-memory pool, for the commands the
 // controller side runs, with Ceph's refusals (exists, not found, snapshots
 // with clones, clone v2's snapshot trash). failAt makes the n-th command
-// (counting from 1) fail as if the process had died before doing it.
+// (counting from 1) fail as if the process had died before doing it; down
+// makes every command fail as when no monitor answers.
 type fakeCeph struct {
 	mu     sync.Mutex
 	images map[string]*fakeImage // "pool/name"
@@ -27,6 +28,7 @@ type fakeCeph struct {
 	nextID int
 	calls  int
 	failAt int
+	down   bool
 }
 
 type fakeImage struct {
@@ -57,6 +59,9 @@ func (f *fakeCeph) Run(_ context.Context, name string, args ...string) ([]byte, 
 	f.calls++
 	if f.calls == f.failAt {
 		return nil, exitErr(110, "rbd: (110) Connection timed out\n")
+	}
+	if f.down {
+		return nil, exitErr(110, "rbd: couldn't connect to the cluster!\n")
 	}
 	if name != "rbd" || len(args) < 7 {
 		return nil, fmt.Errorf("fakeCeph: unexpected %s %v", name, args)
