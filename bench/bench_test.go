@@ -3,10 +3,10 @@ package main
 import (
 	"context"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/rbd/cephtest"
 )
 
@@ -14,26 +14,7 @@ import (
 // and fails instead when CI=true: there the benchmark must run.
 func requireSystem(t *testing.T) {
 	t.Helper()
-	reason := ""
-	switch {
-	case os.Geteuid() != 0:
-		reason = "needs root"
-	case !exists("/dev/loop-control"):
-		reason = "needs /dev/loop-control"
-	default:
-		for _, tool := range []string{"truncate", "losetup", "mkfs.ext4", "mount", "umount"} {
-			if _, err := exec.LookPath(tool); err != nil {
-				reason = "needs " + tool
-			}
-		}
-	}
-	if reason == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but the benchmark cannot run: %s", reason)
-	}
-	t.Skip(reason)
+	testenv.RequireRoot(t, "truncate", "losetup", "mkfs.ext4", "mount", "umount")
 }
 
 func exists(path string) bool {
@@ -59,12 +40,7 @@ func TestQuickRun(t *testing.T) {
 // throwaway Ceph cluster: figures for both sides, nothing left behind.
 func TestQuickRunRBD(t *testing.T) {
 	requireSystem(t)
-	if why := cephtest.Missing(); why != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but the rbd benchmark cannot run: %s", why)
-		}
-		t.Skip(why)
-	}
+	testenv.Require(t, cephtest.Missing())
 	cfg := defaultConfig()
 	cfg.Backend = "rbd"
 	cfg.applyQuick(nil)

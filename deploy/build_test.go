@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 )
 
 // pluginConfig mirrors the fields of Docker's plugin config
@@ -85,22 +87,11 @@ const (
 // (CI=true), where the test must run.
 func needRoot(t *testing.T) {
 	t.Helper()
-	why := ""
+	why := testenv.MissingTools("bash", "apt-get", "apt-cache", "dpkg-deb", "readelf", "chroot", "unshare", "tar")
 	if os.Geteuid() != 0 {
 		why = "needs root (chroot, unshare, and the plugin's root-owned tree)"
 	}
-	for _, tool := range []string{"bash", "apt-get", "apt-cache", "dpkg-deb", "readelf", "chroot", "unshare", "tar"} {
-		if _, err := exec.LookPath(tool); err != nil && why == "" {
-			why = "needs " + tool
-		}
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s, and CI=true: this test must run in CI", why)
-	}
-	t.Skip(why)
+	testenv.Require(t, why)
 }
 
 func TestBuildPlugin(t *testing.T) {

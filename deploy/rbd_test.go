@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/rbd/cephtest"
 )
 
@@ -67,12 +68,7 @@ func checkRBDFlavour(t *testing.T, plain, r string) {
 	runInRootfs(t, root, rc, 0, "failed to fetch mon config", "sh", "-c", "rbd-fuse --help 2>&1; true")
 
 	// Against a cluster: what the rbd backend runs, as the user it runs as.
-	if why := cephtest.Missing(); why != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s, and CI=true: the rbd flavour's tools must be run", why)
-		}
-		t.Skip(why)
-	}
+	testenv.Require(t, cephtest.Missing())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cl, err := cephtest.Start(ctx)

@@ -211,7 +211,8 @@ func (e *env) waitNoContainers(service string, timeout time.Duration) {
 }
 
 // removeVolume drains and removes a volume, retrying while Swarm still
-// sees it in use (SWARM.md: 5-10 s after the service is gone).
+// sees it in use (5-10 s after the service is gone: docs/swarm.md,
+// "Removing volumes").
 func (e *env) removeVolume(name string, timeout time.Duration) error {
 	start := time.Now()
 	for {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/swarm-csi/swarm-csi/e2e/internal/harness"
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 )
 
 var (
@@ -59,13 +60,7 @@ func logf(format string, args ...any) {
 // fails it under CI=true, where nothing may be skipped.
 func requireSwarm(t *testing.T) {
 	t.Helper()
-	if skipReason == "" {
-		return
-	}
-	if harness.MustRun() {
-		t.Fatalf("CI=true and %s", skipReason)
-	}
-	t.Skip(skipReason)
+	testenv.Require(t, skipReason)
 }
 
 // singleNode returns the shared single-node swarm, starting it (and

@@ -13,8 +13,8 @@ import (
 // Scenario 1: docker plugin create + enable on a single-node swarm. The
 // plugin is enabled, its socket is where Docker looks for it, and the
 // manager treats it as a controller: a volume's VolumeID is the driver's
-// ("vol-..."), not the volume's name (SWARM.md: a controller-less plugin's
-// volume silently gets its name as id).
+// ("vol-..."), not the volume's name (a controller-less plugin's volume
+// silently gets its name as id: docs/swarm.md, "Identity and Probe").
 func TestPluginEnabledAndController(t *testing.T) {
 	c := singleNode(t)
 	e := newEnv(t, c)

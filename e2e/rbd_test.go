@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/swarm-csi/swarm-csi/e2e/internal/harness"
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/rbd/cephtest"
 )
 
@@ -33,12 +34,7 @@ func rbdLoop(volumeID string) func(harness.Loop) bool {
 // no image of the test is left in the pool.
 func TestRBD(t *testing.T) {
 	requireSwarm(t)
-	if why := cephtest.Missing(); why != "" {
-		if harness.MustRun() {
-			t.Fatalf("CI=true and %s", why)
-		}
-		t.Skip(why)
-	}
+	testenv.Require(t, cephtest.Missing())
 	var cl *cephtest.Cluster
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()

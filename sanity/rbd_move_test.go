@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/rbd/cephtest"
 )
 
@@ -90,9 +91,7 @@ func retryAborted(call func() error) error {
 
 func needRBD(t *testing.T) (*cephtest.Cluster, string) {
 	t.Helper()
-	if why := cephtest.Missing(); why != "" {
-		skipOrFail(t, "%s", why)
-	}
+	testenv.Require(t, cephtest.Missing())
 	return sharedCeph(t), buildDriver(t)
 }
 

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/rbd/cephtest"
 )
 
@@ -34,7 +35,7 @@ var (
 func sharedCeph(t *testing.T) *cephtest.Cluster {
 	t.Helper()
 	if why := cephtest.Missing(); why != "" {
-		skipOrFail(t, "rbd modes: %s", why)
+		testenv.Require(t, "rbd modes: "+why)
 	}
 	cephOnce.Do(func() {
 		cephCluster, cephErr = cephtest.Start(context.Background())

@@ -58,6 +58,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/mountinfo"
 )
 
@@ -227,28 +228,12 @@ func runSanityChild(name string) int {
 	return 0
 }
 
-func ciMode() bool {
-	v := strings.TrimSpace(os.Getenv("CI"))
-	return strings.EqualFold(v, "true") || v == "1"
-}
-
-// skipOrFail skips the test, except in CI (CI=true), where skipping would
-// hide a broken environment: there it fails.
-func skipOrFail(t *testing.T, format string, args ...any) {
-	t.Helper()
-	reason := fmt.Sprintf(format, args...)
-	if ciMode() {
-		t.Fatalf("%s (CI=true is set, so this is a failure instead of a skip)", reason)
-	}
-	t.Skip(reason)
-}
-
 func TestSanity(t *testing.T) {
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "csi-sanity needs root (loop devices, mkfs, mount); running as uid %d", os.Geteuid())
+		testenv.Require(t, fmt.Sprintf("csi-sanity needs root (loop devices, mkfs, mount); running as uid %d", os.Geteuid()))
 	}
 	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		skipOrFail(t, "csi-sanity needs loop devices: /dev/loop-control: %v (try scripts/install-deps or modprobe loop)", err)
+		testenv.Require(t, fmt.Sprintf("csi-sanity needs loop devices: /dev/loop-control: %v (try scripts/install-deps or modprobe loop)", err))
 	}
 
 	bin := buildDriver(t)
@@ -330,7 +315,7 @@ func buildDriver(t *testing.T) string {
 func runMode(t *testing.T, bin string, m mode, results map[string]string) {
 	for _, tool := range m.requires {
 		if _, err := exec.LookPath(tool); err != nil {
-			skipOrFail(t, "mode %s needs %s: %v (install it with scripts/install-deps)", m.name, tool, err)
+			testenv.Require(t, fmt.Sprintf("mode %s needs %s: %v (install it with scripts/install-deps)", m.name, tool, err))
 		}
 	}
 
@@ -493,7 +478,7 @@ func runSanityProcess(t *testing.T, m mode, endpoint, dir string, d *driverProc)
 	}
 	for _, sr := range skips {
 		msg := fmt.Sprintf("csi-sanity %s: spec SKIPPED: %s: %s", m.name, sr.FullText(), strings.TrimSpace(sr.Failure.Message))
-		if ciMode() {
+		if testenv.CI() {
 			t.Error(msg + " (CI=true: no spec may be skipped)")
 		} else {
 			t.Log(msg)

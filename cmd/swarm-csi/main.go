@@ -23,6 +23,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/controller"
 	"github.com/swarm-csi/swarm-csi/pkg/identity"
 	"github.com/swarm-csi/swarm-csi/pkg/metrics"
@@ -52,10 +53,6 @@ type config struct {
 	command []string
 	ops     ops.Options
 }
-
-// nodeIDPattern is what a node id may be: it names files in the data
-// directory.
-var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // driverNamePattern is the CSI spec's rule for plugin names.
 var driverNamePattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$`)
@@ -107,7 +104,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	if !filepath.IsAbs(c.dataDir) {
 		return nil, fmt.Errorf("--data-dir (DATA_DIR) %q: want an absolute path", c.dataDir)
 	}
-	if !nodeIDPattern.MatchString(c.nodeID) {
+	if !backend.ValidNodeID(c.nodeID) {
 		return nil, fmt.Errorf("--node-id (NODE_ID) %q: use letters, digits, '.', '_' and '-', at most 128", c.nodeID)
 	}
 	if !driverNamePattern.MatchString(c.driverName) {
@@ -226,7 +223,7 @@ func run(cfg *config, log *slog.Logger) error {
 	}
 	nodeID := cfg.nodeID
 	if be.nodeID != "" {
-		if !nodeIDPattern.MatchString(be.nodeID) {
+		if !backend.ValidNodeID(be.nodeID) {
 			return fmt.Errorf("the %s backend gave node id %q, which cannot name a state directory", cfg.backend, be.nodeID)
 		}
 		nodeID = be.nodeID

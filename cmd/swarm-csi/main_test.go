@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/ops"
 )
 
@@ -22,7 +23,7 @@ func envOf(m map[string]string) func(string) string {
 func TestParseConfigDefaults(t *testing.T) {
 	c, err := parseConfig(nil, envOf(nil), io.Discard)
 	host, _ := os.Hostname()
-	if !nodeIDPattern.MatchString(host) {
+	if !backend.ValidNodeID(host) {
 		// The default node id is the hostname; an unusable one must be
 		// reported as a node id problem.
 		if err == nil || !strings.Contains(err.Error(), "--node-id") {

@@ -215,7 +215,9 @@ type Complete interface {
 // Node is the backend's side of the CSI node service. Every method is
 // idempotent.
 type Node interface {
-	// Register announces this node to the controller side.
+	// Register announces this node to the controller side. ctx is the
+	// driver's life: what Register leaves running in the background ends
+	// with it.
 	Register(ctx context.Context, nodeID string) error
 	// Volume returns a volume or an ErrNotFound error. It must work without
 	// any publish context: Swarm may send none (SwarmKit #3276).

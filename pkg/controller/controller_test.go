@@ -107,7 +107,7 @@ func TestControllerCapabilities(t *testing.T) {
 		have = append(have, c.GetRpc().GetType())
 	}
 	// Swarm publishes volumes only through a controller that has
-	// PUBLISH_UNPUBLISH_VOLUME (SWARM.md).
+	// PUBLISH_UNPUBLISH_VOLUME (docs/swarm.md, "Identity and Probe").
 	for _, want := range []csi.ControllerServiceCapability_RPC_Type{
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
 		csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
@@ -149,7 +149,8 @@ func TestCreateVolumeInvalid(t *testing.T) {
 		{"capability without access type", func(r *csi.CreateVolumeRequest) {
 			r.VolumeCapabilities = []*csi.VolumeCapability{{AccessMode: &csi.VolumeCapability_AccessMode{Mode: snw}}}
 		}, nil},
-		// docker volume create --scope multi --sharing none (SWARM.md).
+		// docker volume create --scope multi --sharing none
+		// (docs/swarm.md, "CreateVolume").
 		{"swarm multi+none is UNKNOWN, block", func(r *csi.CreateVolumeRequest) {
 			r.VolumeCapabilities = []*csi.VolumeCapability{blockCap(csi.VolumeCapability_AccessMode_UNKNOWN)}
 		}, []string{"UNKNOWN", "SINGLE_NODE_WRITER", "MULTI_NODE_SINGLE_WRITER"}},
@@ -522,7 +523,8 @@ func TestDeleteVolume(t *testing.T) {
 
 	vol := mustCreate(t, s, mountReq("v"))
 	mustPublish(t, s, vol.GetVolumeId(), "node-a", mountCap(snw, ""), false)
-	// docker volume rm right after docker service rm (SWARM.md).
+	// docker volume rm right after docker service rm (docs/swarm.md,
+	// "Removing volumes").
 	_, err = s.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId()})
 	wantCode(t, err, codes.FailedPrecondition)
 	if fb.volume(vol.GetVolumeId()) == nil {
@@ -569,7 +571,8 @@ func TestControllerPublishInvalid(t *testing.T) {
 	}
 }
 
-// TestControllerPublishSingleWriterDrain is the drain of SWARM.md: Swarm
+// TestControllerPublishSingleWriterDrain is the drain of docs/swarm.md ("A
+// drain publishes before it unpublishes"): Swarm
 // publishes to the new node before the old one has unpublished, and only
 // FailedPrecondition keeps the filesystem from being mounted twice.
 func TestControllerPublishSingleWriterDrain(t *testing.T) {
@@ -663,7 +666,8 @@ func TestControllerPublishMultiWriterBlock(t *testing.T) {
 	req.VolumeCapabilities = []*csi.VolumeCapability{blockCap(mnmw)}
 	id := mustCreate(t, s, req).GetVolumeId()
 	// Swarm forces mount access in ControllerPublish, even for a block
-	// volume and for MULTI_NODE_MULTI_WRITER (SWARM.md).
+	// volume and for MULTI_NODE_MULTI_WRITER (docs/swarm.md,
+	// "ControllerPublishVolume and ControllerUnpublishVolume").
 	mustPublish(t, s, id, "node-a", mountCap(mnmw, ""), false)
 	mustPublish(t, s, id, "node-b", blockCap(mnmw), false)
 	if got := attachments(t, fb, id); len(got) != 2 || got[0].ReadOnly || got[1].ReadOnly {

@@ -12,7 +12,8 @@ import (
 
 // ControllerExpandVolume implements csi.ControllerServer. The node grows the
 // filesystem afterwards: through NodeExpandVolume, or at the next stage,
-// since Swarm never calls NodeExpandVolume (SWARM.md).
+// since Swarm never calls NodeExpandVolume (docs/swarm.md, "What Swarm
+// never calls").
 func (s *Server) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if err := s.require(s.expander != nil, "volume expansion"); err != nil {
 		return nil, err

@@ -16,7 +16,7 @@ import (
 // single-writer volume to a second node is what keeps a filesystem from
 // being mounted twice: on a drain, Swarm publishes to the new node before
 // the old one has unpublished, and retries until the old one lets go
-// (SWARM.md).
+// (docs/swarm.md, "A drain publishes before it unpublishes").
 func (s *Server) ControllerPublishVolume(ctx context.Context, req *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
 	switch {
 	case req.GetVolumeId() == "":

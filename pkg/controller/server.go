@@ -48,7 +48,8 @@ func New(be backend.Controller, maxVolumesPerNode int64) *Server {
 func (s *Server) capabilities() []csi.ControllerServiceCapability_RPC_Type {
 	caps := []csi.ControllerServiceCapability_RPC_Type{
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
-		// Swarm publishes only through a controller that has this (SWARM.md).
+		// Swarm publishes only through a controller that has this
+		// (docs/swarm.md, "Identity and Probe").
 		csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
 		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
 		csi.ControllerServiceCapability_RPC_LIST_VOLUMES_PUBLISHED_NODES,

@@ -13,7 +13,8 @@ import (
 )
 
 // CreateVolume implements csi.ControllerServer. It is idempotent by name:
-// Swarm sends the bare volume name the user typed (SWARM.md).
+// Swarm sends the bare volume name the user typed (docs/swarm.md,
+// "CreateVolume").
 func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	if req.GetName() == "" {
 		return nil, csierr.Invalid("name is required")

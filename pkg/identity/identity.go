@@ -34,7 +34,7 @@ func (s *Server) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 // Probe implements csi.IdentityServer. It answers ready at once: SwarmKit
 // caches the client when the plugin starts, and a Probe that fails then
 // leaves the manager treating the plugin as having no controller until the
-// next leader change (SWARM.md).
+// next leader change (docs/swarm.md, "Identity and Probe").
 func (s *Server) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
 	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
 }

@@ -6,27 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
 )
-
-// needLoopDevices skips without root or loop devices, except in CI
-// (CI=true), where the test must run and fails instead.
-func needLoopDevices(t *testing.T) {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "needs root to attach loop devices"
-	} else if _, err := os.Stat("/dev/loop-control"); err != nil {
-		why = "needs /dev/loop-control"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s, and CI=true: this test must run in CI", why)
-	}
-	t.Skip(why)
-}
 
 func TestTag(t *testing.T) {
 	if got := Tag("vol-1", "abc"); got != "vol-1@abc" {
@@ -41,7 +23,7 @@ func TestTag(t *testing.T) {
 }
 
 func TestAttachFindRefreshDetach(t *testing.T) {
-	needLoopDevices(t)
+	testenv.RequireRoot(t)
 	l := New()
 	file := filepath.Join(t.TempDir(), "disk")
 	if err := os.WriteFile(file, nil, 0o600); err != nil {

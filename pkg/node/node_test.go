@@ -98,7 +98,8 @@ func wantCode(t *testing.T, err error, code codes.Code) {
 }
 
 // Swarm does not create the parents of /data/staged/<id> and
-// /data/published/<id> (SWARM.md): the node must.
+// /data/published/<id> (docs/swarm.md, "Staging and target paths"): the
+// node must.
 func TestStageAndPublishCreateMissingParents(t *testing.T) {
 	h := newHarness(t, mountVolume())
 	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)

@@ -81,7 +81,8 @@ func (s *Server) publish(ctx context.Context, volumeID string, block bool, stagi
 		}
 		source = dev
 	}
-	// Swarm does not create the parents of its paths (SWARM.md).
+	// Swarm does not create the parents of its paths (docs/swarm.md,
+	// "Staging and target paths").
 	if err := makeMountPoint(target, block); err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/loop"
 	"github.com/swarm-csi/swarm-csi/pkg/controller"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
@@ -26,24 +27,7 @@ import (
 // skip without it, except in CI (CI=true), where they must run.
 func needRoot(t *testing.T, tools ...string) {
 	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "needs root"
-	} else if _, err := os.Stat("/dev/loop-control"); err != nil {
-		why = "needs /dev/loop-control"
-	}
-	for _, tool := range append([]string{"mkfs.ext4", "blkid"}, tools...) {
-		if _, err := exec.LookPath(tool); err != nil && why == "" {
-			why = "needs " + tool
-		}
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s, and CI=true: this test must run in CI", why)
-	}
-	t.Skip(why)
+	testenv.RequireRoot(t, append([]string{"mkfs.ext4", "blkid"}, tools...)...)
 }
 
 // cluster is a data directory with a controller and one node server per

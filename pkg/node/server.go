@@ -38,7 +38,9 @@ type Server struct {
 	cfg     Config
 }
 
-// New returns a node service and registers the node with the backend.
+// New returns a node service and registers the node with the backend. ctx
+// is the service's life: a backend that keeps trying to register in the
+// background stops when it ends.
 func New(ctx context.Context, be backend.Node, m Mounter, cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)

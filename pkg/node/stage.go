@@ -109,8 +109,9 @@ func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, stagi
 	readOnly := volcap.ReadOnly(c.GetAccessMode().GetMode())
 	if !mounted {
 		// An expanded volume grows at its next stage, since Swarm never
-		// calls NodeExpandVolume (SWARM.md). ext4 grows best unmounted:
-		// that needs no CAP_SYS_RESOURCE.
+		// calls NodeExpandVolume (docs/swarm.md, "What Swarm never
+		// calls"). ext4 grows best unmounted: that needs no
+		// CAP_SYS_RESOURCE.
 		if !readOnly {
 			s.growUnmounted(dev, v)
 		}

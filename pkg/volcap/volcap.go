@@ -44,7 +44,8 @@ func Check(c *csi.VolumeCapability) error {
 	}
 	mode := c.GetAccessMode().GetMode()
 	if _, ok := csi.VolumeCapability_AccessMode_Mode_name[int32(mode)]; !ok || mode == csi.VolumeCapability_AccessMode_UNKNOWN {
-		// Swarm maps --scope multi --sharing none to UNKNOWN (SWARM.md).
+		// Swarm maps --scope multi --sharing none to UNKNOWN
+		// (docs/swarm.md, "CreateVolume").
 		return csierr.Invalid("access mode %v is not supported: use one of SINGLE_NODE_WRITER, SINGLE_NODE_READER_ONLY, SINGLE_NODE_SINGLE_WRITER, SINGLE_NODE_MULTI_WRITER, MULTI_NODE_READER_ONLY, MULTI_NODE_SINGLE_WRITER, MULTI_NODE_MULTI_WRITER (block only)", mode)
 	}
 	return nil
@@ -52,7 +53,8 @@ func Check(c *csi.VolumeCapability) error {
 
 // CheckShared rejects a filesystem mounted writable on several nodes: ext4
 // and xfs are not cluster filesystems. It is not applied to
-// ControllerPublishVolume, where Swarm always sends mount access (SWARM.md).
+// ControllerPublishVolume, where Swarm always sends mount access
+// (docs/swarm.md, "ControllerPublishVolume and ControllerUnpublishVolume").
 func CheckShared(c *csi.VolumeCapability) error {
 	if c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER && !IsBlock(c) {
 		return csierr.Invalid("access mode MULTI_NODE_MULTI_WRITER needs block access: ext4 and xfs must not be mounted on two nodes at once")

@@ -173,8 +173,9 @@ func Start(ctx context.Context, logf Logf, opts Options) (c *Cluster, err error)
 		opts.PluginEnv = append(slices.Clone(opts.PluginEnv), env...)
 	}
 	// Daemons start in parallel; the plugin is installed and enabled on
-	// each before it joins the swarm (SWARM.md: a plugin installed after
-	// the join delays the first publish by about 20 s).
+	// each before it joins the swarm (a plugin installed after the join
+	// delays the first publish by about 20 s: docs/swarm.md, "The plugin
+	// name needs its tag").
 	errs := make([]error, len(c.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range c.Nodes {

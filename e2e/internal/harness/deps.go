@@ -219,8 +219,9 @@ var selinuxReplace = regexp.MustCompile(`(?m)^replace\s+github\.com/opencontaine
 // buildRunc returns the directory of the cached runc, building it if
 // needed: the module from the proxy, without its replace of
 // opencontainers/selinux (a directory the module zip does not contain),
-// with -tags seccomp (SWARM.md: Debian's runc 1.1.5 fails every container,
-// and a runc without seccomp support fails them too).
+// with -tags seccomp (Debian's runc 1.1.5 fails every container, and a
+// runc without seccomp support fails them too: docs/swarm.md, "Running a
+// real Swarm locally").
 func buildRunc(ctx context.Context, logf Logf) (string, bool, error) {
 	path, cached, err := cachedBinary(filepath.Join(CacheDir(), "runc-"+RuncVersion), "runc", func(tmp, bin string) error {
 		logf("building runc %s with -tags seccomp", RuncVersion)

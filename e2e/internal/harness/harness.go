@@ -1,6 +1,6 @@
 // Package harness brings up real Docker Swarms on this machine for the
-// end-to-end suite, exactly as ../shared/SWARM.md's recipe does ("Running a
-// real Swarm on this machine"): an Engine built from the module proxy, runc
+// end-to-end suite, as docs/swarm.md ("Running a real Swarm locally") and
+// e2e/README.md describe: an Engine built from the module proxy, runc
 // built with seccomp, Debian's containerd, the managed plugin from
 // deploy/build-plugin and a busybox image imported from busybox-static.
 //
@@ -140,7 +140,3 @@ func SkipReason() string {
 	}
 	return ""
 }
-
-// MustRun reports whether a missing prerequisite must fail the run rather
-// than skip it: CI runs as root with everything present.
-func MustRun() bool { return os.Getenv("CI") == "true" }

@@ -12,24 +12,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/hcloud/fakecloud"
 )
-
-// requireRoot skips without root and loop devices, except with CI=true,
-// where it fails: there the test must run.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		if _, err := os.Stat("/dev/loop-control"); err == nil {
-			return
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("CI=true: this test needs root and /dev/loop-control")
-	}
-	t.Skip("needs root and /dev/loop-control (loop devices)")
-}
 
 // faults are what the cloud does wrong before a call: its answers fail
 // (before or after taking effect), it is rate limited, or its actions are
@@ -70,7 +56,7 @@ var faults = []struct {
 func TestRetriesConverge(t *testing.T) {
 	t.Run("without devices", func(t *testing.T) { testRetriesConverge(t, false) })
 	t.Run("loop devices", func(t *testing.T) {
-		requireRoot(t)
+		testenv.RequireRoot(t)
 		testRetriesConverge(t, true)
 	})
 }
@@ -121,8 +107,8 @@ func testRetriesConverge(t *testing.T, devices bool) {
 			if devices {
 				hop.node.writeAndCheck(t, ctx, e, v.ID, i)
 			}
-			retry("expand", func() error { _, err := e.be.ExpandVolume(ctx, v.ID, v.CapacityBytes+GiB); return err })
-			v.CapacityBytes += GiB
+			retry("expand", func() error { _, err := e.be.ExpandVolume(ctx, v.ID, v.CapacityBytes+backend.GiB); return err })
+			v.CapacityBytes += backend.GiB
 			retry("unpublish", func() error { return e.be.Unpublish(ctx, v.ID, hop.server) })
 		}
 		retry("delete", func() error { return e.be.DeleteVolume(ctx, v.ID) })

@@ -30,13 +30,12 @@ import (
 
 // Sizes and limits of Hetzner Cloud volumes.
 const (
-	GiB = int64(1) << 30
 	// MinSize is the smallest Hetzner Cloud volume, and the size of one
 	// created without a capacity range (Swarm sends {0,0} when the user
 	// gives no --required-bytes).
-	MinSize = 10 * GiB
+	MinSize = 10 * backend.GiB
 	// MaxSize is the largest Hetzner Cloud volume.
-	MaxSize = 10240 * GiB
+	MaxSize = 10240 * backend.GiB
 	// MaxVolumesPerServer is how many volumes one server takes.
 	MaxVolumesPerServer = 16
 
@@ -168,7 +167,7 @@ func (b *Backend) Info() backend.Info {
 	return backend.Info{
 		Name:              "hcloud",
 		DefaultSize:       MinSize,
-		Granularity:       GiB,
+		Granularity:       backend.GiB,
 		MinSize:           MinSize,
 		MaxSize:           MaxSize,
 		Topology:          b.Topology(),

@@ -162,8 +162,8 @@ func TestInfo(t *testing.T) {
 		t.Fatal(err)
 	}
 	info := be.Info()
-	if info.Name != "hcloud" || info.MinSize != 10*GiB || info.DefaultSize != 10*GiB || info.Granularity != GiB ||
-		info.MaxSize != 10240*GiB || info.MaxVolumesPerNode != 16 || !info.SingleNodeOnly || info.Topology[TopologyKey] != "nbg1" {
+	if info.Name != "hcloud" || info.MinSize != 10*backend.GiB || info.DefaultSize != 10*backend.GiB || info.Granularity != backend.GiB ||
+		info.MaxSize != 10240*backend.GiB || info.MaxVolumesPerNode != 16 || !info.SingleNodeOnly || info.Topology[TopologyKey] != "nbg1" {
 		t.Fatalf("Info() = %+v", info)
 	}
 }
@@ -192,10 +192,10 @@ func TestCreateVolume(t *testing.T) {
 	e := newEnv(t, false)
 	ctx := context.Background()
 	s := spec("pgdata")
-	s.CapacityBytes = 10*GiB + 1 // rounded up to whole GiB
+	s.CapacityBytes = 10*backend.GiB + 1 // rounded up to whole GiB
 	s.MkfsOptions = "-E lazy_itable_init=1 -O ^has_journal,metadata_csum -L " + strings.Repeat("x", 60)
 	v := must[*backend.Volume](t)(e.be.CreateVolume(ctx, s))
-	if v.CapacityBytes != 11*GiB || v.FsType != "ext4" || v.Block || v.AccessMode != "SINGLE_NODE_WRITER" || v.MkfsOptions != s.MkfsOptions {
+	if v.CapacityBytes != 11*backend.GiB || v.FsType != "ext4" || v.Block || v.AccessMode != "SINGLE_NODE_WRITER" || v.MkfsOptions != s.MkfsOptions {
 		t.Fatalf("created %+v", v)
 	}
 	again := must[*backend.Volume](t)(e.be.CreateVolume(ctx, s))
@@ -261,7 +261,7 @@ func TestUnknownAndForeignVolumes(t *testing.T) {
 		if err := e.be.DeleteVolume(ctx, id); err != nil {
 			t.Errorf("DeleteVolume(%q): %v", id, err)
 		}
-		_, err = e.be.ExpandVolume(ctx, id, 20*GiB)
+		_, err = e.be.ExpandVolume(ctx, id, 20*backend.GiB)
 		wantCode(t, err, codes.NotFound)
 		if err := e.be.Unpublish(ctx, id, sid(e.servers[0])); err != nil {
 			t.Errorf("Unpublish(%q): %v", id, err)
@@ -476,19 +476,19 @@ func TestExpandVolume(t *testing.T) {
 	e := newEnv(t, false, withWait(150*time.Millisecond))
 	ctx := context.Background()
 	v := must[*backend.Volume](t)(e.be.CreateVolume(ctx, spec("grow")))
-	if size := must[int64](t)(e.be.ExpandVolume(ctx, v.ID, 14*GiB+GiB/2)); size != 15*GiB {
+	if size := must[int64](t)(e.be.ExpandVolume(ctx, v.ID, 14*backend.GiB+backend.GiB/2)); size != 15*backend.GiB {
 		t.Fatalf("expanded to %d, want 15 GiB", size)
 	}
-	if size := must[int64](t)(e.be.ExpandVolume(ctx, v.ID, 12*GiB)); size != 15*GiB { // no shrinking
+	if size := must[int64](t)(e.be.ExpandVolume(ctx, v.ID, 12*backend.GiB)); size != 15*backend.GiB { // no shrinking
 		t.Fatalf("expand to less gave %d", size)
 	}
 	_, err := e.be.ExpandVolume(ctx, v.ID, MaxSize+1)
 	wantCode(t, err, codes.OutOfRange)
 	e.cloud.SetActionDelay("resize_volume", 400*time.Millisecond)
-	_, err = e.be.ExpandVolume(ctx, v.ID, 20*GiB)
+	_, err = e.be.ExpandVolume(ctx, v.ID, 20*backend.GiB)
 	wantCode(t, err, codes.Aborted)
 	for range 20 {
-		if _, err = e.be.ExpandVolume(ctx, v.ID, 20*GiB); err == nil {
+		if _, err = e.be.ExpandVolume(ctx, v.ID, 20*backend.GiB); err == nil {
 			break
 		}
 	}
@@ -498,7 +498,7 @@ func TestExpandVolume(t *testing.T) {
 	if n := len(e.cloud.Actions("resize_volume")); n != 2 {
 		t.Fatalf("%d resize actions, want 2 (15 GiB, then 20 GiB once)", n)
 	}
-	if got := must[*backend.Volume](t)(e.be.Volume(ctx, v.ID)); got.CapacityBytes != 20*GiB {
+	if got := must[*backend.Volume](t)(e.be.Volume(ctx, v.ID)); got.CapacityBytes != 20*backend.GiB {
 		t.Fatalf("size %d", got.CapacityBytes)
 	}
 }

@@ -100,7 +100,7 @@ func toVolume(hv *hcloud.Volume) (*backend.Volume, error) {
 		ID:        strconv.FormatInt(hv.ID, 10),
 		CreatedAt: hv.Created,
 		VolumeSpec: backend.VolumeSpec{
-			CapacityBytes: int64(hv.Size) * GiB,
+			CapacityBytes: int64(hv.Size) * backend.GiB,
 			AccessMode:    hv.Labels[labelAccessMode],
 		},
 	}

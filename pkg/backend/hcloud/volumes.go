@@ -25,14 +25,14 @@ func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*b
 	case len(spec.MutableParameters) > 0:
 		return nil, csierr.Invalid("the hcloud backend has no mutable parameters")
 	case spec.CapacityBytes > MaxSize:
-		return nil, fmt.Errorf("%w: %d bytes asked for; the largest Hetzner Cloud volume is %d GiB", csierr.ErrOutOfRange, spec.CapacityBytes, MaxSize/GiB)
+		return nil, fmt.Errorf("%w: %d bytes asked for; the largest Hetzner Cloud volume is %d GiB", csierr.ErrOutOfRange, spec.CapacityBytes, MaxSize/backend.GiB)
 	}
 	labels, err := b.labelsFor(spec)
 	if err != nil {
 		return nil, err
 	}
-	size := int(max(spec.CapacityBytes, MinSize) / GiB)
-	if int64(size)*GiB < spec.CapacityBytes {
+	size := int(max(spec.CapacityBytes, MinSize) / backend.GiB)
+	if int64(size)*backend.GiB < spec.CapacityBytes {
 		size++ // whole GiB, rounded up
 	}
 	o, err := b.begin(ctx)
@@ -257,9 +257,9 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, size int64) (int6
 		return 0, csierr.NotFound("volume %q is not a Hetzner Cloud volume id", id)
 	}
 	if size > MaxSize {
-		return 0, fmt.Errorf("%w: %d bytes asked for; the largest Hetzner Cloud volume is %d GiB", csierr.ErrOutOfRange, size, MaxSize/GiB)
+		return 0, fmt.Errorf("%w: %d bytes asked for; the largest Hetzner Cloud volume is %d GiB", csierr.ErrOutOfRange, size, MaxSize/backend.GiB)
 	}
-	gib := int((size + GiB - 1) / GiB)
+	gib := int((size + backend.GiB - 1) / backend.GiB)
 	o, err := b.begin(ctx)
 	if err != nil {
 		return 0, err
@@ -272,14 +272,14 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, size int64) (int6
 			return 0, o.fail(err, what)
 		}
 		if hv.Size >= gib {
-			return int64(hv.Size) * GiB, nil
+			return int64(hv.Size) * backend.GiB, nil
 		}
 		action, _, err := o.api.Volume.Resize(o.ctx, hv, gib)
 		if err == nil {
 			if err := o.await(action); err != nil {
 				return 0, o.fail(err, what)
 			}
-			return int64(gib) * GiB, nil
+			return int64(gib) * backend.GiB, nil
 		}
 		if !hcloud.IsError(err, hcloud.ErrorCodeLocked) {
 			return 0, o.fail(err, what)

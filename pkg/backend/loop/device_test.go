@@ -8,29 +8,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
 	"github.com/swarm-csi/swarm-csi/pkg/loopdev"
 )
-
-// needLoopDevices skips a test that attaches real loop devices when this
-// is not root or the machine has no loop devices, except in CI (CI=true),
-// where they must be present and the test fails instead.
-func needLoopDevices(t *testing.T) {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "needs root to attach loop devices"
-	} else if _, err := os.Stat("/dev/loop-control"); err != nil {
-		why = "needs /dev/loop-control"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s, and CI=true: this test must run in CI", why)
-	}
-	t.Skip(why)
-}
 
 // attachForTest attaches v on n and detaches it when the test ends.
 func attachForTest(t *testing.T, n *NodeSide, id string) string {
@@ -50,10 +32,10 @@ func attachForTest(t *testing.T, n *NodeSide, id string) string {
 }
 
 func TestAttachDetach(t *testing.T) {
-	needLoopDevices(t)
+	testenv.RequireRoot(t)
 	ctx := context.Background()
 	b, dir := newBackend(t)
-	v := mustCreate(t, b, volSpec("v", 32*MiB))
+	v := mustCreate(t, b, volSpec("v", 32*backend.MiB))
 	n1 := b.ForNode("node-1")
 	if err := n1.Health(ctx); err != nil {
 		t.Fatalf("Health: %v", err)
@@ -63,8 +45,8 @@ func TestAttachDetach(t *testing.T) {
 	if got, err := n1.Device(ctx, v.ID); got != dev || err != nil {
 		t.Fatalf("Device = %q, %v; want %q", got, err, dev)
 	}
-	if size, err := blockdev.Size(dev); err != nil || size != 32*MiB {
-		t.Fatalf("device size %d, %v; want %d", size, err, 32*MiB)
+	if size, err := blockdev.Size(dev); err != nil || size != 32*backend.MiB {
+		t.Fatalf("device size %d, %v; want %d", size, err, 32*backend.MiB)
 	}
 	// The device is backed by the volume's image.
 	data := pattern(4096, 5)
@@ -72,7 +54,7 @@ func TestAttachDetach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.WriteAt(data, MiB); err != nil {
+	if _, err := f.WriteAt(data, backend.MiB); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Sync(); err != nil {
@@ -84,7 +66,7 @@ func TestAttachDetach(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make([]byte, len(data))
-	_, err = img.ReadAt(got, MiB)
+	_, err = img.ReadAt(got, backend.MiB)
 	img.Close()
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("data written to %s is not in the image (%v)", dev, err)
@@ -111,14 +93,14 @@ func TestAttachDetach(t *testing.T) {
 	}
 
 	// After the volume grew, a re-attach makes the device see the size.
-	if _, err := b.ExpandVolume(ctx, v.ID, 64*MiB); err != nil {
+	if _, err := b.ExpandVolume(ctx, v.ID, 64*backend.MiB); err != nil {
 		t.Fatal(err)
 	}
 	if again, err := n1.Attach(ctx, mustVolume(t, b, v.ID), nil); again != dev || err != nil {
 		t.Fatalf("Attach after growing = %q, %v; want %q", again, err, dev)
 	}
-	if size, err := blockdev.Size(dev); err != nil || size != 64*MiB {
-		t.Fatalf("device size after growing %d, %v; want %d", size, err, 64*MiB)
+	if size, err := blockdev.Size(dev); err != nil || size != 64*backend.MiB {
+		t.Fatalf("device size after growing %d, %v; want %d", size, err, 64*backend.MiB)
 	}
 
 	for i := 0; i < 2; i++ {
@@ -132,11 +114,11 @@ func TestAttachDetach(t *testing.T) {
 }
 
 func TestAttachDirectIO(t *testing.T) {
-	needLoopDevices(t)
+	testenv.RequireRoot(t)
 	ctx := context.Background()
 	b, _ := newBackend(t)
 	n := b.ForNode("node-1")
-	spec := volSpec("cached", 16*MiB)
+	spec := volSpec("cached", 16*backend.MiB)
 	spec.MutableParameters = map[string]string{ParamDirectIO: "false"}
 	cached := mustCreate(t, b, spec)
 	dev := attachForTest(t, n, cached.ID)
@@ -152,7 +134,7 @@ func TestAttachDirectIO(t *testing.T) {
 	}
 	// The default asks for direct I/O; whether the kernel grants it depends
 	// on the data directory's filesystem, so only the attach is checked.
-	direct := mustCreate(t, b, volSpec("direct", 16*MiB))
+	direct := mustCreate(t, b, volSpec("direct", 16*backend.MiB))
 	if dev2 := attachForTest(t, n, direct.ID); dev2 == dev {
 		t.Fatalf("two volumes on one device %s", dev)
 	}

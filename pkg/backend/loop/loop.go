@@ -17,16 +17,13 @@ import (
 
 // Sizes of the loop backend.
 const (
-	MiB = int64(1) << 20
-	GiB = int64(1) << 30
-
 	// DefaultSize is the size of a volume created without a capacity range
 	// (Swarm sends {0,0} when the user gives no --required-bytes).
-	DefaultSize = 1 * GiB
+	DefaultSize = 1 * backend.GiB
 	// Granularity is the unit sizes are rounded up to.
-	Granularity = 1 * MiB
+	Granularity = 1 * backend.MiB
 	// MinSize keeps volumes large enough for an ext4 journal.
-	MinSize = 16 * MiB
+	MinSize = 16 * backend.MiB
 
 	// TopologyKey is the topology segment naming the data directory: nodes
 	// that share it can reach the same volumes.
@@ -100,7 +97,7 @@ func (b *Backend) Capacity(context.Context) (int64, error) {
 
 // NodeKnown implements backend.Controller: nodes register a directory.
 func (b *Backend) NodeKnown(_ context.Context, nodeID string) (bool, error) {
-	if !ValidNodeID(nodeID) {
+	if !backend.ValidNodeID(nodeID) {
 		return false, nil
 	}
 	fi, err := os.Stat(b.store.path(nodesDir, nodeID))
@@ -115,7 +112,7 @@ func (b *Backend) NodeKnown(_ context.Context, nodeID string) (bool, error) {
 
 // Register implements backend.Node.
 func (b *Backend) Register(_ context.Context, nodeID string) error {
-	if !ValidNodeID(nodeID) {
+	if !backend.ValidNodeID(nodeID) {
 		return csierr.Invalid("node id %q: use letters, digits, '.', '_' and '-' (at most 128)", nodeID)
 	}
 	return os.MkdirAll(b.store.path(nodesDir, nodeID), 0o700)

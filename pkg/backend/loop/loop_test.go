@@ -182,7 +182,7 @@ func TestStoreIDStable(t *testing.T) {
 func TestInfo(t *testing.T) {
 	b, _ := newBackend(t)
 	info := b.Info()
-	if info.Name != "loop" || info.DefaultSize != GiB || info.Granularity != MiB || info.MinSize != MinSize ||
+	if info.Name != "loop" || info.DefaultSize != backend.GiB || info.Granularity != backend.MiB || info.MinSize != MinSize ||
 		!slices.Equal(b.MutableParameters(), []string{ParamDirectIO}) || len(info.Parameters) != 0 {
 		t.Fatalf("Info = %+v", info)
 	}
@@ -195,7 +195,7 @@ func TestForeignIDs(t *testing.T) {
 	ctx := context.Background()
 	b, dataDir := newBackend(t)
 	parent := filepath.Dir(dataDir)
-	decoy, err := json.Marshal(backend.Volume{ID: "../../victim", VolumeSpec: volSpec("victim", MiB)})
+	decoy, err := json.Marshal(backend.Volume{ID: "../../victim", VolumeSpec: volSpec("victim", backend.MiB)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +233,7 @@ func TestForeignIDs(t *testing.T) {
 		_, err = b.Publish(ctx, &backend.Volume{ID: id}, backend.Attachment{NodeID: "node-1"})
 		check("Publish("+id+")", err, true)
 		check("Unpublish("+id+")", b.Unpublish(ctx, id, "node-1"), false)
-		_, err = b.ExpandVolume(ctx, id, GiB)
+		_, err = b.ExpandVolume(ctx, id, backend.GiB)
 		check("ExpandVolume("+id+")", err, true)
 		check("ModifyVolume("+id+")", b.ModifyVolume(ctx, id, map[string]string{ParamDirectIO: "false"}), true)
 		_, err = b.CreateSnapshot(ctx, backend.SnapshotSpec{Name: "s " + id, SourceVolumeID: id})
@@ -265,7 +265,7 @@ func TestForeignIDs(t *testing.T) {
 	// A copy of a foreign source fails too, and leaves neither image nor
 	// record (only, at most, the claimed name: see the report).
 	for i, src := range []backend.Source{{VolumeID: "../../victim"}, {SnapshotID: "../../victim"}, {VolumeID: validSnap}} {
-		spec := volSpec("copy", 16*MiB)
+		spec := volSpec("copy", 16*backend.MiB)
 		spec.Source = &src
 		if _, err := b.CreateVolume(ctx, spec); !isNotFound(err) {
 			t.Errorf("CreateVolume from %+v (#%d): %v, want NotFound", src, i, err)
@@ -286,19 +286,19 @@ func TestForeignIDs(t *testing.T) {
 func TestCreateVolume(t *testing.T) {
 	ctx := context.Background()
 	b, dir := newBackend(t)
-	spec := volSpec("db", 64*MiB)
+	spec := volSpec("db", 64*backend.MiB)
 	spec.MkfsOptions = "-m 0"
 	spec.MutableParameters = map[string]string{ParamDirectIO: "false"}
 	v := mustCreate(t, b, spec)
 	if !ValidVolumeID(v.ID) {
 		t.Fatalf("id %q is not a volume id", v.ID)
 	}
-	if v.Name != "db" || v.CapacityBytes != 64*MiB || v.MkfsOptions != "-m 0" || !v.CreatedAt.Equal(testNow) || len(v.Attachments) != 0 {
+	if v.Name != "db" || v.CapacityBytes != 64*backend.MiB || v.MkfsOptions != "-m 0" || !v.CreatedAt.Equal(testNow) || len(v.Attachments) != 0 {
 		t.Fatalf("volume %+v", v)
 	}
 	img := filepath.Join(dir, volumesDir, v.ID+".img")
-	if got := fileSize(t, img); got != 64*MiB {
-		t.Fatalf("image is %d bytes, want %d", got, 64*MiB)
+	if got := fileSize(t, img); got != 64*backend.MiB {
+		t.Fatalf("image is %d bytes, want %d", got, 64*backend.MiB)
 	}
 	if a := allocated(t, img); a > 64*1024 {
 		t.Fatalf("image has %d bytes allocated: it must be sparse", a)
@@ -314,17 +314,17 @@ func TestCreateVolume(t *testing.T) {
 
 	// Idempotent by name: the existing volume comes back unchanged, even
 	// for other arguments (the controller compares them).
-	again, err := b.CreateVolume(ctx, volSpec("db", 128*MiB))
+	again, err := b.CreateVolume(ctx, volSpec("db", 128*backend.MiB))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again.ID != v.ID || again.CapacityBytes != 64*MiB {
+	if again.ID != v.ID || again.CapacityBytes != 64*backend.MiB {
 		t.Fatalf("retry returned %+v, want the existing volume", again)
 	}
-	if got := fileSize(t, img); got != 64*MiB {
+	if got := fileSize(t, img); got != 64*backend.MiB {
 		t.Fatalf("a retry resized the image to %d", got)
 	}
-	other := mustCreate(t, b, volSpec("other", 16*MiB))
+	other := mustCreate(t, b, volSpec("other", 16*backend.MiB))
 	if other.ID == v.ID {
 		t.Fatal("two names share an id")
 	}
@@ -346,7 +346,7 @@ func TestCreateVolumeInvalid(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b, dir := newBackend(t)
-			spec := volSpec("v", 16*MiB)
+			spec := volSpec("v", 16*backend.MiB)
 			tt.mod(&spec)
 			if _, err := b.CreateVolume(context.Background(), spec); !errors.Is(err, csierr.ErrInvalid) {
 				t.Fatalf("got %v, want InvalidArgument", err)
@@ -374,7 +374,7 @@ func TestCreateVolumeResume(t *testing.T) {
 			}
 		}},
 		{"after the image was built", func(t *testing.T, b *Backend, id string) {
-			if err := buildImage(b.store.volumeImage(id), "", 8*MiB); err != nil {
+			if err := buildImage(b.store.volumeImage(id), "", 8*backend.MiB); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -399,7 +399,7 @@ func TestCreateVolumeResume(t *testing.T) {
 				t.Fatalf("half-made volume listed: %v", vols)
 			}
 
-			v, err := reopen(t, dir).CreateVolume(ctx, volSpec("db", 32*MiB))
+			v, err := reopen(t, dir).CreateVolume(ctx, volSpec("db", 32*backend.MiB))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -407,8 +407,8 @@ func TestCreateVolumeResume(t *testing.T) {
 				t.Fatalf("retry created %s, want the claimed %s", v.ID, id)
 			}
 			img := b.store.volumeImage(id)
-			if got := fileSize(t, img); got != 32*MiB {
-				t.Fatalf("image is %d bytes, want %d", got, 32*MiB)
+			if got := fileSize(t, img); got != 32*backend.MiB {
+				t.Fatalf("image is %d bytes, want %d", got, 32*backend.MiB)
 			}
 			head := make([]byte, 4096)
 			f, err := os.Open(img)
@@ -433,7 +433,7 @@ func TestCreateVolumeResume(t *testing.T) {
 func TestDeleteVolume(t *testing.T) {
 	ctx := context.Background()
 	b, dir := newBackend(t)
-	v := mustCreate(t, b, volSpec("db", 16*MiB))
+	v := mustCreate(t, b, volSpec("db", 16*backend.MiB))
 	img, rec, name := b.store.volumeImage(v.ID), b.store.volumeRecord(v.ID), b.store.nameLink(volumePrefix, "db")
 	for _, p := range []string{img, rec, name} {
 		if !exists(p) {
@@ -454,7 +454,7 @@ func TestDeleteVolume(t *testing.T) {
 		t.Fatalf("Volume after delete: %v", err)
 	}
 	// The name is free again.
-	if again := mustCreate(t, b, volSpec("db", 16*MiB)); again.ID == v.ID {
+	if again := mustCreate(t, b, volSpec("db", 16*backend.MiB)); again.ID == v.ID {
 		t.Fatal("a deleted volume's id came back")
 	}
 	// An unknown, well-formed id is not an error.
@@ -467,7 +467,7 @@ func TestDeleteVolume(t *testing.T) {
 	if _, err := b.store.claimName(volumePrefix, "half", id, ValidVolumeID); err != nil {
 		t.Fatal(err)
 	}
-	if err := buildImage(b.store.volumeImage(id), "", 8*MiB); err != nil {
+	if err := buildImage(b.store.volumeImage(id), "", 8*backend.MiB); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.DeleteVolume(ctx, id); err != nil {
@@ -482,8 +482,8 @@ func TestDeleteVolume(t *testing.T) {
 func TestPublishPersists(t *testing.T) {
 	ctx := context.Background()
 	b, dir := newBackend(t)
-	v := mustCreate(t, b, volSpec("db", 16*MiB))
-	blk := volSpec("raw", 16*MiB)
+	v := mustCreate(t, b, volSpec("db", 16*backend.MiB))
+	blk := volSpec("raw", 16*backend.MiB)
 	blk.Block, blk.FsType = true, ""
 	bv := mustCreate(t, b, blk)
 
@@ -549,38 +549,38 @@ func TestPublishPersists(t *testing.T) {
 func TestExpandVolume(t *testing.T) {
 	ctx := context.Background()
 	b, dir := newBackend(t)
-	v := mustCreate(t, b, volSpec("db", 16*MiB))
+	v := mustCreate(t, b, volSpec("db", 16*backend.MiB))
 	img := b.store.volumeImage(v.ID)
 	writeAt(t, img, 0, pattern(4096, 7))
 	allocBefore := allocated(t, img)
 
-	size, err := b.ExpandVolume(ctx, v.ID, 64*MiB)
-	if err != nil || size != 64*MiB {
+	size, err := b.ExpandVolume(ctx, v.ID, 64*backend.MiB)
+	if err != nil || size != 64*backend.MiB {
 		t.Fatalf("ExpandVolume = %d, %v", size, err)
 	}
-	if got := fileSize(t, img); got != 64*MiB {
+	if got := fileSize(t, img); got != 64*backend.MiB {
 		t.Fatalf("image is %d bytes", got)
 	}
 	if a := allocated(t, img); a != allocBefore {
 		t.Errorf("growing allocated %d bytes, want none (sparse)", a-allocBefore)
 	}
 	// A smaller request is answered with the current size.
-	if size, err := b.ExpandVolume(ctx, v.ID, 32*MiB); err != nil || size != 64*MiB {
+	if size, err := b.ExpandVolume(ctx, v.ID, 32*backend.MiB); err != nil || size != 64*backend.MiB {
 		t.Fatalf("shrink request = %d, %v; want 64 MiB", size, err)
 	}
-	if got := fileSize(t, img); got != 64*MiB {
+	if got := fileSize(t, img); got != 64*backend.MiB {
 		t.Fatalf("shrink request changed the image to %d bytes", got)
 	}
 	stored, err := reopen(t, dir).Volume(ctx, v.ID)
-	if err != nil || stored.CapacityBytes != 64*MiB {
+	if err != nil || stored.CapacityBytes != 64*backend.MiB {
 		t.Fatalf("stored volume %+v, %v", stored, err)
 	}
 	// A crash between growing the image and writing the record: the
 	// retry completes it.
-	if err := growFile(img, 128*MiB); err != nil {
+	if err := growFile(img, 128*backend.MiB); err != nil {
 		t.Fatal(err)
 	}
-	if size, err := b.ExpandVolume(ctx, v.ID, 128*MiB); err != nil || size != 128*MiB {
+	if size, err := b.ExpandVolume(ctx, v.ID, 128*backend.MiB); err != nil || size != 128*backend.MiB {
 		t.Fatalf("retried expansion = %d, %v", size, err)
 	}
 	if c := b.Condition(ctx, mustVolume(t, b, v.ID)); c.Abnormal {
@@ -629,13 +629,13 @@ func dataAfter(t *testing.T, path string, off int64) int64 {
 func TestSnapshotsAndCopies(t *testing.T) {
 	ctx := context.Background()
 	b, dir := newBackend(t)
-	const size = 8 * MiB
+	const size = 8 * backend.MiB
 	src := mustCreate(t, b, volSpec("src", size))
 	srcImg := b.store.volumeImage(src.ID)
 	// Data at the start, in the middle (unaligned, across a block
 	// boundary) and in the last block; holes in between.
 	writeAt(t, srcImg, 0, pattern(4096, 1))
-	writeAt(t, srcImg, 3*MiB+123, pattern(5000, 2))
+	writeAt(t, srcImg, 3*backend.MiB+123, pattern(5000, 2))
 	writeAt(t, srcImg, size-4096, pattern(4096, 3))
 	srcData := readAll(t, srcImg)
 	srcAlloc := allocated(t, srcImg)
@@ -665,8 +665,8 @@ func TestSnapshotsAndCopies(t *testing.T) {
 		if a := allocated(t, path); a > srcAlloc+4096 {
 			t.Errorf("%s: %d bytes allocated, source has %d: the copy is not sparse", what, a, srcAlloc)
 		}
-		if off := dataAfter(t, path, 4096); off != 3*MiB {
-			t.Errorf("%s: data after the first block starts at %d, want the hole up to %d", what, off, 3*MiB)
+		if off := dataAfter(t, path, 4096); off != 3*backend.MiB {
+			t.Errorf("%s: data after the first block starts at %d, want the hole up to %d", what, off, 3*backend.MiB)
 		}
 		if off := dataAfter(t, path, size); off != wantSize {
 			t.Errorf("%s: data at %d in the grown part, want a hole", what, off)
@@ -675,7 +675,7 @@ func TestSnapshotsAndCopies(t *testing.T) {
 	checkCopy("snapshot", snapImg, size)
 
 	// Idempotent by name, for any source.
-	other := mustCreate(t, b, volSpec("other", 16*MiB))
+	other := mustCreate(t, b, volSpec("other", 16*backend.MiB))
 	again, err := b.CreateSnapshot(ctx, backend.SnapshotSpec{Name: "s1", SourceVolumeID: other.ID})
 	if err != nil || again.ID != snap.ID || again.SourceVolumeID != src.ID {
 		t.Fatalf("retry = %+v, %v; want the existing snapshot", again, err)
@@ -686,10 +686,10 @@ func TestSnapshotsAndCopies(t *testing.T) {
 		t.Fatal("writing to the volume changed its snapshot")
 	}
 
-	restoreSpec := volSpec("restored", 16*MiB)
+	restoreSpec := volSpec("restored", 16*backend.MiB)
 	restoreSpec.Source = &backend.Source{SnapshotID: snap.ID}
 	restored := mustCreate(t, b, restoreSpec)
-	checkCopy("volume from snapshot", b.store.volumeImage(restored.ID), 16*MiB)
+	checkCopy("volume from snapshot", b.store.volumeImage(restored.ID), 16*backend.MiB)
 	if restored.Source == nil || restored.Source.SnapshotID != snap.ID {
 		t.Errorf("restored volume's source %+v", restored.Source)
 	}
@@ -745,8 +745,8 @@ func TestSnapshotsAndCopies(t *testing.T) {
 func TestCreateSnapshotResume(t *testing.T) {
 	ctx := context.Background()
 	b, dir := newBackend(t)
-	v := mustCreate(t, b, volSpec("v", 16*MiB))
-	writeAt(t, b.store.volumeImage(v.ID), MiB, pattern(100, 4))
+	v := mustCreate(t, b, volSpec("v", 16*backend.MiB))
+	writeAt(t, b.store.volumeImage(v.ID), backend.MiB, pattern(100, 4))
 	id, _ := newID(snapshotPrefix)
 	if _, err := b.store.claimName(snapshotPrefix, "s", id, ValidSnapshotID); err != nil {
 		t.Fatal(err)
@@ -772,7 +772,7 @@ func TestListVolumesSorted(t *testing.T) {
 	b, dir := newBackend(t)
 	var want []string
 	for _, n := range []string{"e", "d", "c", "b", "a", "f"} {
-		want = append(want, mustCreate(t, b, volSpec(n, 16*MiB)).ID)
+		want = append(want, mustCreate(t, b, volSpec(n, 16*backend.MiB)).ID)
 	}
 	sort.Strings(want)
 	// Files that are not records of ours are ignored.
@@ -827,7 +827,7 @@ func TestModifyVolume(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b, dir := newBackend(t)
-			v := mustCreate(t, b, volSpec("v", 16*MiB))
+			v := mustCreate(t, b, volSpec("v", 16*backend.MiB))
 			err := b.ModifyVolume(ctx, v.ID, tt.params)
 			if tt.wantErr {
 				if !errors.Is(err, csierr.ErrInvalid) {
@@ -880,11 +880,11 @@ func TestCapacityAndCondition(t *testing.T) {
 	if err != nil || c <= 0 {
 		t.Fatalf("Capacity = %d, %v", c, err)
 	}
-	v := mustCreate(t, b, volSpec("v", 16*MiB))
+	v := mustCreate(t, b, volSpec("v", 16*backend.MiB))
 	if cond := b.Condition(ctx, v); cond.Abnormal {
 		t.Fatalf("new volume abnormal: %+v", cond)
 	}
-	if err := os.Truncate(b.store.volumeImage(v.ID), 8*MiB); err != nil {
+	if err := os.Truncate(b.store.volumeImage(v.ID), 8*backend.MiB); err != nil {
 		t.Fatal(err)
 	}
 	if cond := b.Condition(ctx, v); !cond.Abnormal || cond.Message == "" {
@@ -903,18 +903,18 @@ func TestCapacityAndCondition(t *testing.T) {
 func TestNoTempFilesLeft(t *testing.T) {
 	ctx := context.Background()
 	b, dir := newBackend(t)
-	v := mustCreate(t, b, volSpec("v", 16*MiB))
+	v := mustCreate(t, b, volSpec("v", 16*backend.MiB))
 	steps := []func() error{
 		func() error { _, err := b.Publish(ctx, v, backend.Attachment{NodeID: "n"}); return err },
 		func() error { return b.ModifyVolume(ctx, v.ID, map[string]string{ParamDirectIO: "false"}) },
-		func() error { _, err := b.ExpandVolume(ctx, v.ID, 32*MiB); return err },
+		func() error { _, err := b.ExpandVolume(ctx, v.ID, 32*backend.MiB); return err },
 		func() error { return b.Unpublish(ctx, v.ID, "n") },
 		func() error {
 			s, err := b.CreateSnapshot(ctx, backend.SnapshotSpec{Name: "s", SourceVolumeID: v.ID})
 			if err != nil {
 				return err
 			}
-			spec := volSpec("copy", 32*MiB)
+			spec := volSpec("copy", 32*backend.MiB)
 			spec.Source = &backend.Source{SnapshotID: s.ID}
 			_, err = b.CreateVolume(ctx, spec)
 			return err
@@ -952,7 +952,7 @@ func assertNoTempFiles(t *testing.T, dir string) {
 
 func TestCopyImageEmptyAndHoleOnly(t *testing.T) {
 	dir := t.TempDir()
-	for _, size := range []int64{0, 5 * MiB} {
+	for _, size := range []int64{0, 5 * backend.MiB} {
 		src := filepath.Join(dir, "src.img")
 		if err := os.WriteFile(src, nil, 0o600); err != nil {
 			t.Fatal(err)
@@ -974,7 +974,7 @@ func TestCopyImageEmptyAndHoleOnly(t *testing.T) {
 			t.Error("temporary image left behind")
 		}
 	}
-	if err := buildImage(filepath.Join(dir, "x.img"), filepath.Join(dir, "missing.img"), MiB); err == nil {
+	if err := buildImage(filepath.Join(dir, "x.img"), filepath.Join(dir, "missing.img"), backend.MiB); err == nil {
 		t.Fatal("building from a missing source succeeded")
 	}
 	if exists(filepath.Join(dir, "x.img")) || exists(filepath.Join(dir, "x.img.tmp")) {
@@ -1032,7 +1032,7 @@ func TestImageBuildsAreMeasured(t *testing.T) {
 		before[k] = backendCalls(t, call, status)
 	}
 	src := filepath.Join(dir, "a.img")
-	if err := buildImage(src, "", MiB); err != nil {
+	if err := buildImage(src, "", backend.MiB); err != nil {
 		t.Fatal(err)
 	}
 	if err := buildImage(filepath.Join(dir, "b.img"), src, 0); err != nil {

@@ -41,7 +41,6 @@ const (
 var (
 	volumeIDPattern   = regexp.MustCompile(`^vol-[0-9a-f]{32}$`)
 	snapshotIDPattern = regexp.MustCompile(`^snap-[0-9a-f]{32}$`)
-	nodeIDPattern     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 )
 
 // ValidVolumeID reports whether id has the form of this backend's volume ids.
@@ -50,9 +49,6 @@ func ValidVolumeID(id string) bool { return volumeIDPattern.MatchString(id) }
 
 // ValidSnapshotID reports whether id has the form of this backend's snapshot ids.
 func ValidSnapshotID(id string) bool { return snapshotIDPattern.MatchString(id) }
-
-// ValidNodeID reports whether id may name a node.
-func ValidNodeID(id string) bool { return nodeIDPattern.MatchString(id) }
 
 func newID(prefix string) (string, error) {
 	b := make([]byte, 16)

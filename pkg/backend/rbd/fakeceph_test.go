@@ -19,7 +19,8 @@ import (
 // fakeCeph plays the rbd tool over an in-memory pool, for the commands the
 // controller side runs, with Ceph's refusals (exists, not found, snapshots
 // with clones, clone v2's snapshot trash). failAt makes the n-th command
-// (counting from 1) fail as if the process had died before doing it.
+// (counting from 1) fail as if the process had died before doing it; down
+// makes every command fail as when no monitor answers.
 type fakeCeph struct {
 	mu     sync.Mutex
 	images map[string]*fakeImage // "pool/name"
@@ -27,6 +28,7 @@ type fakeCeph struct {
 	nextID int
 	calls  int
 	failAt int
+	down   bool
 }
 
 type fakeImage struct {
@@ -57,6 +59,9 @@ func (f *fakeCeph) Run(_ context.Context, name string, args ...string) ([]byte, 
 	f.calls++
 	if f.calls == f.failAt {
 		return nil, exitErr(110, "rbd: (110) Connection timed out\n")
+	}
+	if f.down {
+		return nil, exitErr(110, "rbd: couldn't connect to the cluster!\n")
 	}
 	if name != "rbd" || len(args) < 7 {
 		return nil, fmt.Errorf("fakeCeph: unexpected %s %v", name, args)
@@ -304,7 +309,7 @@ func (f *fakeCeph) state() string {
 // crash ends.
 func TestRetryAfterCrashAtAnyPoint(t *testing.T) {
 	ctx := context.Background()
-	spec := backend.VolumeSpec{Name: "db", CapacityBytes: 64 * MiB, FsType: "ext4", AccessMode: "SINGLE_NODE_WRITER",
+	spec := backend.VolumeSpec{Name: "db", CapacityBytes: 64 * backend.MiB, FsType: "ext4", AccessMode: "SINGLE_NODE_WRITER",
 		MutableParameters: map[string]string{ParamQoSIOPS: "100"}}
 	// lifecycle is a whole life, one RPC a step: create, snapshot, a
 	// volume from it, a clone, expand, publish, unpublish, modify, then
@@ -320,7 +325,7 @@ func TestRetryAfterCrashAtAnyPoint(t *testing.T) {
 			},
 			func() (err error) {
 				restore := spec
-				restore.Name, restore.CapacityBytes, restore.Source = "restored", 128*MiB, &backend.Source{SnapshotID: sn.ID}
+				restore.Name, restore.CapacityBytes, restore.Source = "restored", 128*backend.MiB, &backend.Source{SnapshotID: sn.ID}
 				r, err = b.CreateVolume(ctx, restore)
 				return err
 			},
@@ -330,7 +335,7 @@ func TestRetryAfterCrashAtAnyPoint(t *testing.T) {
 				c, err = b.CreateVolume(ctx, clone)
 				return err
 			},
-			func() error { _, err := b.ExpandVolume(ctx, c.ID, 96*MiB); return err },
+			func() error { _, err := b.ExpandVolume(ctx, c.ID, 96*backend.MiB); return err },
 			func() error { _, err := b.Publish(ctx, r, backend.Attachment{NodeID: "n1"}); return err },
 			func() error { return b.Unpublish(ctx, r.ID, "n1") },
 			func() error { return b.ModifyVolume(ctx, r.ID, map[string]string{ParamQoSBPS: "0"}) },
@@ -378,18 +383,18 @@ func TestRetryAfterCrashAtAnyPoint(t *testing.T) {
 func TestNamesAreIdempotent(t *testing.T) {
 	ctx := context.Background()
 	b := newTestBackend(t, newFakeCeph())
-	spec := backend.VolumeSpec{Name: "web", CapacityBytes: 32 * MiB}
+	spec := backend.VolumeSpec{Name: "web", CapacityBytes: 32 * backend.MiB}
 	v1, err := b.CreateVolume(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	other := spec
-	other.CapacityBytes, other.Parameters = 64*MiB, map[string]string{ParamPool: "fast"}
+	other.CapacityBytes, other.Parameters = 64*backend.MiB, map[string]string{ParamPool: "fast"}
 	v2, err := b.CreateVolume(ctx, other)
-	if err != nil || v2.ID != v1.ID || v2.CapacityBytes != 32*MiB {
+	if err != nil || v2.ID != v1.ID || v2.CapacityBytes != 32*backend.MiB {
 		t.Fatalf("same name, other arguments: %+v, %v; want the existing volume", v2, err)
 	}
-	if _, err := b.CreateVolume(ctx, backend.VolumeSpec{Name: "x", CapacityBytes: MiB, Parameters: map[string]string{ParamPool: "a/b"}}); csierr.Code(err) != codes.InvalidArgument {
+	if _, err := b.CreateVolume(ctx, backend.VolumeSpec{Name: "x", CapacityBytes: backend.MiB, Parameters: map[string]string{ParamPool: "a/b"}}); csierr.Code(err) != codes.InvalidArgument {
 		t.Fatalf("bad pool: %v", err)
 	}
 	if _, err := b.CreateSnapshot(ctx, backend.SnapshotSpec{Name: "s", SourceVolumeID: "rbd/" + b.names.volumeImage(nameHash("nope"))}); csierr.Code(err) != codes.NotFound {

@@ -100,7 +100,7 @@ func (f *fuseAttacher) attach(ctx context.Context, cr creds, ref imageRef, hash 
 	if st == fuseDead {
 		// The loop device on the dead file is useless: a fresh mount gets
 		// a fresh device.
-		f.releaseLoop(hash, ref)
+		f.releaseLoop(ctx, hash, ref)
 		if err := unix.Unmount(f.mountPoint(ref), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 			return "", fmt.Errorf("unmount dead rbd-fuse mount %s: %w", f.mountPoint(ref), err)
 		}
@@ -184,7 +184,7 @@ func (f *fuseAttacher) detach(ctx context.Context, ref imageRef, hash string) er
 		return err
 	}
 	if mounted {
-		if err := f.releaseLoop(hash, ref); err != nil {
+		if err := f.releaseLoop(ctx, hash, ref); err != nil {
 			return err
 		}
 		if err := f.unmount(ctx, mp); err != nil {
@@ -204,7 +204,7 @@ func (f *fuseAttacher) detach(ctx context.Context, ref imageRef, hash string) er
 
 // releaseLoop detaches the image file's loop device and waits until the
 // kernel has let go of the file.
-func (f *fuseAttacher) releaseLoop(hash string, ref imageRef) error {
+func (f *fuseAttacher) releaseLoop(ctx context.Context, hash string, ref imageRef) error {
 	dev, err := f.loops.Find(f.file(ref), f.loopTag(hash))
 	if err != nil || dev == "" {
 		return err
@@ -212,7 +212,7 @@ func (f *fuseAttacher) releaseLoop(hash string, ref imageRef) error {
 	if err := f.loops.Detach(dev); err != nil {
 		return err
 	}
-	return f.waitFor(context.Background(), func() bool {
+	return f.waitFor(ctx, func() bool {
 		d, err := f.loops.Find(f.file(ref), f.loopTag(hash))
 		return err == nil && d == ""
 	})

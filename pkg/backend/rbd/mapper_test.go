@@ -60,7 +60,7 @@ func TestMapperCommands(t *testing.T) {
 				t.Fatal(err)
 			}
 			id := "rbd/" + b.names.volumeImage(nameHash("v"))
-			v := &backend.Volume{ID: id, VolumeSpec: backend.VolumeSpec{CapacityBytes: GiB}}
+			v := &backend.Volume{ID: id, VolumeSpec: backend.VolumeSpec{CapacityBytes: backend.GiB}}
 			conn := fmt.Sprintf("-c %s --id swarm-csi --keyring %s", b.cli.conf, b.creds.keyring)
 
 			dev, err := n.Attach(ctx, v, nil)

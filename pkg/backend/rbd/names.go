@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"regexp"
 	"strings"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 )
 
 // Names. Every image and snapshot this driver makes is named from a hash
@@ -25,8 +27,12 @@ var (
 	prefixPattern   = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
 	featuresPattern = regexp.MustCompile(`^[a-z][a-z-]*(,[a-z][a-z-]*)*$`)
 	hexPattern      = regexp.MustCompile(`^[0-9a-f]{32}$`)
-	nodeIDPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 )
+
+// validUser reports whether u may be a cephx user name (without
+// "client."): it goes into keyrings and command arguments, so it follows
+// the node id rule.
+func validUser(u string) bool { return backend.ValidNodeID(u) }
 
 // nameHash is the 32 hex digits that name the objects made for a CSI name.
 func nameHash(name string) string {

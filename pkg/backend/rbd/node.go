@@ -48,6 +48,8 @@ type NodeSide struct {
 	*Backend
 	mode string
 	att  attacher
+	// registerEvery is how often Register tries again (registerRetry).
+	registerEvery time.Duration
 }
 
 var _ backend.Node = (*NodeSide)(nil)
@@ -57,7 +59,7 @@ var _ backend.Node = (*NodeSide)(nil)
 func (b *Backend) ForNode(nodeID, mode string) (*NodeSide, error) {
 	sum := sha256.Sum256([]byte(nodeID))
 	tag := hex.EncodeToString(sum[:6])
-	n := &NodeSide{Backend: b, mode: mode}
+	n := &NodeSide{Backend: b, mode: mode, registerEvery: registerRetry}
 	switch mode {
 	case ModeKRBD, ModeNBD:
 		n.att = &mapper{b: b, kind: mode}
@@ -76,9 +78,10 @@ const registerRetry = 15 * time.Second
 // Register implements backend.Node: the node's record in the index is what
 // ControllerPublishVolume checks. A cluster that is unreachable at start
 // must not stop the driver (Swarm needs its Probe): the node then keeps
-// trying in the background. A refused key stops it with the reason.
+// trying in the background until it succeeds or ctx, the driver's life,
+// ends. A refused key stops it with the reason.
 func (n *NodeSide) Register(ctx context.Context, nodeID string) error {
-	if !nodeIDPattern.MatchString(nodeID) {
+	if !backend.ValidNodeID(nodeID) {
 		return csierr.Invalid("node id %q: use letters, digits, '.', '_' and '-' (at most 128)", nodeID)
 	}
 	err := n.register(ctx, nodeID)
@@ -86,18 +89,29 @@ func (n *NodeSide) Register(ctx context.Context, nodeID string) error {
 		return err
 	}
 	n.cfg.Log.Warn("cannot register with Ceph yet; retrying in the background", "node", nodeID, "error", err)
-	go func() {
-		for {
-			time.Sleep(registerRetry)
-			err := n.register(context.Background(), nodeID)
-			if err == nil {
-				n.cfg.Log.Info("registered with Ceph", "node", nodeID)
-				return
-			}
+	go n.retryRegister(ctx, nodeID)
+	return nil
+}
+
+// retryRegister registers the node every registerEvery until it succeeds
+// or ctx ends.
+func (n *NodeSide) retryRegister(ctx context.Context, nodeID string) {
+	for {
+		select {
+		case <-ctx.Done():
+			n.cfg.Log.Info("stopped trying to register with Ceph", "node", nodeID, "reason", context.Cause(ctx))
+			return
+		case <-time.After(n.registerEvery):
+		}
+		err := n.register(ctx, nodeID)
+		if err == nil {
+			n.cfg.Log.Info("registered with Ceph", "node", nodeID)
+			return
+		}
+		if ctx.Err() == nil {
 			n.cfg.Log.Warn("cannot register with Ceph yet", "node", nodeID, "error", err)
 		}
-	}()
-	return nil
+	}
 }
 
 func (n *NodeSide) register(ctx context.Context, nodeID string) error {

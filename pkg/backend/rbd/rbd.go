@@ -30,16 +30,13 @@ import (
 
 // Sizes of the rbd backend.
 const (
-	MiB = int64(1) << 20
-	GiB = int64(1) << 30
-
 	// DefaultSize is the size of a volume created without a capacity range
 	// (Swarm sends {0,0} when the user gives no --required-bytes).
-	DefaultSize = 1 * GiB
+	DefaultSize = 1 * backend.GiB
 	// Granularity: rbd sizes are given in MiB.
-	Granularity = 1 * MiB
+	Granularity = 1 * backend.MiB
 	// MinSize keeps volumes large enough for an ext4 journal.
-	MinSize = 16 * MiB
+	MinSize = 16 * backend.MiB
 
 	// DefaultCallTimeout bounds one rbd or ceph command. Swarm allows an
 	// RPC about 15 s, and most RPCs need one to five commands that take
@@ -185,7 +182,7 @@ func (c Config) check() error {
 		return bad("pool", "%q: letters, digits, '.', '_' and '-'", c.Pool)
 	case c.DataPool != "" && !poolPattern.MatchString(c.DataPool):
 		return bad("data-pool", "%q: letters, digits, '.', '_' and '-'", c.DataPool)
-	case !nodeIDPattern.MatchString(c.User) || strings.HasPrefix(c.User, "client."):
+	case !validUser(c.User) || strings.HasPrefix(c.User, "client."):
 		return bad("user", "%q: the cephx user without \"client.\", e.g. swarm-csi", c.User)
 	case c.ImageFeatures != "" && !featuresPattern.MatchString(c.ImageFeatures):
 		return bad("image-features", "%q: comma-separated names such as layering,exclusive-lock", c.ImageFeatures)
@@ -270,7 +267,7 @@ func (b *Backend) credsFor(ctx context.Context) (creds, error) {
 	user := b.cfg.User
 	if u := s[SecretUserID]; u != "" {
 		user = strings.TrimPrefix(u, "client.")
-		if !nodeIDPattern.MatchString(user) {
+		if !validUser(user) {
 			return creds{}, csierr.Invalid("secret %s %q is not a cephx user name", SecretUserID, u)
 		}
 	}
@@ -355,7 +352,7 @@ func (b *Backend) Capacity(ctx context.Context) (int64, error) {
 
 // NodeKnown implements backend.Controller: nodes register in the index.
 func (b *Backend) NodeKnown(ctx context.Context, nodeID string) (bool, error) {
-	if !nodeIDPattern.MatchString(nodeID) {
+	if !backend.ValidNodeID(nodeID) {
 		return false, nil
 	}
 	cr, err := b.credsFor(ctx)

@@ -255,7 +255,7 @@ func notFoundAs(err error, format string, args ...any) error {
 	return err
 }
 
-func mib(bytes int64) string { return strconv.FormatInt((bytes+MiB-1)/MiB, 10) + "M" }
+func mib(bytes int64) string { return strconv.FormatInt((bytes+backend.MiB-1)/backend.MiB, 10) + "M" }
 
 // record returns the record of a volume id, or a NotFound error.
 func (b *Backend) record(ctx context.Context, cr creds, id string) (*volumeRecord, error) {

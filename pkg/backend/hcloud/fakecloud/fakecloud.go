@@ -49,8 +49,6 @@ const (
 	// RateLimit is the API's budget of requests per hour; it refills at
 	// one request per second.
 	RateLimit = 3600
-
-	gib = int64(1) << 30
 )
 
 // Options configure a fake cloud.

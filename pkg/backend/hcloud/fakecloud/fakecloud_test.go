@@ -17,6 +17,7 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud/metadata"
 	"golang.org/x/sys/unix"
 
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
 )
 
@@ -41,20 +42,6 @@ func client(c *Cloud, token string) *hcloud.Client {
 	return hcloud.NewClient(hcloud.WithToken(token), hcloud.WithEndpoint(c.URL()),
 		hcloud.WithPollOpts(hcloud.PollOpts{BackoffFunc: hcloud.ConstantBackoff(5 * time.Millisecond)}),
 		hcloud.WithRetryOpts(hcloud.RetryOpts{MaxRetries: 0}))
-}
-
-// requireRoot skips without root (loop devices), except with CI=true.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		if _, err := os.Stat("/dev/loop-control"); err == nil {
-			return
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("CI=true: this test needs root and /dev/loop-control")
-	}
-	t.Skip("needs root and /dev/loop-control (loop devices)")
 }
 
 func createVolume(t *testing.T, api *hcloud.Client, name string, labels map[string]string) *hcloud.Volume {
@@ -406,7 +393,7 @@ func TestMetadata(t *testing.T) {
 // With root, an attached volume is a loop device on its image that sees
 // resizes at once; detach and Close leave nothing behind.
 func TestDevices(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	c, api := start(t, true)
 	ctx := context.Background()
 	s, _ := c.AddServer("node-1", "fsn1")
@@ -455,7 +442,7 @@ func TestDevices(t *testing.T) {
 // A fake that was killed leaves loop devices; the next one on the same
 // directory removes them.
 func TestStartSweepsLeftovers(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	dir := t.TempDir()
 	c, err := Start(Options{Dir: dir, Token: token})
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud/schema"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 )
 
 // volume is a volume of the fake project.
@@ -188,7 +190,7 @@ func (c *Cloud) queueAction(after *action, command string, res []resource, do ef
 }
 
 func (c *Cloud) createEffect(v *volume, format *string) effect {
-	id, size := v.ID, int64(v.Size)*gib
+	id, size := v.ID, int64(v.Size)*backend.GiB
 	return func() (func(), *schema.ActionError) {
 		if err := c.createImage(id, size, format); err != nil {
 			return nil, &schema.ActionError{Code: "action_failed", Message: "volume not created: " + err.Error()}
@@ -371,7 +373,7 @@ func (c *Cloud) resizeVolume(r *http.Request) (int, any, *apiError) {
 	}
 	size, vid, dev := req.Size, v.ID, v.device
 	a := c.startAction("resize_volume", []resource{{"volume", v.ID}}, func() (func(), *schema.ActionError) {
-		if err := c.growImage(vid, int64(size)*gib, dev); err != nil {
+		if err := c.growImage(vid, int64(size)*backend.GiB, dev); err != nil {
 			return nil, &schema.ActionError{Code: "action_failed", Message: "volume not resized: " + err.Error()}
 		}
 		return func() { v.Size = size }, nil
