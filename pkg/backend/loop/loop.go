@@ -4,7 +4,6 @@ package loop
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -66,7 +65,7 @@ func (b *Backend) Info() backend.Info {
 
 // Topology returns the segment of the nodes sharing this data directory.
 func (b *Backend) Topology() map[string]string {
-	return map[string]string{TopologyKey: b.store.id}
+	return map[string]string{TopologyKey: b.store.ID}
 }
 
 // MutableParameters implements backend.Modifier.
@@ -89,8 +88,8 @@ func directIO(v *backend.Volume) bool { return v.MutableParameters[ParamDirectIO
 // Capacity implements backend.CapacityReporter: the free space of the data directory.
 func (b *Backend) Capacity(context.Context) (int64, error) {
 	var st unix.Statfs_t
-	if err := unix.Statfs(b.store.root, &st); err != nil {
-		return 0, fmt.Errorf("statfs %s: %w", b.store.root, err)
+	if err := unix.Statfs(b.store.Root, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", b.store.Root, err)
 	}
 	return int64(st.Bavail) * st.Bsize, nil
 }
@@ -100,14 +99,7 @@ func (b *Backend) NodeKnown(_ context.Context, nodeID string) (bool, error) {
 	if !backend.ValidNodeID(nodeID) {
 		return false, nil
 	}
-	fi, err := os.Stat(b.store.path(nodesDir, nodeID))
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	return fi.IsDir(), nil
+	return b.store.NodeKnown(nodeID)
 }
 
 // Register implements backend.Node.
@@ -115,7 +107,7 @@ func (b *Backend) Register(_ context.Context, nodeID string) error {
 	if !backend.ValidNodeID(nodeID) {
 		return csierr.Invalid("node id %q: use letters, digits, '.', '_' and '-' (at most 128)", nodeID)
 	}
-	return os.MkdirAll(b.store.path(nodesDir, nodeID), 0o700)
+	return b.store.Register(nodeID)
 }
 
 // Condition implements backend.Controller: the image must exist at full size.

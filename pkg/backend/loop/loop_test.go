@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/backend/filestore"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
@@ -153,7 +155,7 @@ func TestNewRejectsRelativeDataDir(t *testing.T) {
 func TestStoreIDStable(t *testing.T) {
 	b, dir := newBackend(t)
 	id := b.Topology()[TopologyKey]
-	if !storeIDPattern.MatchString(id) {
+	if !regexp.MustCompile(`^[0-9a-f]{16}$`).MatchString(id) {
 		t.Fatalf("store id %q", id)
 	}
 	if again := reopen(t, dir).Topology()[TopologyKey]; again != id {
@@ -351,7 +353,7 @@ func TestCreateVolumeInvalid(t *testing.T) {
 			if _, err := b.CreateVolume(context.Background(), spec); !errors.Is(err, csierr.ErrInvalid) {
 				t.Fatalf("got %v, want InvalidArgument", err)
 			}
-			for _, d := range []string{volumesDir, namesDir} {
+			for _, d := range []string{volumesDir, filestore.NamesDir} {
 				if entries, _ := os.ReadDir(filepath.Join(dir, d)); len(entries) != 0 {
 					t.Errorf("refused request left %v in %s", entries, d)
 				}
@@ -383,11 +385,11 @@ func TestCreateVolumeResume(t *testing.T) {
 		t.Run(step.name, func(t *testing.T) {
 			ctx := context.Background()
 			b, dir := newBackend(t)
-			id, err := newID(volumePrefix)
+			id, err := filestore.NewID(volumePrefix)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got, err := b.store.claimName(volumePrefix, "db", id, ValidVolumeID); err != nil || got != id {
+			if got, err := b.store.ClaimName(volumePrefix, "db", id, ValidVolumeID); err != nil || got != id {
 				t.Fatalf("claimName = %q, %v", got, err)
 			}
 			step.crash(t, b, id)
@@ -434,7 +436,7 @@ func TestDeleteVolume(t *testing.T) {
 	ctx := context.Background()
 	b, dir := newBackend(t)
 	v := mustCreate(t, b, volSpec("db", 16*backend.MiB))
-	img, rec, name := b.store.volumeImage(v.ID), b.store.volumeRecord(v.ID), b.store.nameLink(volumePrefix, "db")
+	img, rec, name := b.store.volumeImage(v.ID), b.store.volumeRecord(v.ID), b.store.NameLink(volumePrefix, "db")
 	for _, p := range []string{img, rec, name} {
 		if !exists(p) {
 			t.Fatalf("%s missing after CreateVolume", p)
@@ -463,8 +465,8 @@ func TestDeleteVolume(t *testing.T) {
 	}
 
 	// The remains of a creation that never finished are removed.
-	id, _ := newID(volumePrefix)
-	if _, err := b.store.claimName(volumePrefix, "half", id, ValidVolumeID); err != nil {
+	id, _ := filestore.NewID(volumePrefix)
+	if _, err := b.store.ClaimName(volumePrefix, "half", id, ValidVolumeID); err != nil {
 		t.Fatal(err)
 	}
 	if err := buildImage(b.store.volumeImage(id), "", 8*backend.MiB); err != nil {
@@ -731,7 +733,7 @@ func TestSnapshotsAndCopies(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, p := range []string{snapImg, b.store.snapshotRecord(snap.ID), b.store.nameLink(snapshotPrefix, "s1")} {
+	for _, p := range []string{snapImg, b.store.snapshotRecord(snap.ID), b.store.NameLink(snapshotPrefix, "s1")} {
 		if exists(p) {
 			t.Errorf("%s remains after DeleteSnapshot", p)
 		}
@@ -747,8 +749,8 @@ func TestCreateSnapshotResume(t *testing.T) {
 	b, dir := newBackend(t)
 	v := mustCreate(t, b, volSpec("v", 16*backend.MiB))
 	writeAt(t, b.store.volumeImage(v.ID), backend.MiB, pattern(100, 4))
-	id, _ := newID(snapshotPrefix)
-	if _, err := b.store.claimName(snapshotPrefix, "s", id, ValidSnapshotID); err != nil {
+	id, _ := filestore.NewID(snapshotPrefix)
+	if _, err := b.store.ClaimName(snapshotPrefix, "s", id, ValidSnapshotID); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(b.store.snapshotImage(id)+".tmp", []byte("partial"), 0o600); err != nil {
@@ -865,7 +867,7 @@ func TestNodeRegistration(t *testing.T) {
 		t.Fatal("node-2 known without registering")
 	}
 	// A file where a node directory would be is not a node.
-	if err := os.WriteFile(filepath.Join(dir, nodesDir, "node-3"), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, filestore.NodesDir, "node-3"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if known, _ := b.NodeKnown(ctx, "node-3"); known {

@@ -64,7 +64,7 @@ func (n *NodeSide) Device(_ context.Context, volumeID string) (string, error) {
 // Health implements backend.Node: the data directory must be readable and
 // loop devices available.
 func (n *NodeSide) Health(context.Context) error {
-	if _, err := os.ReadDir(n.store.path(volumesDir)); err != nil {
+	if _, err := os.ReadDir(n.store.Path(volumesDir)); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
 	f, err := os.OpenFile(n.loops.devs.Control(), os.O_RDWR, 0)

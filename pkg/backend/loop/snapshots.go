@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/backend/filestore"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
@@ -13,7 +14,7 @@ import (
 // volume's image: a reflink where the filesystem supports it, a sparse copy
 // otherwise. Of a volume in use it is crash-consistent.
 func (b *Backend) CreateSnapshot(_ context.Context, spec backend.SnapshotSpec) (*backend.Snapshot, error) {
-	id, err := b.store.lookupName(snapshotPrefix, spec.Name, ValidSnapshotID)
+	id, err := b.store.LookupName(snapshotPrefix, spec.Name, ValidSnapshotID)
 	if err != nil {
 		return nil, err
 	}
@@ -30,10 +31,10 @@ func (b *Backend) CreateSnapshot(_ context.Context, spec backend.SnapshotSpec) (
 		return nil, err
 	}
 	if id == "" {
-		if id, err = newID(snapshotPrefix); err != nil {
+		if id, err = filestore.NewID(snapshotPrefix); err != nil {
 			return nil, err
 		}
-		if id, err = b.store.claimName(snapshotPrefix, spec.Name, id, ValidSnapshotID); err != nil {
+		if id, err = b.store.ClaimName(snapshotPrefix, spec.Name, id, ValidSnapshotID); err != nil {
 			return nil, err
 		}
 	}
@@ -46,7 +47,7 @@ func (b *Backend) CreateSnapshot(_ context.Context, spec backend.SnapshotSpec) (
 		return nil, err
 	}
 	s := &backend.Snapshot{ID: id, SnapshotSpec: spec, SizeBytes: fi.Size(), CreatedAt: b.now().UTC()}
-	if err := writeJSON(b.store.snapshotRecord(id), s); err != nil {
+	if err := filestore.WriteJSON(b.store.snapshotRecord(id), s); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -57,17 +58,17 @@ func (b *Backend) DeleteSnapshot(_ context.Context, id string) error {
 	s, err := b.readSnapshot(id)
 	if errors.Is(err, csierr.ErrNotFound) {
 		if ValidSnapshotID(id) {
-			return removeFiles(b.store.snapshotImage(id))
+			return filestore.RemoveFiles(b.store.snapshotImage(id))
 		}
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if err := b.store.releaseName(snapshotPrefix, s.Name, id); err != nil {
+	if err := b.store.ReleaseName(snapshotPrefix, s.Name, id); err != nil {
 		return err
 	}
-	return removeFiles(b.store.snapshotImage(id), b.store.snapshotRecord(id))
+	return filestore.RemoveFiles(b.store.snapshotImage(id), b.store.snapshotRecord(id))
 }
 
 // Snapshot implements backend.Snapshotter.
@@ -80,7 +81,7 @@ func (b *Backend) readSnapshot(id string) (*backend.Snapshot, error) {
 		return nil, csierr.NotFound("snapshot %q is not a loop snapshot id", id)
 	}
 	var s backend.Snapshot
-	if err := readJSON(b.store.snapshotRecord(id), &s); err != nil {
+	if err := filestore.ReadJSON(b.store.snapshotRecord(id), &s); err != nil {
 		return nil, err
 	}
 	return &s, nil
@@ -88,7 +89,7 @@ func (b *Backend) readSnapshot(id string) (*backend.Snapshot, error) {
 
 // ListSnapshots implements backend.Snapshotter.
 func (b *Backend) ListSnapshots(context.Context) ([]*backend.Snapshot, error) {
-	ids, err := b.store.listIDs(snapshotsDir, ValidSnapshotID)
+	ids, err := b.store.ListIDs(snapshotsDir, ValidSnapshotID)
 	if err != nil {
 		return nil, err
 	}

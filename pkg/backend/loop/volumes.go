@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/backend/filestore"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
@@ -29,7 +30,7 @@ func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*bac
 	if err := checkMutable(spec.MutableParameters); err != nil {
 		return nil, err
 	}
-	id, err := b.store.lookupName(volumePrefix, spec.Name, ValidVolumeID)
+	id, err := b.store.LookupName(volumePrefix, spec.Name, ValidVolumeID)
 	if err != nil {
 		return nil, err
 	}
@@ -49,10 +50,10 @@ func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*bac
 		}
 		// Claimed by an attempt that did not finish: resume under its id.
 	} else {
-		if id, err = newID(volumePrefix); err != nil {
+		if id, err = filestore.NewID(volumePrefix); err != nil {
 			return nil, err
 		}
-		if id, err = b.store.claimName(volumePrefix, spec.Name, id, ValidVolumeID); err != nil {
+		if id, err = b.store.ClaimName(volumePrefix, spec.Name, id, ValidVolumeID); err != nil {
 			return nil, err
 		}
 	}
@@ -61,7 +62,7 @@ func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*bac
 		return nil, err
 	}
 	v := &backend.Volume{ID: id, VolumeSpec: spec, CreatedAt: b.now().UTC()}
-	if err := writeJSON(b.store.volumeRecord(id), v); err != nil {
+	if err := filestore.WriteJSON(b.store.volumeRecord(id), v); err != nil {
 		return nil, err
 	}
 	return v, nil
@@ -91,7 +92,7 @@ func (b *Backend) DeleteVolume(_ context.Context, id string) error {
 	v, err := b.readVolume(id)
 	if errors.Is(err, csierr.ErrNotFound) {
 		if ValidVolumeID(id) { // remains of a creation that never finished
-			return removeFiles(b.store.volumeImage(id))
+			return filestore.RemoveFiles(b.store.volumeImage(id))
 		}
 		return nil
 	}
@@ -103,10 +104,10 @@ func (b *Backend) DeleteVolume(_ context.Context, id string) error {
 	}
 	// Release the name first: a crash after it leaves a record that a
 	// retried DeleteVolume still finds, and never a name pointing nowhere.
-	if err := b.store.releaseName(volumePrefix, v.Name, id); err != nil {
+	if err := b.store.ReleaseName(volumePrefix, v.Name, id); err != nil {
 		return err
 	}
-	return removeFiles(b.store.volumeImage(id), b.store.volumeRecord(id))
+	return filestore.RemoveFiles(b.store.volumeImage(id), b.store.volumeRecord(id))
 }
 
 // Volume implements backend.Controller and backend.Node.
@@ -119,7 +120,7 @@ func (b *Backend) readVolume(id string) (*backend.Volume, error) {
 		return nil, csierr.NotFound("volume %q is not a loop volume id", id)
 	}
 	var v backend.Volume
-	if err := readJSON(b.store.volumeRecord(id), &v); err != nil {
+	if err := filestore.ReadJSON(b.store.volumeRecord(id), &v); err != nil {
 		return nil, err
 	}
 	return &v, nil
@@ -127,7 +128,7 @@ func (b *Backend) readVolume(id string) (*backend.Volume, error) {
 
 // ListVolumes implements backend.Controller.
 func (b *Backend) ListVolumes(context.Context) ([]*backend.Volume, error) {
-	ids, err := b.store.listIDs(volumesDir, ValidVolumeID)
+	ids, err := b.store.ListIDs(volumesDir, ValidVolumeID)
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +156,7 @@ func (b *Backend) Publish(_ context.Context, cur *backend.Volume, a backend.Atta
 	}
 	if cur, ok := v.AttachedTo(a.NodeID); !ok || cur != a {
 		v.SetAttachment(a)
-		if err := writeJSON(b.store.volumeRecord(id), v); err != nil {
+		if err := filestore.WriteJSON(b.store.volumeRecord(id), v); err != nil {
 			return nil, err
 		}
 	}
@@ -184,7 +185,7 @@ func (b *Backend) Unpublish(_ context.Context, id, nodeID string) error {
 		return nil
 	}
 	v.RemoveAttachment(nodeID)
-	return writeJSON(b.store.volumeRecord(id), v)
+	return filestore.WriteJSON(b.store.volumeRecord(id), v)
 }
 
 // ModifyVolume implements backend.Modifier.
@@ -200,7 +201,7 @@ func (b *Backend) ModifyVolume(_ context.Context, id string, params map[string]s
 		v.MutableParameters = map[string]string{}
 	}
 	maps.Copy(v.MutableParameters, params)
-	return writeJSON(b.store.volumeRecord(id), v)
+	return filestore.WriteJSON(b.store.volumeRecord(id), v)
 }
 
 // ExpandVolume implements backend.Expander. The image grows first; the
@@ -217,7 +218,7 @@ func (b *Backend) ExpandVolume(_ context.Context, id string, size int64) (int64,
 		return 0, err
 	}
 	v.CapacityBytes = size
-	if err := writeJSON(b.store.volumeRecord(id), v); err != nil {
+	if err := filestore.WriteJSON(b.store.volumeRecord(id), v); err != nil {
 		return 0, err
 	}
 	return size, nil

@@ -1,0 +1,271 @@
+// Package filestore keeps a backend's records in a data directory: JSON
+// records replaced atomically, names mapped to ids by symlinks, and a store
+// id naming the directory. A data directory on a filesystem every node
+// mounts lets the nodes share it. The loop and dir backends keep their
+// state this way.
+package filestore
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+)
+
+// Layout every store shares:
+//
+//	names/<prefix><sha256>  symlink from a name to its id
+//	nodes/<node-id>/        one directory per registered node
+//	store-id                symlink to the random id naming this directory
+const (
+	NamesDir = "names"
+	NodesDir = "nodes"
+	IDFile   = "store-id"
+)
+
+// Store is a data directory.
+type Store struct {
+	Root string
+	// ID names the data directory; nodes that share it report it as
+	// their topology.
+	ID string
+}
+
+// Open opens the data directory at root, creating it, its names and nodes
+// directories, the directories dirs and its id where missing.
+func Open(root string, dirs ...string) (*Store, error) {
+	if root == "" || !filepath.IsAbs(root) {
+		return nil, fmt.Errorf("data directory %q must be an absolute path", root)
+	}
+	for _, d := range append([]string{NamesDir, NodesDir}, dirs...) {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
+			return nil, fmt.Errorf("data directory: %w", err)
+		}
+	}
+	s := &Store{Root: filepath.Clean(root)}
+	id, err := s.loadOrCreateID()
+	if err != nil {
+		return nil, fmt.Errorf("data directory id: %w", err)
+	}
+	s.ID = id
+	return s, nil
+}
+
+var storeIDPattern = regexp.MustCompile(`^[0-9a-f]{16}$`)
+
+// ReadID returns the id the data directory at root carries, or an error
+// wrapping fs.ErrNotExist when it carries none.
+func ReadID(root string) (string, error) {
+	path := filepath.Join(root, IDFile)
+	id, err := os.Readlink(path)
+	if err != nil {
+		return "", err
+	}
+	if !storeIDPattern.MatchString(id) {
+		return "", fmt.Errorf("%s holds %q, not a store id", path, id)
+	}
+	return id, nil
+}
+
+// loadOrCreateID returns the data directory's id, creating it on first use.
+// The first of several nodes to start on a shared directory wins the link.
+func (s *Store) loadOrCreateID() (string, error) {
+	id, err := ReadID(s.Root)
+	if !errors.Is(err, fs.ErrNotExist) {
+		return id, err
+	}
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	if err := os.Symlink(hex.EncodeToString(b), s.Path(IDFile)); err != nil && !errors.Is(err, fs.ErrExist) {
+		return "", err
+	}
+	if err := SyncDir(s.Root); err != nil {
+		return "", err
+	}
+	return ReadID(s.Root)
+}
+
+// Path joins elem to the data directory.
+func (s *Store) Path(elem ...string) string {
+	return filepath.Join(append([]string{s.Root}, elem...)...)
+}
+
+// NewID returns prefix followed by 32 random hex digits.
+func NewID(prefix string) (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return prefix + hex.EncodeToString(b), nil
+}
+
+// NameLink returns the path of the symlink that maps a name to an id. Names
+// are hashed, so any string is safe.
+func (s *Store) NameLink(prefix, name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return s.Path(NamesDir, prefix+hex.EncodeToString(sum[:]))
+}
+
+// LookupName returns the id a name maps to, or "".
+func (s *Store) LookupName(prefix, name string, valid func(string) bool) (string, error) {
+	id, err := os.Readlink(s.NameLink(prefix, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if !valid(id) {
+		return "", fmt.Errorf("name index for %q holds a foreign id %q", name, id)
+	}
+	return id, nil
+}
+
+// ClaimName maps name to id. The symlink is created atomically; if the name
+// is taken already, the id it maps to is returned instead.
+func (s *Store) ClaimName(prefix, name, id string, valid func(string) bool) (string, error) {
+	link := s.NameLink(prefix, name)
+	err := os.Symlink(id, link)
+	if errors.Is(err, fs.ErrExist) {
+		return s.LookupName(prefix, name, valid)
+	}
+	if err != nil {
+		return "", err
+	}
+	return id, SyncDir(filepath.Dir(link))
+}
+
+// ReleaseName removes the name mapping if it still maps to id.
+func (s *Store) ReleaseName(prefix, name, id string) error {
+	link := s.NameLink(prefix, name)
+	if cur, err := os.Readlink(link); err != nil || cur != id {
+		return nil
+	}
+	if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return SyncDir(filepath.Dir(link))
+}
+
+// ListIDs returns the ids of the records (<id>.json) in dir that are
+// valid, sorted.
+func (s *Store) ListIDs(dir string, valid func(string) bool) ([]string, error) {
+	entries, err := os.ReadDir(s.Path(dir))
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if ok && valid(id) {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// ReadJSON reads a record; a missing file is a NotFound error.
+func ReadJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return csierr.NotFound("%s does not exist", filepath.Base(strings.TrimSuffix(path, ".json")))
+	}
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("record %s is corrupt: %w", path, err)
+	}
+	return nil
+}
+
+// WriteJSON replaces a record atomically.
+func WriteJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(path, append(b, '\n'))
+}
+
+// WriteFileAtomic replaces a file durably: temp file, fsync, rename, fsync
+// of the directory.
+func WriteFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return SyncDir(dir)
+}
+
+// SyncDir makes the entries of dir durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// RemoveFiles removes files, ignoring ones that are gone, then syncs the
+// directory of the first.
+func RemoveFiles(paths ...string) error {
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	if len(paths) == 0 {
+		return nil
+	}
+	return SyncDir(filepath.Dir(paths[0]))
+}
+
+// Register records a node as one of the cluster's.
+func (s *Store) Register(nodeID string) error {
+	return os.MkdirAll(s.Path(NodesDir, nodeID), 0o700)
+}
+
+// NodeKnown reports whether a node has registered; nodeID must be valid
+// (backend.ValidNodeID) already.
+func (s *Store) NodeKnown(nodeID string) (bool, error) {
+	fi, err := os.Stat(s.Path(NodesDir, nodeID))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return fi.IsDir(), nil
+}
