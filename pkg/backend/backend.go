@@ -34,6 +34,13 @@ type Info struct {
 	// node at most (0: no limit of its own). The driver's per-node limit
 	// never exceeds it.
 	MaxVolumesPerNode int64
+	// SharedFilesystem says the volumes are directories of a filesystem
+	// that every node mounts, not block devices: mount access only, with
+	// no fsType or mkfsOptions, in every access mode including
+	// MULTI_NODE_MULTI_WRITER (the filesystem keeps the nodes' writes
+	// consistent). Sizes are recorded, not enforced. Its node side is a
+	// FilesystemNode.
+	SharedFilesystem bool
 }
 
 // Source is where a new volume's content comes from. At most one field is set.
@@ -233,4 +240,23 @@ type Node interface {
 	Device(ctx context.Context, volumeID string) (string, error)
 	// Health reports whether this node can reach the storage.
 	Health(ctx context.Context) error
+}
+
+// FilesystemNode is the node side of a backend with SharedFilesystem: a
+// volume is a directory that Mount makes appear at the staging path, from
+// where the node service bind-mounts it into containers as any filesystem.
+// Such a backend has no device: Attach refuses, Device answers "" and
+// Detach has nothing to do.
+type FilesystemNode interface {
+	Node
+	// Mount checks that this node reaches the volume's directory on the
+	// shared filesystem (a node that does not answers FailedPrecondition
+	// naming the path) and mounts it at stagingPath, read-only if asked.
+	// A directory mounted there already is checked and left as it is.
+	Mount(ctx context.Context, v *Volume, stagingPath string, readOnly bool) error
+	// Unmount undoes Mount; a path not mounted is not an error.
+	Unmount(ctx context.Context, volumeID, stagingPath string) error
+	// Check reports why the volume's directory cannot be used on this
+	// node now (directory or the storage's marker gone), or nil.
+	Check(ctx context.Context, volumeID string) error
 }

@@ -45,14 +45,20 @@ func (s *Server) splitParameters(params map[string]string) (fsType, mkfs string,
 	if _, err := volcap.SplitMkfsOptions(params[paramMkfsOptions]); err != nil {
 		return "", "", nil, err
 	}
+	if s.info.SharedFilesystem && (params[paramFsType] != "" || params[paramMkfsOptions] != "") {
+		return "", "", nil, csierr.Invalid("parameters %s and %s do not apply: a %s volume is a directory of the shared filesystem", paramFsType, paramMkfsOptions, s.info.Name)
+	}
 	return params[paramFsType], params[paramMkfsOptions], rest, nil
 }
 
 // accessOf checks a CreateVolume's capabilities: they must agree on the
 // access type, and on the filesystem with each other and with fsType.
-func accessOf(caps []*csi.VolumeCapability, fsType string) (block bool, fs string, mode volcap.Mode, err error) {
-	if err := volcap.CheckAll(caps); err != nil {
+func (s *Server) accessOf(caps []*csi.VolumeCapability, fsType string) (block bool, fs string, mode volcap.Mode, err error) {
+	if err := volcap.CheckAll(caps, s.info.SharedFilesystem); err != nil {
 		return false, "", 0, err
+	}
+	if s.info.SharedFilesystem {
+		return false, "", caps[0].GetAccessMode().GetMode(), s.checkDirectory(caps)
 	}
 	block = volcap.IsBlock(caps[0])
 	fs = fsType
@@ -76,6 +82,20 @@ func accessOf(caps []*csi.VolumeCapability, fsType string) (block bool, fs strin
 		fs = volcap.DefaultFsType
 	}
 	return block, fs, caps[0].GetAccessMode().GetMode(), nil
+}
+
+// checkDirectory refuses what a volume that is a directory of a shared
+// filesystem cannot be: a block device, or a filesystem of a given type.
+func (s *Server) checkDirectory(caps []*csi.VolumeCapability) error {
+	for _, c := range caps {
+		if volcap.IsBlock(c) {
+			return csierr.Invalid("block access is not supported: a %s volume is a directory of the shared filesystem; use mount access (Swarm: --type mount)", s.info.Name)
+		}
+		if f := c.GetMount().GetFsType(); f != "" {
+			return csierr.Invalid("fs_type %q does not apply: a %s volume is a directory of the shared filesystem", f, s.info.Name)
+		}
+	}
+	return nil
 }
 
 // sizeFor picks a volume size for a capacity range: required bytes rounded

@@ -23,7 +23,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	block, fs, mode, err := accessOf(req.GetVolumeCapabilities(), fsParam)
+	block, fs, mode, err := s.accessOf(req.GetVolumeCapabilities(), fsParam)
 	if err != nil {
 		return nil, err
 	}
@@ -129,6 +129,12 @@ func (s *Server) source(ctx context.Context, src *csi.VolumeContentSource) (*bac
 // csiVolume converts a backend volume to its CSI form.
 func (s *Server) csiVolume(v *backend.Volume) *csi.Volume {
 	out := &csi.Volume{VolumeId: v.ID, CapacityBytes: v.CapacityBytes, VolumeContext: volumeContext(v)}
+	if s.info.SharedFilesystem {
+		// The size is recorded, and shown, but nothing holds the volume
+		// to it.
+		out.VolumeContext["capacity"] = "not enforced"
+		delete(out.VolumeContext, "fsType")
+	}
 	if len(s.info.Topology) > 0 {
 		out.AccessibleTopology = []*csi.Topology{{Segments: s.info.Topology}}
 	}
@@ -247,7 +253,7 @@ func (s *Server) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 // unsupported explains why a volume cannot serve the capabilities, or "".
 func (s *Server) unsupported(v *backend.Volume, caps []*csi.VolumeCapability) string {
 	for _, c := range caps {
-		if err := errors.Join(volcap.Check(c), volcap.CheckShared(c), s.checkSingleNode(c.GetAccessMode().GetMode())); err != nil {
+		if err := errors.Join(volcap.Check(c), volcap.CheckShared(c, s.info.SharedFilesystem), s.checkSingleNode(c.GetAccessMode().GetMode())); err != nil {
 			return err.Error()
 		}
 		if volcap.IsBlock(c) != v.Block {

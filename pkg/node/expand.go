@@ -41,6 +41,9 @@ func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if p := s.probe(ctx, v.ID, path); p.problem != nil {
 		return nil, csierr.NotFound("volume %s at %s: %s", v.ID, path, p.problem.GetMessage())
 	}
+	if s.filesystem() != nil {
+		return &csi.NodeExpandVolumeResponse{}, nil // a directory: nothing to grow
+	}
 	// Attach on an attached volume refreshes the device's size.
 	dev, err := s.be.Attach(ctx, v, nil)
 	if err != nil {

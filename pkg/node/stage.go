@@ -44,7 +44,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 // begin does what stage and publish start with: check the capability, take
 // the volume's lock, and look up the volume and what this node knows of it.
 func (s *Server) begin(ctx context.Context, volumeID string, c *csi.VolumeCapability) (*backend.Volume, *staged, func(), error) {
-	if err := errors.Join(volcap.Check(c), volcap.CheckShared(c)); err != nil {
+	if err := errors.Join(volcap.Check(c), volcap.CheckShared(c, s.filesystem() != nil)); err != nil {
 		return nil, nil, nil, err
 	}
 	release, err := s.lock(volumeID)
@@ -91,6 +91,9 @@ func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, stagi
 		if err := s.state.save(st); err != nil {
 			return nil, err
 		}
+	}
+	if fs := s.filesystem(); fs != nil {
+		return st, s.stageDirectory(ctx, fs, v, staging, c)
 	}
 	dev, err := s.be.Attach(ctx, v, pc)
 	if err != nil {
@@ -207,7 +210,7 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 // release unmounts the staging path, detaches the device and forgets the
 // volume. Every step tolerates having been done already.
 func (s *Server) release(ctx context.Context, volumeID, staging string) error {
-	if err := s.mounter.Unmount(staging); err != nil {
+	if err := s.unmountStaging(ctx, volumeID, staging); err != nil {
 		return err
 	}
 	// A directory that still holds files is left in place.

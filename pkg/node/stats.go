@@ -71,10 +71,6 @@ type probed struct {
 // probe checks that each of paths exists and is mounted, then that the
 // volume's device is attached; it reports the first problem.
 func (s *Server) probe(ctx context.Context, volumeID string, paths ...string) probed {
-	inaccessible := func(reason, format string, args ...any) probed {
-		return probed{problem: &csi.VolumeHealth_VolumeHealthEntry{
-			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reason, Message: fmt.Sprintf(format, args...)}}
-	}
 	for _, path := range paths {
 		mounted, err := s.mounter.IsMountPoint(path)
 		switch {
@@ -86,6 +82,9 @@ func (s *Server) probe(ctx context.Context, volumeID string, paths ...string) pr
 			return inaccessible("NotMounted", "%s is not mounted", path)
 		}
 	}
+	if fs := s.filesystem(); fs != nil {
+		return probeDirectory(ctx, fs, volumeID)
+	}
 	dev, err := s.be.Device(ctx, volumeID)
 	switch {
 	case err != nil:
@@ -94,6 +93,11 @@ func (s *Server) probe(ctx context.Context, volumeID string, paths ...string) pr
 		return inaccessible("DeviceDetached", "the volume's device is not attached on this node")
 	}
 	return probed{device: dev}
+}
+
+func inaccessible(reason, format string, args ...any) probed {
+	return probed{problem: &csi.VolumeHealth_VolumeHealthEntry{
+		Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reason, Message: fmt.Sprintf(format, args...)}}
 }
 
 // NodeGetVolumeHealth implements csi.NodeServer: the volume's device must be

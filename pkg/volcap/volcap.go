@@ -46,25 +46,27 @@ func Check(c *csi.VolumeCapability) error {
 	if _, ok := csi.VolumeCapability_AccessMode_Mode_name[int32(mode)]; !ok || mode == csi.VolumeCapability_AccessMode_UNKNOWN {
 		// Swarm maps --scope multi --sharing none to UNKNOWN
 		// (docs/swarm.md, "CreateVolume").
-		return csierr.Invalid("access mode %v is not supported: use one of SINGLE_NODE_WRITER, SINGLE_NODE_READER_ONLY, SINGLE_NODE_SINGLE_WRITER, SINGLE_NODE_MULTI_WRITER, MULTI_NODE_READER_ONLY, MULTI_NODE_SINGLE_WRITER, MULTI_NODE_MULTI_WRITER (block only)", mode)
+		return csierr.Invalid("access mode %v is not supported: use one of SINGLE_NODE_WRITER, SINGLE_NODE_READER_ONLY, SINGLE_NODE_SINGLE_WRITER, SINGLE_NODE_MULTI_WRITER, MULTI_NODE_READER_ONLY, MULTI_NODE_SINGLE_WRITER, MULTI_NODE_MULTI_WRITER (block, or mount on a shared filesystem)", mode)
 	}
 	return nil
 }
 
 // CheckShared rejects a filesystem mounted writable on several nodes: ext4
-// and xfs are not cluster filesystems. It is not applied to
-// ControllerPublishVolume, where Swarm always sends mount access
-// (docs/swarm.md, "ControllerPublishVolume and ControllerUnpublishVolume").
-func CheckShared(c *csi.VolumeCapability) error {
-	if c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER && !IsBlock(c) {
+// and xfs are not cluster filesystems. sharedFS says the backend's volumes
+// are directories of a filesystem every node mounts, which allows it. It is
+// not applied to ControllerPublishVolume, where Swarm always sends mount
+// access (docs/swarm.md, "ControllerPublishVolume and
+// ControllerUnpublishVolume").
+func CheckShared(c *csi.VolumeCapability, sharedFS bool) error {
+	if c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER && !IsBlock(c) && !sharedFS {
 		return csierr.Invalid("access mode MULTI_NODE_MULTI_WRITER needs block access: ext4 and xfs must not be mounted on two nodes at once")
 	}
 	return nil
 }
 
 // CheckAll validates a non-empty list of capabilities for a volume's own
-// access type.
-func CheckAll(cs []*csi.VolumeCapability) error {
+// access type (sharedFS as for CheckShared).
+func CheckAll(cs []*csi.VolumeCapability, sharedFS bool) error {
 	if len(cs) == 0 {
 		return csierr.Invalid("volume capabilities are required")
 	}
@@ -72,7 +74,7 @@ func CheckAll(cs []*csi.VolumeCapability) error {
 		if err := Check(c); err != nil {
 			return err
 		}
-		if err := CheckShared(c); err != nil {
+		if err := CheckShared(c, sharedFS); err != nil {
 			return err
 		}
 	}

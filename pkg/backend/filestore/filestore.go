@@ -31,6 +31,10 @@ const (
 	NamesDir = "names"
 	NodesDir = "nodes"
 	IDFile   = "store-id"
+
+	// TopologyKey is the topology segment naming the data directory by its
+	// id: nodes that share it reach the same volumes.
+	TopologyKey = "swarm-csi/store"
 )
 
 // Store is a data directory.

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/backend/filestore"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
@@ -26,7 +27,7 @@ const (
 
 	// TopologyKey is the topology segment naming the data directory: nodes
 	// that share it can reach the same volumes.
-	TopologyKey = "swarm-csi/store"
+	TopologyKey = filestore.TopologyKey
 	// ParamDirectIO ("true", the default, or "false") makes the loop device
 	// bypass the page cache of the data directory's filesystem. Mutable: it
 	// takes effect at the volume's next attach.
