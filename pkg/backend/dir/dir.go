@@ -8,7 +8,6 @@ package dir
 import (
 	"context"
 	"fmt"
-	"os"
 	"regexp"
 	"time"
 
@@ -185,31 +184,21 @@ func (b *Backend) Capacity(context.Context) (int64, error) {
 	if err := b.guard(); err != nil {
 		return 0, err
 	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(b.store.Root, &st); err != nil {
-		return 0, fmt.Errorf("statfs %s: %w", b.store.Root, err)
-	}
-	return int64(st.Bavail) * st.Bsize, nil
+	return b.store.Free()
 }
 
 // NodeKnown implements backend.Controller: nodes register a directory.
 func (b *Backend) NodeKnown(_ context.Context, nodeID string) (bool, error) {
-	if !backend.ValidNodeID(nodeID) {
-		return false, nil
-	}
 	return b.store.NodeKnown(nodeID)
 }
 
 // Register implements backend.Node. A node whose shared filesystem is
 // missing registers nowhere; it is known from an earlier start, if any.
 func (b *Backend) Register(_ context.Context, nodeID string) error {
-	if !backend.ValidNodeID(nodeID) {
-		return csierr.Invalid("node id %q: use letters, digits, '.', '_' and '-' (at most 128)", nodeID)
+	if !backend.ValidNodeID(nodeID) || b.guard() == nil {
+		return b.store.Register(nodeID)
 	}
-	if b.guard() != nil {
-		return nil
-	}
-	return b.store.Register(nodeID)
+	return nil
 }
 
 // Condition implements backend.Controller: the volume's directory must be
@@ -230,12 +219,15 @@ func (b *Backend) check(id string) error {
 		return csierr.NotFound("volume %q is not a dir volume id", id)
 	}
 	path := b.volumeTree(id)
-	fi, err := os.Stat(path)
+	var st unix.Stat_t
+	err := unix.Stat(path, &st)
 	switch {
 	case err != nil:
-		return csierr.Precondition("volume directory: %v", err)
-	case !fi.IsDir():
+		return csierr.Precondition("volume directory %s: %v", path, err)
+	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
 		return csierr.Precondition("volume directory %s is not a directory", path)
+	case st.Dev != b.dev:
+		return csierr.Precondition("volume directory %s is on another filesystem than the data directory", path)
 	}
 	return nil
 }

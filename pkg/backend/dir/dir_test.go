@@ -474,4 +474,11 @@ func TestNodeMountsTheDirectory(t *testing.T) {
 	if _, err := n.Attach(ctx, v, nil); csierr.Code(err) != codes.InvalidArgument {
 		t.Errorf("Attach: %v", err)
 	}
+	// A volume directory that is a mount of its own is not on the shared
+	// filesystem.
+	if err := unix.Mount("tmpfs", b.volumeTree(v.ID), "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(b.volumeTree(v.ID), unix.MNT_DETACH)
+	wantCode(t, "Mount of a volume directory on another filesystem", n.Mount(ctx, v, t.TempDir(), false), codes.FailedPrecondition, "another filesystem")
 }

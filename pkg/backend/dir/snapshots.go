@@ -18,29 +18,15 @@ func (b *Backend) CreateSnapshot(ctx context.Context, spec backend.SnapshotSpec)
 	if err := b.guard(); err != nil {
 		return nil, err
 	}
-	id, err := b.store.LookupName(snapshotName, spec.Name, ValidSnapshotID)
-	if err != nil {
-		return nil, err
-	}
-	if id != "" {
-		s, err := b.readSnapshot(id)
-		if err == nil {
-			return s, nil
-		}
-		if !errors.Is(err, csierr.ErrNotFound) {
-			return nil, err
-		}
+	id, snap, err := filestore.Find(b.store, snapshotName, spec.Name, ValidSnapshotID, b.readSnapshot)
+	if err != nil || snap != nil {
+		return snap, err
 	}
 	if _, err := b.readVolume(spec.SourceVolumeID); err != nil {
 		return nil, err
 	}
-	if id == "" {
-		if id, err = filestore.NewID("snap-"); err != nil {
-			return nil, err
-		}
-		if id, err = b.store.ClaimName(snapshotName, spec.Name, id, ValidSnapshotID); err != nil {
-			return nil, err
-		}
+	if id, err = b.store.ClaimNew(snapshotName, spec.Name, id, "snap-", ValidSnapshotID); err != nil {
+		return nil, err
 	}
 	size, err := b.buildTree(ctx, b.snapshotTree(id), b.volumeTree(spec.SourceVolumeID))
 	if err != nil {
@@ -95,5 +81,5 @@ func (b *Backend) readSnapshot(id string) (*backend.Snapshot, error) {
 
 // ListSnapshots implements backend.Snapshotter.
 func (b *Backend) ListSnapshots(context.Context) ([]*backend.Snapshot, error) {
-	return list(b.store, snapshotsDir, ValidSnapshotID, b.readSnapshot)
+	return filestore.ReadAll(b.store, snapshotsDir, ValidSnapshotID, b.readSnapshot)
 }

@@ -40,31 +40,17 @@ func (b *Backend) create(ctx context.Context, spec backend.VolumeSpec, src strin
 	if err := b.guard(); err != nil {
 		return nil, err
 	}
-	id, err := b.store.LookupName(volumeName, spec.Name, ValidVolumeID)
-	if err != nil {
-		return nil, err
+	id, v, err := filestore.Find(b.store, volumeName, spec.Name, ValidVolumeID, b.readVolume)
+	if err != nil || v != nil {
+		return v, err
 	}
-	if id != "" {
-		v, err := b.readVolume(id)
-		if err == nil {
-			return v, nil
-		}
-		if !errors.Is(err, csierr.ErrNotFound) {
-			return nil, err
-		}
-		// Claimed by an attempt that did not finish: resume under its id.
-	} else {
-		if id, err = filestore.NewID("vol-"); err != nil {
-			return nil, err
-		}
-		if id, err = b.store.ClaimName(volumeName, spec.Name, id, ValidVolumeID); err != nil {
-			return nil, err
-		}
+	if id, err = b.store.ClaimNew(volumeName, spec.Name, id, "vol-", ValidVolumeID); err != nil {
+		return nil, err
 	}
 	if _, err := b.buildTree(ctx, b.volumeTree(id), src); err != nil {
 		return nil, err
 	}
-	v := &backend.Volume{ID: id, VolumeSpec: spec, CreatedAt: b.now().UTC()}
+	v = &backend.Volume{ID: id, VolumeSpec: spec, CreatedAt: b.now().UTC()}
 	if err := filestore.WriteJSON(b.volumeRecord(id), v); err != nil {
 		return nil, err
 	}
@@ -213,27 +199,7 @@ func (b *Backend) readVolume(id string) (*backend.Volume, error) {
 
 // ListVolumes implements backend.Controller.
 func (b *Backend) ListVolumes(context.Context) ([]*backend.Volume, error) {
-	return list(b.store, volumesDir, ValidVolumeID, b.readVolume)
-}
-
-// list reads every record of dir, sorted by id.
-func list[T any](s *filestore.Store, dir string, valid func(string) bool, read func(string) (*T, error)) ([]*T, error) {
-	ids, err := s.ListIDs(dir, valid)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*T, 0, len(ids))
-	for _, id := range ids {
-		r, err := read(id)
-		if errors.Is(err, csierr.ErrNotFound) {
-			continue // deleted while listing
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, nil
+	return filestore.ReadAll(b.store, volumesDir, ValidVolumeID, b.readVolume)
 }
 
 // Publish implements backend.Controller: the attachment is recorded; the
@@ -246,11 +212,8 @@ func (b *Backend) Publish(_ context.Context, cur *backend.Volume, a backend.Atta
 	if err != nil {
 		return nil, err
 	}
-	if old, ok := v.AttachedTo(a.NodeID); !ok || old != a {
-		v.SetAttachment(a)
-		if err := filestore.WriteJSON(b.volumeRecord(v.ID), v); err != nil {
-			return nil, err
-		}
+	if err := filestore.SetAttachment(b.volumeRecord(v.ID), v, a); err != nil {
+		return nil, err
 	}
 	return map[string]string{"accessType": "mount"}, nil
 }
@@ -267,9 +230,5 @@ func (b *Backend) Unpublish(_ context.Context, id, nodeID string) error {
 	if err != nil {
 		return err
 	}
-	if _, ok := v.AttachedTo(nodeID); !ok {
-		return nil
-	}
-	v.RemoveAttachment(nodeID)
-	return filestore.WriteJSON(b.volumeRecord(id), v)
+	return filestore.RemoveAttachment(b.volumeRecord(id), v, nodeID)
 }

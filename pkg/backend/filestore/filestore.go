@@ -19,6 +19,9 @@ import (
 	"sort"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
@@ -163,6 +166,76 @@ func (s *Store) ReleaseName(prefix, name, id string) error {
 	return SyncDir(filepath.Dir(link))
 }
 
+// Find returns the id a name maps to ("" if none) and its record, read by
+// read, or nil when the record does not exist: the name was claimed by a
+// creation that did not finish, which the caller resumes under that id.
+func Find[T any](s *Store, prefix, name string, valid func(string) bool, read func(string) (*T, error)) (string, *T, error) {
+	id, err := s.LookupName(prefix, name, valid)
+	if err != nil || id == "" {
+		return id, nil, err
+	}
+	r, err := read(id)
+	if errors.Is(err, csierr.ErrNotFound) {
+		return id, nil, nil
+	}
+	return id, r, err
+}
+
+// ClaimNew maps name to a new id made of idPrefix and random digits, and
+// returns it; an id found by Find already is returned as it is. Of two
+// concurrent claims, both get the winner's id.
+func (s *Store) ClaimNew(prefix, name, id, idPrefix string, valid func(string) bool) (string, error) {
+	if id != "" {
+		return id, nil
+	}
+	id, err := NewID(idPrefix)
+	if err != nil {
+		return "", err
+	}
+	return s.ClaimName(prefix, name, id, valid)
+}
+
+// ReadAll reads the records of dir whose ids are valid, sorted by id;
+// those deleted meanwhile are left out.
+func ReadAll[T any](s *Store, dir string, valid func(string) bool, read func(string) (*T, error)) ([]*T, error) {
+	ids, err := s.ListIDs(dir, valid)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*T, 0, len(ids))
+	for _, id := range ids {
+		r, err := read(id)
+		if errors.Is(err, csierr.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// SetAttachment records a in the volume record v read from path, unless it
+// is there already.
+func SetAttachment(path string, v *backend.Volume, a backend.Attachment) error {
+	if cur, ok := v.AttachedTo(a.NodeID); ok && cur == a {
+		return nil
+	}
+	v.SetAttachment(a)
+	return WriteJSON(path, v)
+}
+
+// RemoveAttachment removes the node's attachment from the volume record v
+// read from path, if it has one.
+func RemoveAttachment(path string, v *backend.Volume, nodeID string) error {
+	if _, ok := v.AttachedTo(nodeID); !ok {
+		return nil
+	}
+	v.RemoveAttachment(nodeID)
+	return WriteJSON(path, v)
+}
+
 // ListIDs returns the ids of the records (<id>.json) in dir that are
 // valid, sorted.
 func (s *Store) ListIDs(dir string, valid func(string) bool) ([]string, error) {
@@ -256,14 +329,28 @@ func RemoveFiles(paths ...string) error {
 	return SyncDir(filepath.Dir(paths[0]))
 }
 
+// Free returns the bytes available on the data directory's filesystem.
+func (s *Store) Free() (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.Root, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", s.Root, err)
+	}
+	return int64(st.Bavail) * st.Bsize, nil
+}
+
 // Register records a node as one of the cluster's.
 func (s *Store) Register(nodeID string) error {
+	if !backend.ValidNodeID(nodeID) {
+		return csierr.Invalid("node id %q: use letters, digits, '.', '_' and '-' (at most 128)", nodeID)
+	}
 	return os.MkdirAll(s.Path(NodesDir, nodeID), 0o700)
 }
 
-// NodeKnown reports whether a node has registered; nodeID must be valid
-// (backend.ValidNodeID) already.
+// NodeKnown reports whether a node has registered.
 func (s *Store) NodeKnown(nodeID string) (bool, error) {
+	if !backend.ValidNodeID(nodeID) {
+		return false, nil
+	}
 	fi, err := os.Stat(s.Path(NodesDir, nodeID))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil

@@ -8,8 +8,6 @@ import (
 	"os"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/filestore"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
@@ -87,29 +85,15 @@ func checkMutable(params map[string]string) error {
 func directIO(v *backend.Volume) bool { return v.MutableParameters[ParamDirectIO] != "false" }
 
 // Capacity implements backend.CapacityReporter: the free space of the data directory.
-func (b *Backend) Capacity(context.Context) (int64, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(b.store.Root, &st); err != nil {
-		return 0, fmt.Errorf("statfs %s: %w", b.store.Root, err)
-	}
-	return int64(st.Bavail) * st.Bsize, nil
-}
+func (b *Backend) Capacity(context.Context) (int64, error) { return b.store.Free() }
 
 // NodeKnown implements backend.Controller: nodes register a directory.
 func (b *Backend) NodeKnown(_ context.Context, nodeID string) (bool, error) {
-	if !backend.ValidNodeID(nodeID) {
-		return false, nil
-	}
 	return b.store.NodeKnown(nodeID)
 }
 
 // Register implements backend.Node.
-func (b *Backend) Register(_ context.Context, nodeID string) error {
-	if !backend.ValidNodeID(nodeID) {
-		return csierr.Invalid("node id %q: use letters, digits, '.', '_' and '-' (at most 128)", nodeID)
-	}
-	return b.store.Register(nodeID)
-}
+func (b *Backend) Register(_ context.Context, nodeID string) error { return b.store.Register(nodeID) }
 
 // Condition implements backend.Controller: the image must exist at full size.
 func (b *Backend) Condition(_ context.Context, v *backend.Volume) backend.Condition {

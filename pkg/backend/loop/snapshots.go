@@ -14,29 +14,15 @@ import (
 // volume's image: a reflink where the filesystem supports it, a sparse copy
 // otherwise. Of a volume in use it is crash-consistent.
 func (b *Backend) CreateSnapshot(_ context.Context, spec backend.SnapshotSpec) (*backend.Snapshot, error) {
-	id, err := b.store.LookupName(snapshotPrefix, spec.Name, ValidSnapshotID)
-	if err != nil {
-		return nil, err
-	}
-	if id != "" {
-		s, err := b.readSnapshot(id)
-		if err == nil {
-			return s, nil
-		}
-		if !errors.Is(err, csierr.ErrNotFound) {
-			return nil, err
-		}
+	id, snap, err := filestore.Find(b.store.Store, snapshotPrefix, spec.Name, ValidSnapshotID, b.readSnapshot)
+	if err != nil || snap != nil {
+		return snap, err
 	}
 	if _, err := b.readVolume(spec.SourceVolumeID); err != nil {
 		return nil, err
 	}
-	if id == "" {
-		if id, err = filestore.NewID(snapshotPrefix); err != nil {
-			return nil, err
-		}
-		if id, err = b.store.ClaimName(snapshotPrefix, spec.Name, id, ValidSnapshotID); err != nil {
-			return nil, err
-		}
+	if id, err = b.store.ClaimNew(snapshotPrefix, spec.Name, id, snapshotPrefix, ValidSnapshotID); err != nil {
+		return nil, err
 	}
 	img := b.store.snapshotImage(id)
 	if err := buildImage(img, b.store.volumeImage(spec.SourceVolumeID), 0); err != nil {
@@ -89,20 +75,5 @@ func (b *Backend) readSnapshot(id string) (*backend.Snapshot, error) {
 
 // ListSnapshots implements backend.Snapshotter.
 func (b *Backend) ListSnapshots(context.Context) ([]*backend.Snapshot, error) {
-	ids, err := b.store.ListIDs(snapshotsDir, ValidSnapshotID)
-	if err != nil {
-		return nil, err
-	}
-	snaps := make([]*backend.Snapshot, 0, len(ids))
-	for _, id := range ids {
-		s, err := b.readSnapshot(id)
-		if errors.Is(err, csierr.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		snaps = append(snaps, s)
-	}
-	return snaps, nil
+	return filestore.ReadAll(b.store.Store, snapshotsDir, ValidSnapshotID, b.readSnapshot)
 }

@@ -30,9 +30,9 @@ func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*bac
 	if err := checkMutable(spec.MutableParameters); err != nil {
 		return nil, err
 	}
-	id, err := b.store.LookupName(volumePrefix, spec.Name, ValidVolumeID)
-	if err != nil {
-		return nil, err
+	id, v, err := filestore.Find(b.store.Store, volumePrefix, spec.Name, ValidVolumeID, b.readVolume)
+	if err != nil || v != nil {
+		return v, err
 	}
 	// Check the source before claiming the name, so a missing source
 	// leaves nothing behind.
@@ -40,28 +40,13 @@ func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*bac
 	if err != nil {
 		return nil, err
 	}
-	if id != "" {
-		v, err := b.readVolume(id)
-		if err == nil {
-			return v, nil
-		}
-		if !errors.Is(err, csierr.ErrNotFound) {
-			return nil, err
-		}
-		// Claimed by an attempt that did not finish: resume under its id.
-	} else {
-		if id, err = filestore.NewID(volumePrefix); err != nil {
-			return nil, err
-		}
-		if id, err = b.store.ClaimName(volumePrefix, spec.Name, id, ValidVolumeID); err != nil {
-			return nil, err
-		}
+	if id, err = b.store.ClaimNew(volumePrefix, spec.Name, id, volumePrefix, ValidVolumeID); err != nil {
+		return nil, err
 	}
-
 	if err := buildImage(b.store.volumeImage(id), src, spec.CapacityBytes); err != nil {
 		return nil, err
 	}
-	v := &backend.Volume{ID: id, VolumeSpec: spec, CreatedAt: b.now().UTC()}
+	v = &backend.Volume{ID: id, VolumeSpec: spec, CreatedAt: b.now().UTC()}
 	if err := filestore.WriteJSON(b.store.volumeRecord(id), v); err != nil {
 		return nil, err
 	}
@@ -128,22 +113,7 @@ func (b *Backend) readVolume(id string) (*backend.Volume, error) {
 
 // ListVolumes implements backend.Controller.
 func (b *Backend) ListVolumes(context.Context) ([]*backend.Volume, error) {
-	ids, err := b.store.ListIDs(volumesDir, ValidVolumeID)
-	if err != nil {
-		return nil, err
-	}
-	vols := make([]*backend.Volume, 0, len(ids))
-	for _, id := range ids {
-		v, err := b.readVolume(id)
-		if errors.Is(err, csierr.ErrNotFound) {
-			continue // deleted while listing
-		}
-		if err != nil {
-			return nil, err
-		}
-		vols = append(vols, v)
-	}
-	return vols, nil
+	return filestore.ReadAll(b.store.Store, volumesDir, ValidVolumeID, b.readVolume)
 }
 
 // Publish implements backend.Controller: the attachment is recorded; the
@@ -154,11 +124,8 @@ func (b *Backend) Publish(_ context.Context, cur *backend.Volume, a backend.Atta
 	if err != nil {
 		return nil, err
 	}
-	if cur, ok := v.AttachedTo(a.NodeID); !ok || cur != a {
-		v.SetAttachment(a)
-		if err := filestore.WriteJSON(b.store.volumeRecord(id), v); err != nil {
-			return nil, err
-		}
+	if err := filestore.SetAttachment(b.store.volumeRecord(id), v, a); err != nil {
+		return nil, err
 	}
 	return publishContext(v), nil
 }
@@ -181,11 +148,7 @@ func (b *Backend) Unpublish(_ context.Context, id, nodeID string) error {
 	if err != nil {
 		return err
 	}
-	if _, ok := v.AttachedTo(nodeID); !ok {
-		return nil
-	}
-	v.RemoveAttachment(nodeID)
-	return filestore.WriteJSON(b.store.volumeRecord(id), v)
+	return filestore.RemoveAttachment(b.store.volumeRecord(id), v, nodeID)
 }
 
 // ModifyVolume implements backend.Modifier.
