@@ -87,19 +87,10 @@ func TestDirSharedVolume(t *testing.T) {
 	before := e.lineCounts(staying[0])
 	moveStart := time.Now()
 	e.docker("node", "update", "--availability", "drain", drained.Name)
-	t.Cleanup(func() { c.Manager().Docker(context.Background(), "node", "update", "--availability", "active", drained.Name) })
-	var moved harness.Task
-	for deadline := time.Now().Add(120 * time.Second); moved.ID == ""; time.Sleep(200 * time.Millisecond) {
-		ts, _ := e.n.Tasks(e.ctx, "dir-app")
-		for _, tk := range ts {
-			if tk.Slot == moving.Slot && tk.ID != moving.ID && tk.Status.State == "running" && tk.Status.ContainerStatus != nil {
-				moved = tk
-			}
-		}
-		if moved.ID == "" && time.Now().After(deadline) {
-			t.Fatalf("replica %d did not run again after draining %s:\n%s", moving.Slot, drained.Name, e.servicePS("dir-app"))
-		}
-	}
+	t.Cleanup(func() {
+		c.Manager().Docker(context.Background(), "node", "update", "--availability", "active", drained.Name)
+	})
+	moved := e.waitReplicaMoved("dir-app", moving, drained, 120*time.Second)
 	to := e.nodeOf(moved)
 	t.Logf("drained %s: replica %d runs on %s %s later", drained.Name, moved.Slot, to.Name, time.Since(moveStart).Round(time.Millisecond))
 	if to == drained {

@@ -197,18 +197,7 @@ func testGroupSpreadAndDrain(t *testing.T, c *harness.Cluster) {
 	t.Cleanup(func() {
 		c.Manager().Docker(context.Background(), "node", "update", "--availability", "active", drained.Name)
 	})
-	var moved harness.Task
-	for deadline := time.Now().Add(120 * time.Second); moved.ID == ""; time.Sleep(200 * time.Millisecond) {
-		ts, _ := e.n.Tasks(e.ctx, "s8g-app")
-		for _, tk := range ts {
-			if tk.Slot == moving.Slot && tk.ID != moving.ID && tk.Status.State == "running" && tk.Status.ContainerStatus != nil {
-				moved = tk
-			}
-		}
-		if moved.ID == "" && time.Now().After(deadline) {
-			t.Fatalf("replica %d did not run again after draining %s:\n%s", moving.Slot, drained.Name, e.servicePS("s8g-app"))
-		}
-	}
+	moved := e.waitReplicaMoved("s8g-app", moving, drained, 120*time.Second)
 	n := e.nodeOf(moved)
 	st := e.volumeOf(moved)
 	t.Logf("drained %s: replica %d runs on %s %s later, on the volume written by replica %s (mounted by %s)",
@@ -221,6 +210,23 @@ func testGroupSpreadAndDrain(t *testing.T, c *harness.Cluster) {
 			moved.Slot, st.owner, st.sum, before[moving.Slot].owner, before[moving.Slot].sum)
 	}
 	e.removeService("s8g-app")
+}
+
+// waitReplicaMoved waits for the replica of task old's slot to run again,
+// in a new task, after drained was drained.
+func (e *env) waitReplicaMoved(service string, old harness.Task, drained *harness.Node, timeout time.Duration) harness.Task {
+	e.t.Helper()
+	for deadline := time.Now().Add(timeout); ; time.Sleep(200 * time.Millisecond) {
+		ts, _ := e.n.Tasks(e.ctx, service)
+		for _, tk := range ts {
+			if tk.Slot == old.Slot && tk.ID != old.ID && tk.Status.State == "running" && tk.Status.ContainerStatus != nil {
+				return tk
+			}
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("replica %d did not run again after draining %s:\n%s", old.Slot, drained.Name, e.servicePS(service))
+		}
+	}
 }
 
 // testRemoteStats: volume stats on the manager reports the volume as the
