@@ -195,10 +195,10 @@ func (b *Backend) NodeKnown(_ context.Context, nodeID string) (bool, error) {
 // Register implements backend.Node. A node whose shared filesystem is
 // missing registers nowhere; it is known from an earlier start, if any.
 func (b *Backend) Register(_ context.Context, nodeID string) error {
-	if !backend.ValidNodeID(nodeID) || b.guard() == nil {
-		return b.store.Register(nodeID)
+	if backend.ValidNodeID(nodeID) && b.guard() != nil {
+		return nil // not on the shared filesystem: nowhere to register
 	}
-	return nil
+	return b.store.Register(nodeID) // which refuses a bad id
 }
 
 // Condition implements backend.Controller: the volume's directory must be
