@@ -171,6 +171,14 @@ func TestCreateResumesAfterACrash(t *testing.T) {
 	if v := mustCreate(t, b, "renamed"); v.ID != id2 || !exists(filepath.Join(b.volumeTree(id2), "f")) {
 		t.Fatalf("resumed %+v", v)
 	}
+	// A removal that crashed half-way left part of a tree in dir/tmp.
+	if err := os.MkdirAll(filepath.Join(b.tmpTree(v.ID), "half-removed"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b.onDelete = Delete
+	if err := b.DeleteVolume(context.Background(), v.ID); err != nil || exists(b.tmpTree(v.ID)) || exists(b.volumeTree(v.ID)) {
+		t.Fatalf("DeleteVolume after a crashed removal: %v", err)
+	}
 	// DeleteVolume of an id whose creation never finished removes its remains.
 	id3, _ := filestore.NewID("vol-")
 	os.MkdirAll(b.volumeTree(id3), 0o755)
@@ -260,6 +268,10 @@ func TestGuardRefusesAMissingMount(t *testing.T) {
 			wantCode(t, "Publish", err, codes.FailedPrecondition, c.want)
 			_, err = b.CreateSnapshot(ctx, backend.SnapshotSpec{Name: "s", SourceVolumeID: v.ID})
 			wantCode(t, "CreateSnapshot", err, codes.FailedPrecondition, c.want)
+			_, err = b.ListVolumes(ctx)
+			wantCode(t, "ListVolumes", err, codes.FailedPrecondition, c.want)
+			_, err = b.ListSnapshots(ctx)
+			wantCode(t, "ListSnapshots", err, codes.FailedPrecondition, c.want)
 			wantCode(t, "Mount", n.Mount(ctx, v, t.TempDir(), false), codes.FailedPrecondition, c.want)
 			wantCode(t, "Check", n.Check(ctx, v.ID), codes.FailedPrecondition, dir)
 			wantCode(t, "Health", n.Health(ctx), codes.FailedPrecondition, dir)

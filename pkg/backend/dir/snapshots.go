@@ -81,5 +81,8 @@ func (b *Backend) readSnapshot(id string) (*backend.Snapshot, error) {
 
 // ListSnapshots implements backend.Snapshotter.
 func (b *Backend) ListSnapshots(context.Context) ([]*backend.Snapshot, error) {
+	if err := b.guard(); err != nil {
+		return nil, err
+	}
 	return filestore.ReadAll(b.store, snapshotsDir, ValidSnapshotID, b.readSnapshot)
 }

@@ -165,6 +165,9 @@ func (b *Backend) retain(v *backend.Volume, tree string) error {
 // crash leaves half-removed is never taken for a volume or snapshot.
 func (b *Backend) removeTree(tree string) error {
 	tmp := b.tmpTree(filepath.Base(tree))
+	if err := os.RemoveAll(tmp); err != nil { // an earlier attempt's
+		return err
+	}
 	if err := os.Rename(tree, tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -199,6 +202,9 @@ func (b *Backend) readVolume(id string) (*backend.Volume, error) {
 
 // ListVolumes implements backend.Controller.
 func (b *Backend) ListVolumes(context.Context) ([]*backend.Volume, error) {
+	if err := b.guard(); err != nil {
+		return nil, err // not an empty list
+	}
 	return filestore.ReadAll(b.store, volumesDir, ValidVolumeID, b.readVolume)
 }
 
