@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/swarm-csi/swarm-csi/pkg/fsutil"
 	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
 
@@ -43,7 +44,7 @@ func buildImage(path, src string, size int64) (err error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return fsutil.SyncDir(filepath.Dir(path))
 }
 
 func fillImage(dst *os.File, src string, size int64) error {

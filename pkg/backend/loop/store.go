@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/fsutil"
 )
 
 // Layout of the data directory. Everything about a volume lives here, so a
@@ -103,7 +104,7 @@ func (s *store) loadOrCreateID() (string, error) {
 		if err := os.Symlink(hex.EncodeToString(b), path); err != nil && !errors.Is(err, fs.ErrExist) {
 			return "", err
 		}
-		if err := syncDir(s.root); err != nil {
+		if err := fsutil.SyncDir(s.root); err != nil {
 			return "", err
 		}
 		id, err = os.Readlink(path)
@@ -159,7 +160,7 @@ func (s *store) claimName(prefix, name, id string, valid func(string) bool) (str
 	if err != nil {
 		return "", err
 	}
-	return id, syncDir(filepath.Dir(link))
+	return id, fsutil.SyncDir(filepath.Dir(link))
 }
 
 // releaseName removes the name mapping if it still maps to id.
@@ -171,7 +172,7 @@ func (s *store) releaseName(prefix, name, id string) error {
 	if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return syncDir(filepath.Dir(link))
+	return fsutil.SyncDir(filepath.Dir(link))
 }
 
 // readJSON reads a record; a missing file is a NotFound error.
@@ -195,41 +196,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, append(b, '\n'))
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsutil.WriteFileAtomic(path, append(b, '\n'), 0o600)
 }
 
 // removeFiles removes files, ignoring ones that are gone, then syncs their
@@ -243,7 +210,7 @@ func removeFiles(paths ...string) error {
 	if len(paths) == 0 {
 		return nil
 	}
-	return syncDir(filepath.Dir(paths[0]))
+	return fsutil.SyncDir(filepath.Dir(paths[0]))
 }
 
 // listIDs returns the ids of the records in dir that are valid, sorted.
