@@ -374,7 +374,7 @@ func TestCreateVolumeResume(t *testing.T) {
 			}
 		}},
 		{"after the image was built", func(t *testing.T, b *Backend, id string) {
-			if err := buildImage(b.store.volumeImage(id), "", 8*MiB); err != nil {
+			if err := buildImage(context.Background(), b.store.volumeImage(id), "", 8*MiB); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -467,7 +467,7 @@ func TestDeleteVolume(t *testing.T) {
 	if _, err := b.store.claimName(volumePrefix, "half", id, ValidVolumeID); err != nil {
 		t.Fatal(err)
 	}
-	if err := buildImage(b.store.volumeImage(id), "", 8*MiB); err != nil {
+	if err := buildImage(context.Background(), b.store.volumeImage(id), "", 8*MiB); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.DeleteVolume(ctx, id); err != nil {
@@ -961,7 +961,7 @@ func TestCopyImageEmptyAndHoleOnly(t *testing.T) {
 			t.Fatal(err)
 		}
 		dst := filepath.Join(dir, "dst.img")
-		if err := buildImage(dst, src, 0); err != nil {
+		if err := buildImage(context.Background(), dst, src, 0); err != nil {
 			t.Fatalf("size %d: %v", size, err)
 		}
 		if got := fileSize(t, dst); got != size {
@@ -974,7 +974,7 @@ func TestCopyImageEmptyAndHoleOnly(t *testing.T) {
 			t.Error("temporary image left behind")
 		}
 	}
-	if err := buildImage(filepath.Join(dir, "x.img"), filepath.Join(dir, "missing.img"), MiB); err == nil {
+	if err := buildImage(context.Background(), filepath.Join(dir, "x.img"), filepath.Join(dir, "missing.img"), MiB); err == nil {
 		t.Fatal("building from a missing source succeeded")
 	}
 	if exists(filepath.Join(dir, "x.img")) || exists(filepath.Join(dir, "x.img.tmp")) {
@@ -1043,13 +1043,13 @@ func TestImageBuildsAreMeasured(t *testing.T) {
 		before[k] = backendCalls(t, call, status)
 	}
 	src := filepath.Join(dir, "a.img")
-	if err := buildImage(src, "", MiB); err != nil {
+	if err := buildImage(context.Background(), src, "", MiB); err != nil {
 		t.Fatal(err)
 	}
-	if err := buildImage(filepath.Join(dir, "b.img"), src, 0); err != nil {
+	if err := buildImage(context.Background(), filepath.Join(dir, "b.img"), src, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := buildImage(filepath.Join(dir, "c.img"), filepath.Join(dir, "missing.img"), 0); err == nil {
+	if err := buildImage(context.Background(), filepath.Join(dir, "c.img"), filepath.Join(dir, "missing.img"), 0); err == nil {
 		t.Fatal("a copy of a missing image succeeded")
 	}
 	for k, was := range before {

@@ -12,7 +12,7 @@ import (
 // CreateSnapshot implements backend.Controller. A snapshot is a copy of the
 // volume's image: a reflink where the filesystem supports it, a sparse copy
 // otherwise. Of a volume in use it is crash-consistent.
-func (b *Backend) CreateSnapshot(_ context.Context, spec backend.SnapshotSpec) (*backend.Snapshot, error) {
+func (b *Backend) CreateSnapshot(ctx context.Context, spec backend.SnapshotSpec) (*backend.Snapshot, error) {
 	id, err := b.store.lookupName(snapshotPrefix, spec.Name, ValidSnapshotID)
 	if err != nil {
 		return nil, err
@@ -38,7 +38,7 @@ func (b *Backend) CreateSnapshot(_ context.Context, spec backend.SnapshotSpec) (
 		}
 	}
 	img := b.store.snapshotImage(id)
-	if err := buildImage(img, b.store.volumeImage(spec.SourceVolumeID), 0); err != nil {
+	if err := buildImage(ctx, img, b.store.volumeImage(spec.SourceVolumeID), 0); err != nil {
 		return nil, err
 	}
 	fi, err := os.Stat(img)

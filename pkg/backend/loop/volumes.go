@@ -15,7 +15,7 @@ import (
 // a crash anywhere leaves state a retry completes: the name is claimed first,
 // the image is built under a temporary name and renamed into place, and the
 // record that makes the volume exist is written last.
-func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
+func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
 	if len(spec.Parameters) > 0 {
 		return nil, csierr.Invalid("the loop backend takes no parameters beyond fsType and mkfsOptions")
 	}
@@ -50,7 +50,7 @@ func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*bac
 		}
 	}
 
-	if err := buildImage(b.store.volumeImage(id), src, spec.CapacityBytes); err != nil {
+	if err := buildImage(ctx, b.store.volumeImage(id), src, spec.CapacityBytes); err != nil {
 		return nil, err
 	}
 	v := &backend.Volume{ID: id, VolumeSpec: spec, CreatedAt: b.now().UTC()}
