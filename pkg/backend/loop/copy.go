@@ -6,20 +6,19 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/swarm-csi/swarm-csi/pkg/fsutil"
 	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
 
-// buildImage makes path a durable image of size bytes: a copy of src grown
-// to size when src is set (size 0 keeps the source's size), an empty sparse
-// file otherwise. It is built under a temporary name and renamed into place,
-// so path never holds a partial image; a failed or cancelled build leaves
-// nothing behind.
+// buildImage makes path an image of size bytes: a copy of src grown to size
+// when src is set (size 0 keeps the source's size), an empty sparse file
+// otherwise. It is built and synced under a temporary name and renamed into
+// place, so path never holds a partial image; a failed or cancelled build
+// leaves nothing behind. The rename is durable once the caller has synced
+// the directory.
 func buildImage(ctx context.Context, path, src string, size int64) (err error) {
 	call := "create image"
 	if src != "" {
@@ -46,10 +45,7 @@ func buildImage(ctx context.Context, path, src string, size int64) (err error) {
 	if err != nil {
 		return fmt.Errorf("building image %s: %w", path, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return fsutil.SyncDir(filepath.Dir(path))
+	return os.Rename(tmp, path)
 }
 
 func fillImage(ctx context.Context, dst *os.File, src string, size int64) error {

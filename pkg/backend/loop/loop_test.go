@@ -430,6 +430,41 @@ func TestCreateVolumeResume(t *testing.T) {
 	}
 }
 
+// The record and the image's rename are made durable by one sync of their
+// directory: a crash before it may keep the record without the image, and
+// the retried CreateVolume builds the image again.
+func TestCreateVolumeRecordWithoutImage(t *testing.T) {
+	ctx := context.Background()
+	b, dir := newBackend(t)
+	src := mustCreate(t, b, volSpec("src", 16*MiB))
+	if err := os.WriteFile(b.store.volumeImage(src.ID), pattern(4096, 7), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(b.store.volumeImage(src.ID), 16*MiB); err != nil {
+		t.Fatal(err)
+	}
+	clone := volSpec("clone", 32*MiB)
+	clone.Source = &backend.Source{VolumeID: src.ID}
+	for _, spec := range []backend.VolumeSpec{volSpec("db", 16*MiB), clone} {
+		v := mustCreate(t, b, spec)
+		img := b.store.volumeImage(v.ID)
+		if err := os.Remove(img); err != nil {
+			t.Fatal(err)
+		}
+		again, err := reopen(t, dir).CreateVolume(ctx, spec)
+		if err != nil || again.ID != v.ID {
+			t.Fatalf("%s: retry = %v, %v; want %s", spec.Name, again, err, v.ID)
+		}
+		if got := fileSize(t, img); got != spec.CapacityBytes {
+			t.Fatalf("%s: rebuilt image is %d bytes, want %d", spec.Name, got, spec.CapacityBytes)
+		}
+		if spec.Source != nil && !bytes.Equal(readAll(t, img)[:4096], pattern(4096, 7)) {
+			t.Fatalf("%s: rebuilt clone does not hold its source's data", spec.Name)
+		}
+	}
+	assertNoTempFiles(t, dir)
+}
+
 func TestDeleteVolume(t *testing.T) {
 	ctx := context.Background()
 	b, dir := newBackend(t)

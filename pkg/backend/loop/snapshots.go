@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/fsutil"
 )
 
 // CreateSnapshot implements backend.Controller. A snapshot is a copy of the
@@ -41,12 +43,17 @@ func (b *Backend) CreateSnapshot(ctx context.Context, spec backend.SnapshotSpec)
 	if err := buildImage(ctx, img, b.store.volumeImage(spec.SourceVolumeID), 0); err != nil {
 		return nil, err
 	}
+	// The image is durable before the record: built again after a crash,
+	// it would hold what the volume holds then, not what the record says.
+	if err := fsutil.SyncDir(filepath.Dir(img)); err != nil {
+		return nil, err
+	}
 	fi, err := os.Stat(img)
 	if err != nil {
 		return nil, err
 	}
 	s := &backend.Snapshot{ID: id, SnapshotSpec: spec, SizeBytes: fi.Size(), CreatedAt: b.now().UTC()}
-	if err := writeJSON(b.store.snapshotRecord(id), s); err != nil {
+	if err := b.store.addRecord(b.store.snapshotRecord(id), s); err != nil {
 		return nil, err
 	}
 	return s, nil
