@@ -24,16 +24,24 @@ import (
 // node id, so that several node processes sharing one kernel (a test swarm
 // on one machine) never mistake each other's devices for their own.
 type Devices struct {
-	sysBlock string // /sys/block
+	sysBlock string // where the kernel lists block devices, by name
 	dev      string // /dev
 	// attachMu serialises this process's attaches; the kernel's free-device
 	// race with other processes is handled by retrying.
 	attachMu sync.Mutex
+
+	// known is the device each tag was last attached to or found on, by
+	// this process. Find checks it first, with one status call, and scans
+	// every loop device only when it is wrong or missing.
+	mu    sync.Mutex
+	known map[string]string
 }
 
-// New returns the loop devices of this machine's /dev and /sys/block.
+// New returns the loop devices of this machine's /dev and sysfs. Loop
+// devices are virtual block devices: /sys/block links to where sysfs keeps
+// them, and looking them up through the links costs three times as much.
 func New() *Devices {
-	return &Devices{sysBlock: "/sys/block", dev: "/dev"}
+	return &Devices{sysBlock: "/sys/devices/virtual/block", dev: "/dev", known: map[string]string{}}
 }
 
 // MaxTag is the longest tag a device keeps (lo_file_name less its NUL).
@@ -54,28 +62,63 @@ func (l *Devices) Find(image, tag string) (string, error) {
 		}
 		return "", err
 	}
-	entries, err := os.ReadDir(l.sysBlock)
+	l.mu.Lock()
+	dev := l.known[tag]
+	l.mu.Unlock()
+	if dev != "" && l.holds(dev, tag, &want) {
+		return dev, nil
+	}
+	dev, err := l.scan(tag, &want)
+	l.remember(tag, dev)
+	return dev, err
+}
+
+// scan looks through every attached loop device for the one holding the
+// file want under tag.
+func (l *Devices) scan(tag string, want *unix.Stat_t) (string, error) {
+	dir, err := os.Open(l.sysBlock)
 	if err != nil {
 		return "", err
 	}
-	for _, e := range entries {
-		name := e.Name()
+	defer dir.Close()
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return "", err
+	}
+	for _, name := range names {
 		if !strings.HasPrefix(name, "loop") {
 			continue
 		}
 		// The loop/ directory exists only while a file is attached.
-		if _, err := os.Stat(filepath.Join(l.sysBlock, name, "loop")); err != nil {
+		var st unix.Stat_t
+		if unix.Fstatat(int(dir.Fd()), name+"/loop", &st, 0) != nil {
 			continue
 		}
-		info, err := l.Status(filepath.Join(l.dev, name))
-		if err != nil {
-			continue // detached meanwhile, or not ours to read
-		}
-		if CString(info.File_name[:]) == tag && info.Inode == want.Ino && info.Device == want.Dev {
-			return filepath.Join(l.dev, name), nil
+		if dev := filepath.Join(l.dev, name); l.holds(dev, tag, want) {
+			return dev, nil
 		}
 	}
 	return "", nil
+}
+
+// holds reports whether dev is attached to the file want under tag.
+func (l *Devices) holds(dev, tag string, want *unix.Stat_t) bool {
+	info, err := l.Status(dev)
+	if err != nil {
+		return false // detached meanwhile, or not ours to read
+	}
+	return CString(info.File_name[:]) == tag && info.Inode == want.Ino && info.Device == want.Dev
+}
+
+// remember records dev as tag's device; "" forgets it.
+func (l *Devices) remember(tag, dev string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if dev == "" {
+		delete(l.known, tag)
+	} else {
+		l.known[tag] = dev
+	}
 }
 
 // Status returns the loop status of dev.
@@ -136,6 +179,7 @@ func (l *Devices) Attach(image, tag string, directIO bool) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("configure %s: %w", dev, err)
 		}
+		l.remember(tag, dev)
 		return dev, nil
 	}
 	return "", errors.New("no free loop device after 20 attempts")
@@ -166,6 +210,13 @@ func (l *Devices) Detach(dev string) error {
 	defer unix.Close(fd)
 	if err := unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
 		return fmt.Errorf("detach %s: %w", dev, err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for tag, d := range l.known {
+		if d == dev {
+			delete(l.known, tag)
+		}
 	}
 	return nil
 }

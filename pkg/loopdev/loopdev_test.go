@@ -88,3 +88,58 @@ func TestAttachFindRefreshDetach(t *testing.T) {
 		t.Fatalf("Find after Detach = %q, %v", got, err)
 	}
 }
+
+// Find remembers devices, but never trusts what it remembers: a device
+// detached or reused by another process is found out.
+func TestFindRechecksRememberedDevice(t *testing.T) {
+	needLoopDevices(t)
+	l, other := New(), New()
+	dir := t.TempDir()
+	var files []string
+	for _, name := range []string{"a", "b"} {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(f, 8<<20); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	tag := Tag("vol-test", "node")
+	dev, err := l.Attach(files[0], tag, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Detach(dev) })
+	// A device l attached is found without a scan.
+	sysBlock := l.sysBlock
+	l.sysBlock = t.TempDir()
+	if got, err := l.Find(files[0], tag); got != dev || err != nil {
+		t.Fatalf("Find without a scan = %q, %v; want %q", got, err, dev)
+	}
+	l.sysBlock = sysBlock
+	// Detached behind l's back, and the same tag on another file: the
+	// kernel usually hands out the same device again.
+	if err := other.Detach(dev); err != nil {
+		t.Fatal(err)
+	}
+	dev2, err := other.Attach(files[1], tag, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Detach(dev2) })
+	if got, err := l.Find(files[0], tag); got != "" || err != nil {
+		t.Fatalf("Find of a file whose device was detached = %q, %v", got, err)
+	}
+	// l learns of the device another process attached, and of its detach.
+	if got, err := l.Find(files[1], tag); got != dev2 || err != nil {
+		t.Fatalf("Find = %q, %v; want %q", got, err, dev2)
+	}
+	if err := other.Detach(dev2); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := l.Find(files[1], tag); got != "" || err != nil {
+		t.Fatalf("Find after another process detached = %q, %v", got, err)
+	}
+}
