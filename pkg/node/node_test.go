@@ -180,6 +180,41 @@ func TestPublishAfterReleaseRestages(t *testing.T) {
 	}
 }
 
+// A volume still staged is published without staging it again; one whose
+// staging mount or device is gone (a reboot) is staged again first.
+func TestPublishStagesOnlyWhatIsNotStaged(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		v    *backend.Volume
+		c    *csi.VolumeCapability
+	}{
+		{"mount", mountVolume(), mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)},
+		{"block", blockVolume(), blockCap()},
+	} {
+		h := newHarness(t, tc.v)
+		h.must(h.stage(tc.c, nil))
+		h.must(h.publish(tc.c, h.target, false))
+		if n := len(h.be.attachPC); n != 1 {
+			t.Fatalf("%s: attached %d times for a stage and a publish, want once", tc.name, n)
+		}
+		// What a reboot takes away.
+		h.must(h.m.Unmount(h.staging))
+		h.must(h.m.Unmount(h.target))
+		h.must(h.be.Detach(context.Background(), volID))
+		second := filepath.Join(h.root, "second")
+		h.must(h.publish(tc.c, second, false))
+		if n := len(h.be.attachPC); n != 2 || !h.be.isAttached(volID) {
+			t.Fatalf("%s: attached %d times, device there %v; want the publish to attach again", tc.name, n, h.be.isAttached(volID))
+		}
+		if _, ok := h.m.mounted(h.staging); ok == tc.v.Block {
+			t.Fatalf("%s: staging path mounted %v after the publish", tc.name, ok)
+		}
+		if _, ok := h.m.mounted(second); !ok {
+			t.Fatalf("%s: target not mounted", tc.name)
+		}
+	}
+}
+
 func TestStageIsIdempotentAndGrowsWhenNeeded(t *testing.T) {
 	h := newHarness(t, mountVolume())
 	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
