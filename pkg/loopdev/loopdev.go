@@ -26,8 +26,9 @@ import (
 type Devices struct {
 	sysBlock string // where the kernel lists block devices, by name
 	dev      string // /dev
-	// attachMu serialises this process's attaches; the kernel's free-device
-	// race with other processes is handled by retrying.
+	// attachMu keeps this process's attaches from racing each other for the
+	// same free device; the race with other processes is handled by
+	// retrying.
 	attachMu sync.Mutex
 
 	// known is the device each tag was last attached to or found on, by
@@ -138,8 +139,6 @@ func (l *Devices) Attach(image, tag string, directIO bool) (string, error) {
 	if len(tag) > MaxTag {
 		return "", fmt.Errorf("loop device tag %q is longer than %d bytes", tag, MaxTag)
 	}
-	l.attachMu.Lock()
-	defer l.attachMu.Unlock()
 	file, err := os.OpenFile(image, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", err
@@ -157,47 +156,63 @@ func (l *Devices) Attach(image, tag string, directIO bool) (string, error) {
 	}
 	copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], tag)
 	for attempt := 0; attempt < 20; attempt++ {
-		n, err := unix.IoctlRetInt(ctl, unix.LOOP_CTL_GET_FREE)
-		if err != nil {
-			return "", fmt.Errorf("find a free loop device: %w", err)
-		}
-		dev := fmt.Sprintf("%s/loop%d", l.dev, n)
-		fd, err := openLoop(dev)
-		if err != nil {
+		dev, err := l.configureFree(ctl, &cfg)
+		switch {
+		case err == nil:
+			l.remember(tag, dev)
+			return dev, nil
+		case errors.Is(err, unix.EBUSY):
+			// Another process took it first.
+		case errors.Is(err, unix.ENOENT):
+			// Just added by the kernel: devtmpfs makes its node shortly.
+			if err := waitForNode(dev); err != nil {
+				return "", err
+			}
+		default:
 			return "", err
 		}
-		err = unix.IoctlLoopConfigure(fd, &cfg)
-		if errors.Is(err, unix.EINVAL) && cfg.Info.Flags&unix.LO_FLAGS_DIRECT_IO != 0 {
-			// The backing filesystem cannot do direct I/O: use the page cache.
-			cfg.Info.Flags &^= unix.LO_FLAGS_DIRECT_IO
-			err = unix.IoctlLoopConfigure(fd, &cfg)
-		}
-		unix.Close(fd)
-		if errors.Is(err, unix.EBUSY) {
-			continue // another process took it first
-		}
-		if err != nil {
-			return "", fmt.Errorf("configure %s: %w", dev, err)
-		}
-		l.remember(tag, dev)
-		return dev, nil
 	}
 	return "", errors.New("no free loop device after 20 attempts")
 }
 
-// openLoop opens a loop device node, waiting briefly for devtmpfs to create
-// a freshly added one.
-func openLoop(dev string) (int, error) {
-	for i := 0; ; i++ {
-		fd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err == nil || !errors.Is(err, unix.ENOENT) || i == 50 {
-			if err != nil {
-				return -1, fmt.Errorf("open %s: %w", dev, err)
-			}
-			return fd, nil
-		}
-		time.Sleep(10 * time.Millisecond)
+// configureFree binds cfg's file to the first free loop device and returns
+// the device's path, also with an error about it. It holds attachMu for
+// no more than three system calls and never sleeps with it.
+func (l *Devices) configureFree(ctl int, cfg *unix.LoopConfig) (string, error) {
+	l.attachMu.Lock()
+	defer l.attachMu.Unlock()
+	n, err := unix.IoctlRetInt(ctl, unix.LOOP_CTL_GET_FREE)
+	if err != nil {
+		return "", fmt.Errorf("find a free loop device: %w", err)
 	}
+	dev := fmt.Sprintf("%s/loop%d", l.dev, n)
+	fd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return dev, fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	err = unix.IoctlLoopConfigure(fd, cfg)
+	if errors.Is(err, unix.EINVAL) && cfg.Info.Flags&unix.LO_FLAGS_DIRECT_IO != 0 {
+		// The backing filesystem cannot do direct I/O: use the page cache.
+		cfg.Info.Flags &^= unix.LO_FLAGS_DIRECT_IO
+		err = unix.IoctlLoopConfigure(fd, cfg)
+	}
+	if err != nil {
+		return dev, fmt.Errorf("configure %s: %w", dev, err)
+	}
+	return dev, nil
+}
+
+// waitForNode waits up to half a second for the node of a freshly added
+// loop device to appear.
+func waitForNode(dev string) error {
+	for range 50 {
+		time.Sleep(10 * time.Millisecond)
+		if _, err := os.Stat(dev); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("open %s: %w", dev, unix.ENOENT)
 }
 
 // Detach unbinds a loop device. If something still holds it open, the

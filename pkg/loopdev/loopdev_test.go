@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
 )
@@ -141,5 +142,45 @@ func TestFindRechecksRememberedDevice(t *testing.T) {
 	}
 	if got, err := l.Find(files[1], tag); got != "" || err != nil {
 		t.Fatalf("Find after another process detached = %q, %v", got, err)
+	}
+}
+
+// A free device whose node devtmpfs has not made yet is waited for.
+func TestAttachWaitsForDeviceNode(t *testing.T) {
+	needLoopDevices(t)
+	devDir := t.TempDir()
+	l := New()
+	l.dev = devDir
+	if err := os.Symlink("/dev/loop-control", l.Control()); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(file, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	linked := make(chan struct{})
+	go func() {
+		defer close(linked)
+		time.Sleep(50 * time.Millisecond)
+		nodes, _ := filepath.Glob("/dev/loop[0-9]*")
+		for _, n := range nodes {
+			_ = os.Symlink(n, filepath.Join(devDir, filepath.Base(n)))
+		}
+	}()
+	defer func() { <-linked }()
+	tag := Tag("vol-late", "node")
+	dev, err := l.Attach(file, tag, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Detach(dev) })
+	if filepath.Dir(dev) != devDir {
+		t.Fatalf("attached to %s, want a device in %s", dev, devDir)
+	}
+	if info, err := l.Status(dev); err != nil || CString(info.File_name[:]) != tag {
+		t.Fatalf("Status of %s: %v, %v", dev, info, err)
 	}
 }
