@@ -215,6 +215,36 @@ func TestPublishStagesOnlyWhatIsNotStaged(t *testing.T) {
 	}
 }
 
+// A volume the backend knows was never written is formatted without a
+// probe and not checked for growth; once written, staging it again probes
+// and keeps its filesystem. Read-only, it is never formatted.
+func TestStageFormatsBlankVolumeWithoutProbe(t *testing.T) {
+	h := newHarness(t, mountVolume())
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	h.be.blank[volID] = true
+	h.m.needGrow = true // a check would grow it
+	h.must(h.stage(c, nil))
+	if h.m.blankOnes != 1 || h.m.formats != 1 || h.m.resizes != 0 {
+		t.Fatalf("formats %d (%d without a probe), resizes %d; want one format without a probe and no resize", h.m.formats, h.m.blankOnes, h.m.resizes)
+	}
+	h.m.needGrow = false
+	h.be.blank[volID] = false
+	h.must(h.unstage())
+	h.must(h.stage(c, nil))
+	if h.m.blankOnes != 1 || h.m.formats != 1 {
+		t.Fatalf("restage: formats %d (%d without a probe), want the first one only", h.m.formats, h.m.blankOnes)
+	}
+	h.must(h.unstage())
+
+	// Read-only, the probe decides (and refuses a blank device).
+	ro := newHarness(t, mountVolume())
+	ro.be.blank[volID] = true
+	_ = ro.stage(mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY), nil)
+	if ro.m.blankOnes != 0 {
+		t.Fatal("a read-only stage formatted the volume")
+	}
+}
+
 func TestStageIsIdempotentAndGrowsWhenNeeded(t *testing.T) {
 	h := newHarness(t, mountVolume())
 	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)

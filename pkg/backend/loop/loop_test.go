@@ -1094,3 +1094,39 @@ func TestImageBuildsAreMeasured(t *testing.T) {
 		}
 	}
 }
+
+// A new volume's image is blank until something is written to it; a clone
+// of a written volume is not.
+func TestBlank(t *testing.T) {
+	ctx := context.Background()
+	b, _ := newBackend(t)
+	n := b.ForNode("node-1")
+	v := mustCreate(t, b, volSpec("v", 16*MiB))
+	if blank, err := n.Blank(ctx, v); !blank || err != nil {
+		t.Fatalf("Blank of a new volume = %t, %v", blank, err)
+	}
+	f, err := os.OpenFile(b.store.volumeImage(v.ID), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{1}, 8*MiB); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if blank, err := n.Blank(ctx, v); blank || err != nil {
+		t.Fatalf("Blank of a written volume = %t, %v", blank, err)
+	}
+	spec := volSpec("clone", 16*MiB)
+	spec.Source = &backend.Source{VolumeID: v.ID}
+	clone := mustCreate(t, b, spec)
+	if blank, err := n.Blank(ctx, clone); blank || err != nil {
+		t.Fatalf("Blank of a clone of a written volume = %t, %v", blank, err)
+	}
+	gone := *v
+	gone.ID = "vol-" + strings.Repeat("0", 32)
+	if _, err := n.Blank(ctx, &gone); err == nil {
+		t.Fatal("Blank of a volume without an image succeeded")
+	}
+}
