@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/fsutil"
 )
 
 // Layout of the data directory. Everything about a volume lives here, so a
@@ -99,7 +100,7 @@ func (s *store) loadOrCreateID() (string, error) {
 		if err := os.Symlink(hex.EncodeToString(b), path); err != nil && !errors.Is(err, fs.ErrExist) {
 			return "", err
 		}
-		if err := syncDir(s.root); err != nil {
+		if err := fsutil.SyncDir(s.root); err != nil {
 			return "", err
 		}
 		id, err = os.Readlink(path)
@@ -145,20 +146,41 @@ func (s *store) lookupName(prefix, name string, valid func(string) bool) (string
 }
 
 // claimName maps name to id. The symlink is created atomically; if the name
-// is taken already, the id it maps to is returned instead.
+// is taken already, the id it maps to is returned instead. The link is made
+// durable by addRecord, before the record that needs it.
 func (s *store) claimName(prefix, name, id string, valid func(string) bool) (string, error) {
-	link := s.nameLink(prefix, name)
-	err := os.Symlink(id, link)
+	err := os.Symlink(id, s.nameLink(prefix, name))
 	if errors.Is(err, fs.ErrExist) {
 		return s.lookupName(prefix, name, valid)
 	}
 	if err != nil {
 		return "", err
 	}
-	return id, syncDir(filepath.Dir(link))
+	return id, nil
 }
 
-// releaseName removes the name mapping if it still maps to id.
+// addRecord writes the record that makes a new volume or snapshot exist,
+// once its name is claimed and its image built, and makes them durable with
+// three syncs, each needed: the names directory before the record is
+// renamed into place (a record whose name link a crash lost would let a
+// retry create a second volume under the same name), the record's content
+// before its rename (else a crash could leave an empty record), and the
+// record's directory last, which makes the record and the image's rename
+// durable together.
+func (s *store) addRecord(path string, v any) error {
+	if err := fsutil.SyncDir(s.path(namesDir)); err != nil {
+		return err
+	}
+	if err := writeJSON(path, v, fsutil.DataSynced); err != nil {
+		return err
+	}
+	return fsutil.SyncDir(filepath.Dir(path))
+}
+
+// releaseName removes the name mapping if it still maps to id. The removal
+// is synced before the record is removed: a crash in between must leave the
+// record, which a retried delete finds, not a name that a CreateVolume of
+// the same name would take up again under the deleted volume's id.
 func (s *store) releaseName(prefix, name, id string) error {
 	link := s.nameLink(prefix, name)
 	if cur, err := os.Readlink(link); err != nil || cur != id {
@@ -167,7 +189,7 @@ func (s *store) releaseName(prefix, name, id string) error {
 	if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return syncDir(filepath.Dir(link))
+	return fsutil.SyncDir(filepath.Dir(link))
 }
 
 // readJSON reads a record; a missing file is a NotFound error.
@@ -185,51 +207,22 @@ func readJSON(path string, v any) error {
 	return nil
 }
 
-// writeJSON replaces a record atomically: temp file, fsync, rename, fsync dir.
-func writeJSON(path string, v any) error {
+// writeJSON replaces a record atomically, as durably as d says. A changed
+// record is Durable before the call returns: an attachment lost in a crash
+// after the CO was told of it would let a second node publish a
+// single-writer volume, an unpublish lost would keep the volume from
+// being deleted or moved.
+func writeJSON(path string, v any, d fsutil.Durability) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, append(b, '\n'))
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsutil.WriteFile(path, append(b, '\n'), 0o600, d)
 }
 
 // removeFiles removes files, ignoring ones that are gone, then syncs their
-// directory.
+// directory: a record a crash brought back after its delete succeeded would
+// be a volume the CO has forgotten.
 func removeFiles(paths ...string) error {
 	for _, p := range paths {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -239,7 +232,7 @@ func removeFiles(paths ...string) error {
 	if len(paths) == 0 {
 		return nil
 	}
-	return syncDir(filepath.Dir(paths[0]))
+	return fsutil.SyncDir(filepath.Dir(paths[0]))
 }
 
 // listIDs returns the ids of the records in dir that are valid, sorted.
