@@ -85,14 +85,20 @@ type Backend struct {
 	clients     map[[32]byte]*hcloud.Client // by hash of the token
 	servers     map[serverKey]bool          // servers known to exist
 	serverTurns map[serverKey]chan struct{} // see lockServer
+	owned       map[serverKey]bool          // volumes known to be this cluster's, by the same key
+	reads       map[*backend.Volume]*hcloud.Volume
 }
 
+// serverKey names a server, or a volume, of the project of a token.
 type serverKey struct {
 	token [32]byte
 	id    int64
 }
 
-var _ backend.Controller = (*Backend)(nil)
+var (
+	_ backend.Controller        = (*Backend)(nil)
+	_ backend.AttachmentCounter = (*Backend)(nil)
+)
 
 // locationPattern is what a Hetzner Cloud location name looks like.
 var locationPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{1,31}$`)
@@ -127,7 +133,7 @@ func New(cfg Config) (*Backend, error) {
 		}
 	}
 	return &Backend{cfg: cfg, clients: map[[32]byte]*hcloud.Client{}, servers: map[serverKey]bool{},
-		serverTurns: map[serverKey]chan struct{}{}}, nil
+		serverTurns: map[serverKey]chan struct{}{}, owned: map[serverKey]bool{}, reads: map[*backend.Volume]*hcloud.Volume{}}, nil
 }
 
 // CheckEndpoint accepts an http or https URL with a host.
@@ -241,4 +247,46 @@ func parseID(s string) (int64, bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// own remembers that a volume is this cluster's: deleting it then needs no
+// look-up first. Ownership does not change, and ids are not reused.
+func (o *op) own(id int64, owned bool) {
+	o.b.mu.Lock()
+	defer o.b.mu.Unlock()
+	if owned {
+		o.b.owned[serverKey{o.token, id}] = true
+	} else {
+		delete(o.b.owned, serverKey{o.token, id})
+	}
+}
+
+func (o *op) owns(id int64) bool {
+	o.b.mu.Lock()
+	defer o.b.mu.Unlock()
+	return o.b.owned[serverKey{o.token, id}]
+}
+
+// maxReads bounds the reads remembered for Publish.
+const maxReads = 256
+
+// remember keeps the API's view of a volume that Volume returned as v:
+// the controller reads a volume, checks it and hands the same v to
+// Publish, which then needs no read of its own.
+func (b *Backend) remember(v *backend.Volume, hv *hcloud.Volume) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.reads) >= maxReads {
+		clear(b.reads) // reads never handed back, by other callers
+	}
+	b.reads[v] = hv
+}
+
+// recall returns, once, what remember kept for v, or nil.
+func (b *Backend) recall(v *backend.Volume) *hcloud.Volume {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	hv := b.reads[v]
+	delete(b.reads, v)
+	return hv
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 	"github.com/hetznercloud/hcloud-go/v2/hcloud/metadata"
 	"golang.org/x/sys/unix"
 
@@ -49,6 +50,45 @@ func (n *NodeSide) Register(_ context.Context, nodeID string) error {
 		return csierr.Invalid("node id %q: the hcloud backend's node id is the server id, %d", nodeID, n.serverID)
 	}
 	return nil
+}
+
+// Volume implements backend.Node. Staging and publishing carry the
+// publish context, which holds what the node needs (see publishContext);
+// without it (Swarm lost it, SwarmKit #3276) or for other calls the
+// volume is read from the API.
+func (n *NodeSide) Volume(ctx context.Context, id string) (*backend.Volume, error) {
+	if v := n.fromPublishContext(id, backend.PublishContext(ctx)); v != nil {
+		return v, nil
+	}
+	return n.Backend.Volume(ctx, id)
+}
+
+// fromPublishContext returns the volume a publish context describes, as
+// published to this server, or nil if it describes no volume of this
+// cluster with that id.
+func (n *NodeSide) fromPublishContext(id string, pc map[string]string) *backend.Volume {
+	vid, ok := parseID(id)
+	if !ok || pc[pcVolume] != id {
+		return nil
+	}
+	size, err := strconv.Atoi(pc[pcSizeGiB])
+	if err != nil || size <= 0 {
+		return nil
+	}
+	hv := &hcloud.Volume{ID: vid, Size: size, Labels: map[string]string{}, Server: &hcloud.Server{ID: n.serverID}}
+	for k, v := range pc {
+		if strings.HasPrefix(k, labelPrefix) {
+			hv.Labels[k] = v
+		}
+	}
+	if !n.ours(hv) {
+		return nil
+	}
+	v, err := toVolume(hv)
+	if err != nil {
+		return nil
+	}
+	return v
 }
 
 // link is the by-id path of a volume's device.
