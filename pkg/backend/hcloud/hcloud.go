@@ -15,6 +15,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -72,6 +73,9 @@ type Config struct {
 	// HTTPClient makes the API requests (default: http.DefaultClient's
 	// transport).
 	HTTPClient *http.Client
+	// Log receives what the backend does not return as an error (a spent
+	// request budget); nil discards.
+	Log *slog.Logger
 }
 
 // Backend is the controller side of the hcloud backend (ForNode gives the
@@ -114,6 +118,9 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if err := CheckEndpoint(cfg.Endpoint); err != nil {
 		return nil, err
@@ -202,14 +209,23 @@ func (b *Backend) client(ctx context.Context) (*hcloud.Client, [32]byte, error) 
 	if c := b.clients[key]; c != nil {
 		return c, key, nil
 	}
+	// Each token has a budget of requests of its own.
+	httpClient := *b.cfg.HTTPClient
+	base := httpClient.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	httpClient.Transport = &budget{base: base, log: b.cfg.Log}
 	c := hcloud.NewClient(
 		hcloud.WithToken(token),
 		hcloud.WithEndpoint(b.cfg.Endpoint),
 		hcloud.WithApplication("swarm-csi", b.cfg.Version),
-		hcloud.WithHTTPClient(b.cfg.HTTPClient),
-		// A 429 or a passing gateway error is retried twice at once; a
-		// longer outage is the caller's to retry (Swarm retries with
-		// backoff), with the wait the API asked for in the message.
+		hcloud.WithHTTPClient(&httpClient),
+		// A 429 or a passing gateway error is retried twice, a 429 once
+		// the budget allows it within the call's time (else the call
+		// answers Unavailable at once); a longer outage is the caller's
+		// to retry (Swarm retries with backoff), with the wait the API
+		// asked for in the message.
 		hcloud.WithRetryOpts(hcloud.RetryOpts{MaxRetries: 2, BackoffFunc: hcloud.ExponentialBackoffWithOpts(hcloud.ExponentialBackoffOpts{
 			Base: 200 * time.Millisecond, Multiplier: 2, Cap: time.Second, Jitter: true})}),
 	)
