@@ -202,3 +202,37 @@ func TestPublishContextChecked(t *testing.T) {
 	}
 	e.checkClean(t)
 }
+
+// On a server, a volume whose device is there is as last told: the growth
+// check, stats and health ask the API nothing for it. Once the volume is
+// detached it is read again.
+func TestNodeKeepsAttachedVolumes(t *testing.T) {
+	requireRoot(t)
+	e := newEnv(t, true)
+	ctx := context.Background()
+	n := e.node(t, 0)
+	v := must[*backend.Volume](t)(e.be.CreateVolume(ctx, spec("kept")))
+	pc := must[map[string]string](t)(e.be.Publish(ctx, v, backend.Attachment{NodeID: sid(e.servers[0])}))
+	e.cloud.ResetRequests()
+	must[*backend.Volume](t)(n.Volume(backend.WithPublishContext(ctx, pc), v.ID))
+	for range 3 {
+		got := must[*backend.Volume](t)(n.Volume(ctx, v.ID))
+		if _, ok := got.AttachedTo(sid(e.servers[0])); !ok || got.FsType != "ext4" {
+			t.Fatalf("kept volume %+v", got)
+		}
+	}
+	if r := e.cloud.Requests().Total; r != 0 {
+		t.Errorf("%d requests for a volume attached here", r)
+	}
+	if err := e.be.Unpublish(ctx, v.ID, sid(e.servers[0])); err != nil {
+		t.Fatal(err)
+	}
+	e.cloud.ResetRequests()
+	if got := must[*backend.Volume](t)(n.Volume(ctx, v.ID)); len(got.Attachments) != 0 || e.cloud.Requests().Total != 1 {
+		t.Errorf("after the detach: %+v after %d requests, want it read, unattached", got, e.cloud.Requests().Total)
+	}
+	if err := e.be.DeleteVolume(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.checkClean(t)
+}
