@@ -14,10 +14,10 @@ import (
 )
 
 // reserveShare: while fewer than 1/reserveShare of a token's requests are
-// left (a minute's worth of Hetzner's 3600 an hour), requests go out at
-// the pace the budget refills, so that the driver never spends the rest
-// and others using the project (the nodes' drivers, hcloud, terraform)
-// are not refused.
+// left (a minute's worth of Hetzner's 3600 an hour), requests go out one
+// at a time at the pace the budget refills, and never one the budget does
+// not hold: the others using the project (the nodes' drivers, hcloud,
+// terraform) keep their share, and nobody is refused.
 const reserveShare = 60
 
 // budget paces one token's API requests by the budget the API reports
@@ -36,6 +36,7 @@ type budget struct {
 	tokens    float64       // requests left at at, less those sent since
 	at        time.Time     //
 	per       time.Duration // how long the budget takes to refill by one
+	next      time.Time     // below the reserve: when the next request may go
 	notBefore time.Time     // a 429's Retry-After
 	pacing    bool          // in a spell of waiting, logged once: until a quarter of the budget is back
 }
@@ -80,10 +81,15 @@ func (b *budget) take(ctx context.Context) (time.Duration, error) {
 	b.tokens = min(b.limit, b.tokens+float64(now.Sub(b.at))/float64(b.per))
 	b.at = now
 	var wait time.Duration
-	if short := max(1, b.limit/reserveShare) + 1 - b.tokens; short > 0 {
-		wait = time.Duration(short * float64(b.per))
+	low := b.tokens < max(1, b.limit/reserveShare)+1
+	if low {
+		wait = max(time.Duration((1-b.tokens)*float64(b.per)), b.next.Sub(now))
 	}
 	wait = max(wait, b.notBefore.Sub(now))
+	next := b.next
+	if low {
+		b.next = now.Add(wait + b.per)
+	}
 	if wait <= 0 {
 		if b.pacing && b.tokens >= b.limit/4 {
 			b.pacing = false
@@ -98,6 +104,7 @@ func (b *budget) take(ctx context.Context) (time.Duration, error) {
 			"remaining", int(b.tokens), "wait", wait.Round(time.Millisecond))
 	}
 	if deadline, ok := ctx.Deadline(); ok && now.Add(wait).After(deadline) {
+		b.next = next // not sent: its turn is free
 		metrics.RateLimited("hcloud", "refused")
 		return 0, &errBudgetSpent{wait}
 	}

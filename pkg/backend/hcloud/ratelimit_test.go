@@ -67,7 +67,7 @@ func TestRateLimitRefusesWithoutAsking(t *testing.T) {
 	var log bytes.Buffer
 	be := e.backend(t, withLog(&log), withWait(300*time.Millisecond))
 	ctx := context.Background()
-	for range 5 {
+	for range 6 { // what the budget holds
 		if _, err := be.ListVolumes(ctx); err != nil {
 			t.Fatal(err)
 		}

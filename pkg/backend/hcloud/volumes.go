@@ -202,7 +202,7 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 		case hcloud.IsError(err, hcloud.ErrorCodeLocked):
 			err = o.waitActions(vid, 0)
 		case hcloud.IsError(err, hcloud.ErrorCodeVolumeAlreadyAttached):
-			err = nil // attached meanwhile: detach again
+			err = nil // attached: look it up and detach it
 		case hcloud.IsError(err, hcloud.ErrorCodeProtected):
 			return fmt.Errorf("%w: volume %d has delete protection in Hetzner Cloud; disable it (hcloud volume disable-protection %d delete) and retry",
 				csierr.ErrFailedPrecondition, vid, vid)
