@@ -17,7 +17,7 @@ import (
 // left (a minute's worth of Hetzner's 3600 an hour), requests go out one
 // at a time at the pace the budget refills, and never one the budget does
 // not hold: the others using the project (the nodes' drivers, hcloud,
-// terraform) keep their share, and nobody is refused.
+// terraform) keep their share, and the API has nothing to refuse.
 const reserveShare = 60
 
 // budget paces one token's API requests by the budget the API reports
@@ -31,10 +31,10 @@ type budget struct {
 	log  *slog.Logger
 
 	mu        sync.Mutex
-	known     bool          // an answer has told the budget
-	limit     float64       // requests the budget holds
-	tokens    float64       // requests left at at, less those sent since
-	at        time.Time     //
+	known     bool    // an answer has told the budget
+	limit     float64 // requests the budget holds
+	tokens    float64 // requests left at the time at, less those sent since
+	at        time.Time
 	per       time.Duration // how long the budget takes to refill by one
 	next      time.Time     // below the reserve: when the next request may go
 	notBefore time.Time     // a 429's Retry-After
