@@ -32,7 +32,9 @@ type Info struct {
 	SingleNodeOnly bool
 	// MaxVolumesPerNode is how many volumes the storage attaches to one
 	// node at most (0: no limit of its own). The driver's per-node limit
-	// never exceeds it.
+	// never exceeds it. The storage refuses more itself: Publish then
+	// answers ResourceExhausted, so at this limit the controller counts
+	// nothing.
 	MaxVolumesPerNode int64
 }
 
@@ -233,4 +235,12 @@ type Node interface {
 	Device(ctx context.Context, volumeID string) (string, error)
 	// Health reports whether this node can reach the storage.
 	Health(ctx context.Context) error
+}
+
+// AttachmentCounter is implemented by backends that can count a node's
+// attachments without listing every volume: the controller's per-node
+// limit then costs one question rather than a listing that grows with
+// the number of volumes.
+type AttachmentCounter interface {
+	NodeAttachments(ctx context.Context, nodeID string) (int64, error)
 }
