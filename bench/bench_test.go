@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"maps"
 	"os"
 	"testing"
 	"time"
@@ -112,38 +113,69 @@ func checkModes(t *testing.T, rep *Report, cfg config, driverSteps, rawSteps int
 
 // TestQuickRunHcloud runs the hcloud benchmark in --quick mode on the fake
 // cloud with short actions, and checks that it produces figures, counts
-// API requests and leaves nothing behind. It asserts no timings.
+// API requests (by route and, one lifecycle at a time, by CSI call) and
+// leaves nothing behind. It asserts no timings.
 func TestQuickRunHcloud(t *testing.T) {
 	requireSystem(t)
 	cfg := defaultConfig()
 	cfg.Backend = "hcloud"
 	cfg.applyQuick(nil)
-	cfg.hcloudDefaults(map[string]bool{"action-delay": true})
-	cfg.ActionDelay = 50 * time.Millisecond
+	cfg.hcloudDefaults(map[string]bool{"action-delay": true, "other-volumes": true})
+	cfg.ActionDelays = durations{50 * time.Millisecond, 0}
+	cfg.OtherVolumes = 100
 	rep := quickRun(t, cfg)
-	if len(rep.Modes) != 0 || rep.RSS != nil || len(rep.Cloud) != 2 {
-		t.Fatalf("report has %d loop modes, memory %v, %d cloud modes; want only the 2 cloud modes", len(rep.Modes), rep.RSS, len(rep.Cloud))
+	if len(rep.Modes) != 0 || rep.RSS != nil || len(rep.Cloud) != 8 {
+		t.Fatalf("report has %d loop modes, memory %v, %d cloud modes; want only the 4 cloud modes at 2 delays", len(rep.Modes), rep.RSS, len(rep.Cloud))
 	}
-	for _, m := range rep.Cloud {
+	withoutPolls := func(m CloudModeReport) map[string]float64 {
+		out := maps.Clone(m.APICallsByRoute)
+		delete(out, "GET /actions")
+		return out
+	}
+	for i, m := range rep.Cloud {
+		if want := []string{"first", "sequential", "crowded", "parallel"}[i%4]; m.Mode != want {
+			t.Errorf("mode %d is %s, want %s", i, m.Mode, want)
+		}
+		n := cfg.Volumes
+		if m.Mode == "first" {
+			n = 1
+		}
 		if len(m.Driver.Steps) != 8 {
 			t.Errorf("%s: %d steps, want 8", m.Mode, len(m.Driver.Steps))
 		}
-		for _, st := range append(m.Driver.Steps, m.Driver.Lifecycle) {
-			if st.Samples != cfg.Volumes || st.P50ms <= 0 || st.P95ms <= 0 {
-				t.Errorf("%s %s: %+v, want %d samples and positive figures", m.Mode, st.Step, st, cfg.Volumes)
+		for _, st := range append(m.Driver.Steps, m.Driver.Lifecycle, m.Publish) {
+			if st.Samples != n || st.P50ms <= 0 || st.P95ms <= 0 {
+				t.Errorf("%s %s: %+v, want %d samples and positive figures", m.Mode, st.Step, st, n)
 			}
 		}
 		// Every lifecycle creates, attaches, detaches and deletes. In
 		// parallel an attach or detach may meet the server locked by
-		// another and be asked again.
+		// another and be asked again. No call lists the volumes.
 		for _, route := range []string{"POST /volumes", "POST /volumes/{id}/actions/attach", "POST /volumes/{id}/actions/detach", "DELETE /volumes/{id}"} {
 			got := m.APICallsByRoute[route]
 			if got < 1 || (m.Parallel == 1 && got != 1) {
 				t.Errorf("%s: %v %s per lifecycle, want 1 (at least 1 in parallel)", m.Mode, got, route)
 			}
 		}
-		if m.APICalls < 4 || m.ActionFloorMs != 150 {
+		if m.APICallsByRoute["GET /volumes"] != 0 {
+			t.Errorf("%s: %v listings per lifecycle", m.Mode, m.APICallsByRoute["GET /volumes"])
+		}
+		if m.Parallel == 1 {
+			sum := 0.0
+			for _, k := range m.APICallsByRPC {
+				sum += k
+			}
+			if sum != m.APICalls {
+				t.Errorf("%s: requests by CSI call %v add up to %v, not %v", m.Mode, m.APICallsByRPC, sum, m.APICalls)
+			}
+		}
+		if m.APICalls < 4 || m.ActionFloorMs != 3*m.ActionDelayMs {
 			t.Errorf("%s: %v API calls per lifecycle, action floor %v ms", m.Mode, m.APICalls, m.ActionFloorMs)
+		}
+		if m.Mode == "crowded" {
+			if seq := rep.Cloud[i-1]; !maps.Equal(withoutPolls(m), withoutPolls(seq)) || m.OtherVolumes != 100 {
+				t.Errorf("with %d other volumes: %v, without: %v", m.OtherVolumes, m.APICallsByRoute, seq.APICallsByRoute)
+			}
 		}
 	}
 	rep.print(t.Output())

@@ -76,7 +76,7 @@ func run(ctx context.Context, cfg config, log io.Writer) (rep *Report, err error
 		fmt.Fprintf(log, "ceph cluster up in %s\n", ceph.StartTime.Round(time.Millisecond))
 	}
 	if cfg.Backend == "hcloud" {
-		if cloud, args, env, err = startCloud(dir, cfg.ActionDelay); err != nil {
+		if cloud, args, env, err = startCloud(dir, cfg.ActionDelays[0]); err != nil {
 			return rep, err
 		}
 		defer func() { err = errors.Join(err, cloud.close()) }()

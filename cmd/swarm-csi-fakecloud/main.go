@@ -5,6 +5,7 @@
 //
 //	swarm-csi-fakecloud --dir DIR [--servers node-1,node-2] [--location fsn1]
 //	    [--token-file FILE] [--action-delay 1s] [--port 0] [--ready-file FILE]
+//	    [--enforce-rate-limit] [--rate-limit 3600] [--rate-refill 1s]
 //
 // When it serves, it prints (and writes to --ready-file) a JSON object
 // with the API endpoint and each server's id, name, by-id directory and
@@ -62,7 +63,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	port := fs.Int("port", 0, "TCP port on 127.0.0.1 (0: any free one)")
 	readyFile := fs.String("ready-file", "", "file to write the endpoints to once serving")
 	noDevices := fs.Bool("no-devices", false, "link images instead of loop devices (no root needed)")
-	rateLimit := fs.Bool("enforce-rate-limit", false, "answer 429 once 3600 requests an hour are spent")
+	rateLimit := fs.Bool("enforce-rate-limit", false, "answer 429 once the budget of requests (--rate-limit) is spent")
+	budget := fs.Int("rate-limit", fakecloud.RateLimit, "the budget of requests, refilled by one every --rate-refill")
+	refill := fs.Duration("rate-refill", fakecloud.RateRefill, "how long the budget takes to refill by one request")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -75,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errors.New("--token and --token-file are both set: use one")
 	case *delay < 0:
 		return fmt.Errorf("--action-delay %s: want a duration of 0 or more", *delay)
+	case *budget < 1 || *refill <= 0:
+		return fmt.Errorf("--rate-limit %d, --rate-refill %s: want a budget of at least 1 and a positive refill", *budget, *refill)
 	case *port < 0 || *port > 65535:
 		return fmt.Errorf("--port %d: want 0 to 65535", *port)
 	}
@@ -86,7 +91,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		*token = strings.TrimSpace(string(data))
 	}
 	cloud, err := fakecloud.Start(fakecloud.Options{Dir: *dir, Token: *token, ActionDelay: *delay, Port: *port,
-		NoDevices: *noDevices, EnforceRateLimit: *rateLimit})
+		NoDevices: *noDevices, EnforceRateLimit: *rateLimit, RateLimit: *budget, RateRefill: *refill})
 	if err != nil {
 		return err
 	}

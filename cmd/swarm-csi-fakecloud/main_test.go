@@ -90,6 +90,8 @@ func TestBadArguments(t *testing.T) {
 		{"--dir", t.TempDir(), "--token", "a", "--token-file", "/x"},
 		{"--dir", t.TempDir(), "--action-delay", "-1s"},
 		{"--dir", t.TempDir(), "--port", "70000"},
+		{"--dir", t.TempDir(), "--rate-limit", "0"},
+		{"--dir", t.TempDir(), "--rate-refill", "0s"},
 		{"--dir", t.TempDir(), "--location", "mars1"},
 		{"--dir", t.TempDir(), "--servers", "a,a"},
 		{"--no-such-flag"},

@@ -107,6 +107,7 @@ func (s *hcloudSettings) open(ctx context.Context, c *config) (*openedBackend, e
 		Cluster:    s.cluster,
 		Wait:       wait,
 		Version:    versionString(),
+		Log:        c.log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("--hcloud-location (HCLOUD_LOCATION): %w", err)

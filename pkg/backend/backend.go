@@ -32,7 +32,9 @@ type Info struct {
 	SingleNodeOnly bool
 	// MaxVolumesPerNode is how many volumes the storage attaches to one
 	// node at most (0: no limit of its own). The driver's per-node limit
-	// never exceeds it.
+	// never exceeds it. The storage refuses more itself: Publish then
+	// answers ResourceExhausted, so at this limit the controller counts
+	// nothing.
 	MaxVolumesPerNode int64
 	// SharedFilesystem says the volumes are directories of a filesystem
 	// that every node mounts, not block devices: mount access only, with
@@ -259,4 +261,12 @@ type FilesystemNode interface {
 	// Check reports why the volume's directory cannot be used on this
 	// node now (directory or the storage's marker gone), or nil.
 	Check(ctx context.Context, volumeID string) error
+}
+
+// AttachmentCounter is implemented by backends that can count a node's
+// attachments without listing every volume: the controller's per-node
+// limit then costs one question rather than a listing that grows with
+// the number of volumes.
+type AttachmentCounter interface {
+	NodeAttachments(ctx context.Context, nodeID string) (int64, error)
 }

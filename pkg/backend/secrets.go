@@ -19,3 +19,23 @@ func Secrets(ctx context.Context) map[string]string {
 	s, _ := ctx.Value(secretsKey{}).(map[string]string)
 	return s
 }
+
+type publishContextKey struct{}
+
+// WithPublishContext returns ctx carrying the publish context of a node
+// request, for backends that keep in it what they would otherwise read
+// from the storage. It may be empty: Swarm loses it after a leader change
+// (SwarmKit #3276), so a backend reads what it lacks.
+func WithPublishContext(ctx context.Context, pc map[string]string) context.Context {
+	if len(pc) == 0 {
+		return ctx
+	}
+	return context.WithValue(ctx, publishContextKey{}, pc)
+}
+
+// PublishContext returns the publish context WithPublishContext put into
+// ctx, or nil.
+func PublishContext(ctx context.Context) map[string]string {
+	pc, _ := ctx.Value(publishContextKey{}).(map[string]string)
+	return pc
+}

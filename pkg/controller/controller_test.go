@@ -795,6 +795,72 @@ func TestControllerPublishNodeLock(t *testing.T) {
 	wantCode(t, <-waiting, codes.ResourceExhausted)
 }
 
+// countingBackend counts a node's attachments itself, as a backend whose
+// listing is costly does.
+type countingBackend struct {
+	*fakeBackend
+	counted int
+}
+
+func (c *countingBackend) NodeAttachments(_ context.Context, nodeID string) (int64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.counted++
+	n := int64(0)
+	for _, v := range c.vols {
+		if _, ok := v.AttachedTo(nodeID); ok {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// A backend that counts attachments is asked instead of listing every
+// volume; the limit holds alike.
+func TestControllerPublishNodeLimitCounted(t *testing.T) {
+	cb := &countingBackend{fakeBackend: newFakeBackend("node-a", "node-b")}
+	s := New(cb, 2)
+	var ids []string
+	for i := range 3 {
+		ids = append(ids, mustCreate(t, s, mountReq(fmt.Sprint("v", i))).GetVolumeId())
+	}
+	c := mountCap(snw, "")
+	mustPublish(t, s, ids[0], "node-a", c, false)
+	mustPublish(t, s, ids[1], "node-a", c, false)
+	wantCode(t, publish(s, ids[2], "node-a", c, false), codes.ResourceExhausted)
+	mustPublish(t, s, ids[2], "node-b", c, false)
+	mustPublish(t, s, ids[0], "node-a", c, false) // published already: not counted
+	if n := cb.callCount("ListVolumes"); n != 0 || cb.counted != 4 {
+		t.Errorf("%d listings and %d counts for 4 new attachments, want none and 4", n, cb.counted)
+	}
+}
+
+// At the storage's own limit nothing is counted: the storage refuses the
+// attachment beyond it.
+func TestControllerPublishStorageLimit(t *testing.T) {
+	s, fb := newServer(t, 0, "node-a")
+	fb.info.MaxVolumesPerNode = 1
+	s = New(fb, 1)
+	fb.publishFn = func(_ context.Context, id string, a backend.Attachment) error {
+		fb.mu.Lock()
+		defer fb.mu.Unlock()
+		for _, v := range fb.vols {
+			if _, ok := v.AttachedTo(a.NodeID); ok && v.ID != id {
+				return fmt.Errorf("%w: the storage takes 1 volume per node", csierr.ErrResourceExhausted)
+			}
+		}
+		return nil
+	}
+	c := mountCap(snw, "")
+	a := mustCreate(t, s, mountReq("a")).GetVolumeId()
+	b := mustCreate(t, s, mountReq("b")).GetVolumeId()
+	mustPublish(t, s, a, "node-a", c, false)
+	wantCode(t, publish(s, b, "node-a", c, false), codes.ResourceExhausted)
+	if n := fb.callCount("ListVolumes"); n != 0 {
+		t.Errorf("%d listings, want none", n)
+	}
+}
+
 func TestControllerUnpublish(t *testing.T) {
 	ctx := context.Background()
 	s, fb := newServer(t, 0, "node-a", "node-b", "node-c")

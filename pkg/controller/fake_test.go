@@ -176,6 +176,7 @@ func (f *fakeBackend) Volume(_ context.Context, id string) (*backend.Volume, err
 }
 
 func (f *fakeBackend) ListVolumes(context.Context) ([]*backend.Volume, error) {
+	f.count("ListVolumes")
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := make([]*backend.Volume, 0, len(f.vols))

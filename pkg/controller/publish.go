@@ -69,7 +69,7 @@ func (s *Server) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 		if err := conflict(v, mode, want); err != nil {
 			return nil, err
 		}
-		if err := s.checkNodeLimit(all, want.NodeID); err != nil {
+		if err := s.checkNodeLimit(ctx, all, want.NodeID); err != nil {
 			return nil, err
 		}
 	}
@@ -103,11 +103,11 @@ func conflict(v *backend.Volume, mode volcap.Mode, want backend.Attachment) erro
 	return nil
 }
 
-// publishedVolume returns the volume, and with a per-node limit every
-// volume as well: one listing serves both, which saves a backend whose
-// reads are costly (rbd) a call.
+// publishedVolume returns the volume, and when the per-node limit is
+// counted in a listing every volume as well: one listing serves both,
+// which saves a backend whose reads are costly (rbd) a call.
 func (s *Server) publishedVolume(ctx context.Context, id string) (*backend.Volume, []*backend.Volume, error) {
-	if s.maxPerNode <= 0 {
+	if _, counts := s.be.(backend.AttachmentCounter); s.maxPerNode <= 0 || s.storageLimit() || counts {
 		v, err := s.be.Volume(ctx, id)
 		return v, nil, err
 	}
@@ -125,16 +125,29 @@ func (s *Server) publishedVolume(ctx context.Context, id string) (*backend.Volum
 	return v, all, err
 }
 
+// storageLimit reports whether the per-node limit is the storage's own,
+// which the storage enforces when attaching: then nothing is counted.
+func (s *Server) storageLimit() bool {
+	return s.info.MaxVolumesPerNode > 0 && s.maxPerNode >= s.info.MaxVolumesPerNode
+}
+
 // checkNodeLimit refuses a new attachment to a node that has the most
-// volumes it takes, counted in vols.
-func (s *Server) checkNodeLimit(vols []*backend.Volume, nodeID string) error {
-	if s.maxPerNode <= 0 {
+// volumes it takes, as the backend counts them or counted in vols.
+func (s *Server) checkNodeLimit(ctx context.Context, vols []*backend.Volume, nodeID string) error {
+	if s.maxPerNode <= 0 || s.storageLimit() {
 		return nil
 	}
 	n := int64(0)
-	for _, v := range vols {
-		if _, ok := v.AttachedTo(nodeID); ok {
-			n++
+	if c, ok := s.be.(backend.AttachmentCounter); ok {
+		var err error
+		if n, err = c.NodeAttachments(ctx, nodeID); err != nil {
+			return err
+		}
+	} else {
+		for _, v := range vols {
+			if _, ok := v.AttachedTo(nodeID); ok {
+				n++
+			}
 		}
 	}
 	if n >= s.maxPerNode {

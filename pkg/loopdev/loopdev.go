@@ -24,16 +24,25 @@ import (
 // node id, so that several node processes sharing one kernel (a test swarm
 // on one machine) never mistake each other's devices for their own.
 type Devices struct {
-	sysBlock string // /sys/block
+	sysBlock string // where the kernel lists block devices, by name
 	dev      string // /dev
-	// attachMu serialises this process's attaches; the kernel's free-device
-	// race with other processes is handled by retrying.
+	// attachMu keeps this process's attaches from racing each other for the
+	// same free device; the race with other processes is handled by
+	// retrying.
 	attachMu sync.Mutex
+
+	// known is the device each tag was last attached to or found on, by
+	// this process. Find checks it first, with one status call, and scans
+	// every loop device only when it is wrong or missing.
+	mu    sync.Mutex
+	known map[string]string
 }
 
-// New returns the loop devices of this machine's /dev and /sys/block.
+// New returns the loop devices of this machine's /dev and sysfs. Loop
+// devices are virtual block devices: /sys/block links to where sysfs keeps
+// them, and looking them up through the links costs three times as much.
 func New() *Devices {
-	return &Devices{sysBlock: "/sys/block", dev: "/dev"}
+	return &Devices{sysBlock: "/sys/devices/virtual/block", dev: "/dev", known: map[string]string{}}
 }
 
 // MaxTag is the longest tag a device keeps (lo_file_name less its NUL).
@@ -54,28 +63,63 @@ func (l *Devices) Find(image, tag string) (string, error) {
 		}
 		return "", err
 	}
-	entries, err := os.ReadDir(l.sysBlock)
+	l.mu.Lock()
+	dev := l.known[tag]
+	l.mu.Unlock()
+	if dev != "" && l.holds(dev, tag, &want) {
+		return dev, nil
+	}
+	dev, err := l.scan(tag, &want)
+	l.remember(tag, dev)
+	return dev, err
+}
+
+// scan looks through every attached loop device for the one holding the
+// file want under tag.
+func (l *Devices) scan(tag string, want *unix.Stat_t) (string, error) {
+	dir, err := os.Open(l.sysBlock)
 	if err != nil {
 		return "", err
 	}
-	for _, e := range entries {
-		name := e.Name()
+	defer dir.Close()
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return "", err
+	}
+	for _, name := range names {
 		if !strings.HasPrefix(name, "loop") {
 			continue
 		}
 		// The loop/ directory exists only while a file is attached.
-		if _, err := os.Stat(filepath.Join(l.sysBlock, name, "loop")); err != nil {
+		var st unix.Stat_t
+		if unix.Fstatat(int(dir.Fd()), name+"/loop", &st, 0) != nil {
 			continue
 		}
-		info, err := l.Status(filepath.Join(l.dev, name))
-		if err != nil {
-			continue // detached meanwhile, or not ours to read
-		}
-		if CString(info.File_name[:]) == tag && info.Inode == want.Ino && info.Device == want.Dev {
-			return filepath.Join(l.dev, name), nil
+		if dev := filepath.Join(l.dev, name); l.holds(dev, tag, want) {
+			return dev, nil
 		}
 	}
 	return "", nil
+}
+
+// holds reports whether dev is attached to the file want under tag.
+func (l *Devices) holds(dev, tag string, want *unix.Stat_t) bool {
+	info, err := l.Status(dev)
+	if err != nil {
+		return false // detached meanwhile, or not ours to read
+	}
+	return CString(info.File_name[:]) == tag && info.Inode == want.Ino && info.Device == want.Dev
+}
+
+// remember records dev as tag's device; "" forgets it.
+func (l *Devices) remember(tag, dev string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if dev == "" {
+		delete(l.known, tag)
+	} else {
+		l.known[tag] = dev
+	}
 }
 
 // Status returns the loop status of dev.
@@ -95,8 +139,6 @@ func (l *Devices) Attach(image, tag string, directIO bool) (string, error) {
 	if len(tag) > MaxTag {
 		return "", fmt.Errorf("loop device tag %q is longer than %d bytes", tag, MaxTag)
 	}
-	l.attachMu.Lock()
-	defer l.attachMu.Unlock()
 	file, err := os.OpenFile(image, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", err
@@ -114,46 +156,63 @@ func (l *Devices) Attach(image, tag string, directIO bool) (string, error) {
 	}
 	copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], tag)
 	for attempt := 0; attempt < 20; attempt++ {
-		n, err := unix.IoctlRetInt(ctl, unix.LOOP_CTL_GET_FREE)
-		if err != nil {
-			return "", fmt.Errorf("find a free loop device: %w", err)
-		}
-		dev := fmt.Sprintf("%s/loop%d", l.dev, n)
-		fd, err := openLoop(dev)
-		if err != nil {
+		dev, err := l.configureFree(ctl, &cfg)
+		switch {
+		case err == nil:
+			l.remember(tag, dev)
+			return dev, nil
+		case errors.Is(err, unix.EBUSY):
+			// Another process took it first.
+		case errors.Is(err, unix.ENOENT):
+			// Just added by the kernel: devtmpfs makes its node shortly.
+			if err := waitForNode(dev); err != nil {
+				return "", err
+			}
+		default:
 			return "", err
 		}
-		err = unix.IoctlLoopConfigure(fd, &cfg)
-		if errors.Is(err, unix.EINVAL) && cfg.Info.Flags&unix.LO_FLAGS_DIRECT_IO != 0 {
-			// The backing filesystem cannot do direct I/O: use the page cache.
-			cfg.Info.Flags &^= unix.LO_FLAGS_DIRECT_IO
-			err = unix.IoctlLoopConfigure(fd, &cfg)
-		}
-		unix.Close(fd)
-		if errors.Is(err, unix.EBUSY) {
-			continue // another process took it first
-		}
-		if err != nil {
-			return "", fmt.Errorf("configure %s: %w", dev, err)
-		}
-		return dev, nil
 	}
 	return "", errors.New("no free loop device after 20 attempts")
 }
 
-// openLoop opens a loop device node, waiting briefly for devtmpfs to create
-// a freshly added one.
-func openLoop(dev string) (int, error) {
-	for i := 0; ; i++ {
-		fd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err == nil || !errors.Is(err, unix.ENOENT) || i == 50 {
-			if err != nil {
-				return -1, fmt.Errorf("open %s: %w", dev, err)
-			}
-			return fd, nil
-		}
-		time.Sleep(10 * time.Millisecond)
+// configureFree binds cfg's file to the first free loop device and returns
+// the device's path, also with an error about it. It holds attachMu for
+// no more than three system calls and never sleeps with it.
+func (l *Devices) configureFree(ctl int, cfg *unix.LoopConfig) (string, error) {
+	l.attachMu.Lock()
+	defer l.attachMu.Unlock()
+	n, err := unix.IoctlRetInt(ctl, unix.LOOP_CTL_GET_FREE)
+	if err != nil {
+		return "", fmt.Errorf("find a free loop device: %w", err)
 	}
+	dev := fmt.Sprintf("%s/loop%d", l.dev, n)
+	fd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return dev, fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	err = unix.IoctlLoopConfigure(fd, cfg)
+	if errors.Is(err, unix.EINVAL) && cfg.Info.Flags&unix.LO_FLAGS_DIRECT_IO != 0 {
+		// The backing filesystem cannot do direct I/O: use the page cache.
+		cfg.Info.Flags &^= unix.LO_FLAGS_DIRECT_IO
+		err = unix.IoctlLoopConfigure(fd, cfg)
+	}
+	if err != nil {
+		return dev, fmt.Errorf("configure %s: %w", dev, err)
+	}
+	return dev, nil
+}
+
+// waitForNode waits up to half a second for the node of a freshly added
+// loop device to appear.
+func waitForNode(dev string) error {
+	for range 50 {
+		time.Sleep(10 * time.Millisecond)
+		if _, err := os.Stat(dev); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("open %s: %w", dev, unix.ENOENT)
 }
 
 // Detach unbinds a loop device. If something still holds it open, the
@@ -166,6 +225,13 @@ func (l *Devices) Detach(dev string) error {
 	defer unix.Close(fd)
 	if err := unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
 		return fmt.Errorf("detach %s: %w", dev, err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for tag, d := range l.known {
+		if d == dev {
+			delete(l.known, tag)
+		}
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
@@ -68,5 +69,100 @@ func TestAttachFindRefreshDetach(t *testing.T) {
 	}
 	if got, err := l.Find(file, tag); got != "" || err != nil {
 		t.Fatalf("Find after Detach = %q, %v", got, err)
+	}
+}
+
+// Find remembers devices, but never trusts what it remembers: a device
+// detached or reused by another process is found out.
+func TestFindRechecksRememberedDevice(t *testing.T) {
+	testenv.RequireRoot(t)
+	l, other := New(), New()
+	dir := t.TempDir()
+	var files []string
+	for _, name := range []string{"a", "b"} {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(f, 8<<20); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	tag := Tag("vol-test", "node")
+	dev, err := l.Attach(files[0], tag, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Detach(dev) })
+	// A device l attached is found without a scan.
+	sysBlock := l.sysBlock
+	l.sysBlock = t.TempDir()
+	if got, err := l.Find(files[0], tag); got != dev || err != nil {
+		t.Fatalf("Find without a scan = %q, %v; want %q", got, err, dev)
+	}
+	l.sysBlock = sysBlock
+	// Detached behind l's back, and the same tag on another file: the
+	// kernel usually hands out the same device again.
+	if err := other.Detach(dev); err != nil {
+		t.Fatal(err)
+	}
+	dev2, err := other.Attach(files[1], tag, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Detach(dev2) })
+	if got, err := l.Find(files[0], tag); got != "" || err != nil {
+		t.Fatalf("Find of a file whose device was detached = %q, %v", got, err)
+	}
+	// l learns of the device another process attached, and of its detach.
+	if got, err := l.Find(files[1], tag); got != dev2 || err != nil {
+		t.Fatalf("Find = %q, %v; want %q", got, err, dev2)
+	}
+	if err := other.Detach(dev2); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := l.Find(files[1], tag); got != "" || err != nil {
+		t.Fatalf("Find after another process detached = %q, %v", got, err)
+	}
+}
+
+// A free device whose node devtmpfs has not made yet is waited for.
+func TestAttachWaitsForDeviceNode(t *testing.T) {
+	testenv.RequireRoot(t)
+	devDir := t.TempDir()
+	l := New()
+	l.dev = devDir
+	if err := os.Symlink("/dev/loop-control", l.Control()); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(file, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	linked := make(chan struct{})
+	go func() {
+		defer close(linked)
+		time.Sleep(50 * time.Millisecond)
+		nodes, _ := filepath.Glob("/dev/loop[0-9]*")
+		for _, n := range nodes {
+			_ = os.Symlink(n, filepath.Join(devDir, filepath.Base(n)))
+		}
+	}()
+	defer func() { <-linked }()
+	tag := Tag("vol-late", "node")
+	dev, err := l.Attach(file, tag, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Detach(dev) })
+	if filepath.Dir(dev) != devDir {
+		t.Fatalf("attached to %s, want a device in %s", dev, devDir)
+	}
+	if info, err := l.Status(dev); err != nil || CString(info.File_name[:]) != tag {
+		t.Fatalf("Status of %s: %v, %v", dev, info, err)
 	}
 }

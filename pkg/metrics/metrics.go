@@ -40,10 +40,18 @@ var (
 		Help:    "Calls the driver makes: tools it runs (mkfs, rbd ...) and cloud API requests, by backend, call and outcome.",
 		Buckets: []float64{.005, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 	}, []string{"backend", "call", "status"})
+	apiBudget = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "swarm_csi_api_budget_remaining",
+		Help: "Requests left in a cloud API's rate-limit budget, as its last answer said, by backend.",
+	}, []string{"backend"})
+	apiRateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "swarm_csi_api_rate_limited_total",
+		Help: "Cloud API requests held back because the rate-limit budget was low, by backend and outcome: waited (sent once it refilled) or refused (not sent; the call answered Unavailable).",
+	}, []string{"backend", "outcome"})
 )
 
 func init() {
-	Registry.MustRegister(rpcRequests, rpcDuration, rpcInFlight, backendCalls,
+	Registry.MustRegister(rpcRequests, rpcDuration, rpcInFlight, backendCalls, apiBudget, apiRateLimited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 }
 
@@ -66,6 +74,13 @@ func RPCStarted(method string) func(code string) {
 func BackendCall(backend, call, status string, d time.Duration) {
 	backendCalls.WithLabelValues(backend, call, status).Observe(d.Seconds())
 }
+
+// RateLimitRemaining records the requests left in a cloud API's budget.
+func RateLimitRemaining(backend string, n int) { apiBudget.WithLabelValues(backend).Set(float64(n)) }
+
+// RateLimited counts a request held back by a low budget: outcome
+// "waited" or "refused".
+func RateLimited(backend, outcome string) { apiRateLimited.WithLabelValues(backend, outcome).Inc() }
 
 // Observe records a backend call that began at start and ended with err
 // (status "ok" or "error").

@@ -67,6 +67,9 @@ func TestServe(t *testing.T) {
 	}
 	end("OK")
 	BackendCall("rbd", "rbd create", "ok", 30*time.Millisecond)
+	RateLimitRemaining("hcloud", 42)
+	RateLimited("hcloud", "waited")
+	RateLimited("hcloud", "waited")
 	c := &http.Client{Transport: &Transport{Backend: "hcloud", Strip: "/v1"}}
 	for _, p := range []string{"/v1/volumes/9", "/v1/volumes"} {
 		resp, err := c.Get(api.URL + p)
@@ -83,6 +86,8 @@ func TestServe(t *testing.T) {
 		`swarm_csi_backend_call_duration_seconds_count{backend="rbd",call="rbd create",status="ok"} 1`,
 		`swarm_csi_backend_call_duration_seconds_count{backend="hcloud",call="GET /volumes/{id}",status="429"} 1`,
 		`swarm_csi_backend_call_duration_seconds_count{backend="hcloud",call="GET /volumes",status="200"} 1`,
+		`swarm_csi_api_budget_remaining{backend="hcloud"} 42`,
+		`swarm_csi_api_rate_limited_total{backend="hcloud",outcome="waited"} 2`,
 		`swarm_csi_volumes{state="published"} 2`,
 		`swarm_csi_volume_used_bytes{volume_id="vol-1"} 100`,
 		`swarm_csi_volume_inodes_used{volume_id="vol-1"} 3`,

@@ -19,10 +19,11 @@ type fakeBackend struct {
 	attachPC []map[string]string
 	detaches int
 	attachFn func(v *backend.Volume) error // optional hook
+	blank    map[string]bool               // volume ids never written
 }
 
 func newFakeBackend(vols ...*backend.Volume) *fakeBackend {
-	b := &fakeBackend{volumes: map[string]*backend.Volume{}, attached: map[string]string{}}
+	b := &fakeBackend{volumes: map[string]*backend.Volume{}, attached: map[string]string{}, blank: map[string]bool{}}
 	for _, v := range vols {
 		b.volumes[v.ID] = v
 	}
@@ -74,6 +75,12 @@ func (b *fakeBackend) Device(_ context.Context, id string) (string, error) {
 	return b.attached[id], nil
 }
 
+func (b *fakeBackend) Blank(_ context.Context, v *backend.Volume) (bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.blank[v.ID], nil
+}
+
 func (b *fakeBackend) isAttached(id string) bool {
 	dev, _ := b.Device(context.Background(), id)
 	return dev != ""
@@ -84,6 +91,7 @@ type fakeMounter struct {
 	mu        sync.Mutex
 	mounts    map[string]fakeMount // target -> mount
 	formats   int
+	blankOnes int // formats without a probe
 	formatted map[string]bool
 	resizes   int
 	needGrow  bool
@@ -110,6 +118,17 @@ func (m *fakeMounter) FormatAndMount(device, target, fsType string, mkfsArgs, op
 	}
 	m.mounts[target] = fakeMount{source: device, options: options}
 	return nil
+}
+
+func (m *fakeMounter) FormatBlankAndMount(device, target, fsType string, mkfsArgs, options []string) error {
+	m.mu.Lock()
+	if m.formatted[device] {
+		m.mu.Unlock()
+		return fmt.Errorf("%s holds a filesystem: formatting it as blank would destroy it", device)
+	}
+	m.blankOnes++
+	m.mu.Unlock()
+	return m.FormatAndMount(device, target, fsType, mkfsArgs, options)
 }
 
 func (m *fakeMounter) BindMount(source, target string, options []string) error {

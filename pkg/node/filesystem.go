@@ -31,6 +31,14 @@ func (s *Server) stageDirectory(ctx context.Context, fs backend.FilesystemNode, 
 	return fs.Mount(ctx, v, staging, volcap.ReadOnly(c.GetAccessMode().GetMode()))
 }
 
+// directoryUsable reports whether a volume still staged may be published
+// as it is: for a filesystem backend, only after the backend's check of its
+// directory (a volume that fails it is staged again, which answers why).
+func (s *Server) directoryUsable(ctx context.Context, volumeID string) bool {
+	fs := s.filesystem()
+	return fs == nil || fs.Check(ctx, volumeID) == nil
+}
+
 // unmountStaging unmounts what stage mounted at the staging path.
 func (s *Server) unmountStaging(ctx context.Context, volumeID, staging string) error {
 	if fs := s.filesystem(); fs != nil {

@@ -84,8 +84,8 @@ func TestFilesystemVolumeIsMountedNotAttached(t *testing.T) {
 			t.Fatalf("target %s: %+v %v", tg, mt, ok)
 		}
 	}
-	if !slices.Equal(fs.mounts, []bool{false, false}) {
-		t.Errorf("Mount calls (read-only each): %v; every publish checks the directory", fs.mounts)
+	if !slices.Equal(fs.mounts, []bool{false}) {
+		t.Errorf("Mount calls (read-only each): %v, want one: a volume still staged is published as it is", fs.mounts)
 	}
 
 	// Health: the directory as the backend sees it.
@@ -142,6 +142,21 @@ func TestFilesystemMountRefusedLeavesNothingMounted(t *testing.T) {
 	// Once the mount is back, the same call goes through.
 	fs.mountErr = nil
 	h.must(h.publish(mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER), h.target, false))
+}
+
+// A volume still staged is published again only after the backend's
+// check of its directory.
+func TestFilesystemPublishChecksAStagedDirectory(t *testing.T) {
+	h, fs := newFilesystemHarness(t, dirVolume("MULTI_NODE_MULTI_WRITER"))
+	c := mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)
+	h.must(h.publish(c, h.target, false))
+	fs.mountErr = csierr.Precondition("data directory /shared carries no store marker")
+	if err := h.publish(c, h.target+"-2", false); csierr.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("second publish with the shared mount gone: %v, want FailedPrecondition", err)
+	}
+	if _, ok := h.m.mounted(h.target + "-2"); ok {
+		t.Fatal("published although the directory was refused")
+	}
 }
 
 func TestFilesystemRestoreMountsAgain(t *testing.T) {

@@ -23,6 +23,13 @@ func (t timedMounter) FormatAndMount(device, target, fsType string, mkfsArgs, op
 	return err
 }
 
+func (t timedMounter) FormatBlankAndMount(device, target, fsType string, mkfsArgs, options []string) error {
+	start := time.Now()
+	err := t.Mounter.FormatBlankAndMount(device, target, fsType, mkfsArgs, options)
+	observe("format and mount "+fsType, start, err)
+	return err
+}
+
 func (t timedMounter) Resize(device, mountPath, fsType string) error {
 	start := time.Now()
 	err := t.Mounter.Resize(device, mountPath, fsType)

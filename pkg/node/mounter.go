@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -21,6 +22,9 @@ type Mounter interface {
 	// FormatAndMount mounts device at target, formatting it first only if
 	// it holds no filesystem at all.
 	FormatAndMount(device, target, fsType string, mkfsArgs, options []string) error
+	// FormatBlankAndMount formats a device known to hold only zeros and
+	// mounts it at target: FormatAndMount without probing the device.
+	FormatBlankAndMount(device, target, fsType string, mkfsArgs, options []string) error
 	// BindMount bind-mounts source at target with the given options.
 	BindMount(source, target string, options []string) error
 	// Unmount unmounts target; a target that is not mounted is no error.
@@ -64,6 +68,23 @@ type realMounter struct {
 
 func (m *realMounter) FormatAndMount(device, target, fsType string, mkfsArgs, options []string) error {
 	return m.safe.FormatAndMountSensitiveWithFormatOptions(device, target, fsType, options, nil, mkfsArgs)
+}
+
+// mkfsFlags are what SafeFormatAndMount gives mkfs besides the caller's
+// options: force, and for ext4 no blocks reserved for root.
+var mkfsFlags = map[string][]string{"ext4": {"-F", "-m0"}, "ext3": {"-F", "-m0"}, "xfs": {"-f"}}
+
+// FormatBlankAndMount runs mkfs as SafeFormatAndMount does for a device
+// holding no filesystem, less the blkid process it starts to find out.
+func (m *realMounter) FormatBlankAndMount(device, target, fsType string, mkfsArgs, options []string) error {
+	if fsType == "" {
+		fsType = "ext4"
+	}
+	args := append(append(slices.Clone(mkfsArgs), mkfsFlags[fsType]...), device)
+	if out, err := m.exec.Command("mkfs."+fsType, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("format of disk %q as %s failed: %v: %s", device, fsType, err, out)
+	}
+	return m.sys.Mount(device, target, fsType, append(slices.Clone(options), "defaults"))
 }
 
 func (m *realMounter) BindMount(source, target string, options []string) error {

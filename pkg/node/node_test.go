@@ -181,6 +181,71 @@ func TestPublishAfterReleaseRestages(t *testing.T) {
 	}
 }
 
+// A volume still staged is published without staging it again; one whose
+// staging mount or device is gone (a reboot) is staged again first.
+func TestPublishStagesOnlyWhatIsNotStaged(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		v    *backend.Volume
+		c    *csi.VolumeCapability
+	}{
+		{"mount", mountVolume(), mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)},
+		{"block", blockVolume(), blockCap()},
+	} {
+		h := newHarness(t, tc.v)
+		h.must(h.stage(tc.c, nil))
+		h.must(h.publish(tc.c, h.target, false))
+		if n := len(h.be.attachPC); n != 1 {
+			t.Fatalf("%s: attached %d times for a stage and a publish, want once", tc.name, n)
+		}
+		// What a reboot takes away.
+		h.must(h.m.Unmount(h.staging))
+		h.must(h.m.Unmount(h.target))
+		h.must(h.be.Detach(context.Background(), volID))
+		second := filepath.Join(h.root, "second")
+		h.must(h.publish(tc.c, second, false))
+		if n := len(h.be.attachPC); n != 2 || !h.be.isAttached(volID) {
+			t.Fatalf("%s: attached %d times, device there %v; want the publish to attach again", tc.name, n, h.be.isAttached(volID))
+		}
+		if _, ok := h.m.mounted(h.staging); ok == tc.v.Block {
+			t.Fatalf("%s: staging path mounted %v after the publish", tc.name, ok)
+		}
+		if _, ok := h.m.mounted(second); !ok {
+			t.Fatalf("%s: target not mounted", tc.name)
+		}
+	}
+}
+
+// A volume the backend knows was never written is formatted without a
+// probe and not checked for growth; once written, staging it again probes
+// and keeps its filesystem. Read-only, it is never formatted.
+func TestStageFormatsBlankVolumeWithoutProbe(t *testing.T) {
+	h := newHarness(t, mountVolume())
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	h.be.blank[volID] = true
+	h.m.needGrow = true // a check would grow it
+	h.must(h.stage(c, nil))
+	if h.m.blankOnes != 1 || h.m.formats != 1 || h.m.resizes != 0 {
+		t.Fatalf("formats %d (%d without a probe), resizes %d; want one format without a probe and no resize", h.m.formats, h.m.blankOnes, h.m.resizes)
+	}
+	h.m.needGrow = false
+	h.be.blank[volID] = false
+	h.must(h.unstage())
+	h.must(h.stage(c, nil))
+	if h.m.blankOnes != 1 || h.m.formats != 1 {
+		t.Fatalf("restage: formats %d (%d without a probe), want the first one only", h.m.formats, h.m.blankOnes)
+	}
+	h.must(h.unstage())
+
+	// Read-only, the probe decides (and refuses a blank device).
+	ro := newHarness(t, mountVolume())
+	ro.be.blank[volID] = true
+	_ = ro.stage(mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY), nil)
+	if ro.m.blankOnes != 0 {
+		t.Fatal("a read-only stage formatted the volume")
+	}
+}
+
 func TestStageIsIdempotentAndGrowsWhenNeeded(t *testing.T) {
 	h := newHarness(t, mountVolume())
 	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)

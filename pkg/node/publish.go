@@ -10,6 +10,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 	"github.com/swarm-csi/swarm-csi/pkg/volcap"
 )
@@ -44,10 +45,13 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 			}
 		}
 	}
-	// Staging is idempotent; it also brings back a volume released by an
-	// earlier last unpublish, or whose mounts a reboot took away.
-	if st, err = s.stage(ctx, v, st, staging, c, req.GetPublishContext()); err != nil {
-		return nil, err
+	// A volume released by an earlier last unpublish, or whose mounts a
+	// reboot took away, is staged again; one still staged is published as
+	// it is (a volume grown meanwhile grows through the growth check).
+	if st == nil || !s.stillStaged(ctx, v, st) {
+		if st, err = s.stage(ctx, v, st, staging, c, req.GetPublishContext()); err != nil {
+			return nil, err
+		}
 	}
 	// Record the target before mounting, so a crash in between still has
 	// it unmounted by the last unpublish.
@@ -67,6 +71,17 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// stillStaged reports whether what st records is in place: the staging
+// path mounted, or for block access the device attached.
+func (s *Server) stillStaged(ctx context.Context, v *backend.Volume, st *staged) bool {
+	if v.Block {
+		dev, err := s.be.Device(ctx, v.ID)
+		return err == nil && dev != ""
+	}
+	mounted, err := s.mounter.IsMountPoint(st.StagingPath)
+	return err == nil && mounted && s.directoryUsable(ctx, v.ID)
 }
 
 func (s *Server) publish(ctx context.Context, volumeID string, block bool, staging, target string, readOnly bool, flags []string) error {

@@ -110,12 +110,14 @@ func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, stagi
 		return nil, err
 	}
 	readOnly := volcap.ReadOnly(c.GetAccessMode().GetMode())
+	// A volume never written holds no filesystem to probe for or grow.
+	blank := !mounted && !readOnly && s.blank(ctx, v)
 	if !mounted {
 		// An expanded volume grows at its next stage, since Swarm never
 		// calls NodeExpandVolume (docs/swarm.md, "What Swarm never
 		// calls"). ext4 grows best unmounted: that needs no
 		// CAP_SYS_RESOURCE.
-		if !readOnly {
+		if !readOnly && !blank {
 			s.growUnmounted(dev, v)
 		}
 		mkfsArgs, err := volcap.SplitMkfsOptions(v.MkfsOptions)
@@ -131,7 +133,11 @@ func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, stagi
 		if readOnly {
 			opts = append(opts, "ro")
 		}
-		if err := s.mounter.FormatAndMount(dev, staging, v.FsType, mkfsArgs, opts); err != nil {
+		formatAndMount := s.mounter.FormatAndMount
+		if blank {
+			formatAndMount = s.mounter.FormatBlankAndMount
+		}
+		if err := formatAndMount(dev, staging, v.FsType, mkfsArgs, opts); err != nil {
 			var me mount.MountError
 			if errors.As(err, &me) && me.Type == mount.UnformattedReadOnly {
 				return nil, csierr.Precondition("volume %s has no filesystem and its access mode is read-only: create it from a snapshot or volume", v.ID)
@@ -139,7 +145,7 @@ func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, stagi
 			return nil, fmt.Errorf("stage volume %s: %w", v.ID, err)
 		}
 	}
-	if !readOnly {
+	if !readOnly && !blank {
 		// What could not grow unmounted (XFS) grows now. A filesystem that
 		// cannot grow yet is still usable: staging goes on.
 		if err := s.grow(dev, staging, v.FsType); err != nil {
@@ -147,6 +153,24 @@ func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, stagi
 		}
 	}
 	return st, nil
+}
+
+// blankChecker is a backend that can tell, without reading a volume's
+// device, that it was never written: the loop backend, from an image that
+// holds no data.
+type blankChecker interface {
+	Blank(ctx context.Context, v *backend.Volume) (bool, error)
+}
+
+// blank reports whether the backend knows the volume was never written.
+// Formatting it then needs no probe for a filesystem (a blkid process).
+func (s *Server) blank(ctx context.Context, v *backend.Volume) bool {
+	bc, ok := s.be.(blankChecker)
+	if !ok {
+		return false
+	}
+	blank, err := bc.Blank(ctx, v)
+	return err == nil && blank
 }
 
 // growUnmounted grows a filesystem that is smaller than its device before

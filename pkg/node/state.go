@@ -14,6 +14,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/swarm-csi/swarm-csi/pkg/fsutil"
 	"github.com/swarm-csi/swarm-csi/pkg/volcap"
 )
 
@@ -102,12 +103,7 @@ func (s *stateStore) save(st *staged) error {
 	if err != nil {
 		return err
 	}
-	path := s.file(st.VolumeID)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return fsutil.WriteFile(s.file(st.VolumeID), b, 0o600, fsutil.Atomic)
 }
 
 // list returns every volume this node remembers.

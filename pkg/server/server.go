@@ -132,6 +132,10 @@ func interceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 		if r, ok := req.(interface{ GetSecrets() map[string]string }); ok {
 			ctx = backend.WithSecrets(ctx, r.GetSecrets())
 		}
+		// NodeStageVolume and NodePublishVolume carry what ControllerPublishVolume returned.
+		if r, ok := req.(interface{ GetPublishContext() map[string]string }); ok {
+			ctx = backend.WithPublishContext(ctx, r.GetPublishContext())
+		}
 		return handler(ctx, req)
 	}
 }

@@ -296,6 +296,31 @@ func TestInterceptorPassesSecrets(t *testing.T) {
 	}
 }
 
+// A node request's publish context reaches the backend through the
+// context, as the secrets do.
+func TestInterceptorPassesPublishContext(t *testing.T) {
+	log, _ := testLogger(slog.LevelInfo)
+	pc := map[string]string{"fsType": "ext4"}
+	for _, tt := range []struct {
+		req  any
+		want map[string]string
+	}{
+		{&csi.NodeStageVolumeRequest{VolumeId: "v", PublishContext: pc}, pc},
+		{&csi.NodePublishVolumeRequest{VolumeId: "v", PublishContext: pc}, pc},
+		{&csi.NodeStageVolumeRequest{VolumeId: "v"}, nil},
+		{&csi.ControllerGetVolumeRequest{VolumeId: "v"}, nil},
+	} {
+		var got map[string]string
+		_, _ = call(log, "/csi.v1.Node/X", tt.req, func(ctx context.Context, _ any) (any, error) {
+			got = backend.PublishContext(ctx)
+			return nil, nil
+		})
+		if !maps.Equal(got, tt.want) {
+			t.Errorf("%T: backend sees publish context %v, want %v", tt.req, got, tt.want)
+		}
+	}
+}
+
 func TestInterceptorQuietCalls(t *testing.T) {
 	handler := func(context.Context, any) (any, error) { return &csi.ProbeResponse{}, nil }
 	log, buf := testLogger(slog.LevelInfo)

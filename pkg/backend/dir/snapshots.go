@@ -33,7 +33,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, spec backend.SnapshotSpec)
 		return nil, err
 	}
 	s := &backend.Snapshot{ID: id, SnapshotSpec: spec, SizeBytes: size, CreatedAt: b.now().UTC()}
-	if err := filestore.WriteJSON(b.snapshotRecord(id), s); err != nil {
+	if err := b.store.AddRecord(b.snapshotRecord(id), s); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -12,6 +12,7 @@ import (
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/filestore"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/fsutil"
 )
 
 // CreateVolume implements backend.Controller: an empty directory.
@@ -51,16 +52,17 @@ func (b *Backend) create(ctx context.Context, spec backend.VolumeSpec, src strin
 		return nil, err
 	}
 	v = &backend.Volume{ID: id, VolumeSpec: spec, CreatedAt: b.now().UTC()}
-	if err := filestore.WriteJSON(b.volumeRecord(id), v); err != nil {
+	if err := b.store.AddRecord(b.volumeRecord(id), v); err != nil {
 		return nil, err
 	}
 	return v, nil
 }
 
 // buildTree makes path a complete tree: a copy of src, or an empty
-// directory. It is built in dir/tmp and renamed into place, so path never
-// holds a partial copy; a path present already is complete. It returns the
-// bytes copied.
+// directory. It is built and synced in dir/tmp and renamed into place, so
+// path never holds a partial copy; a path present already is complete. The
+// rename is durable once the caller has synced path's directory (AddRecord
+// does). It returns the bytes copied.
 func (b *Backend) buildTree(ctx context.Context, path, src string) (int64, error) {
 	if _, err := os.Lstat(path); err == nil {
 		return treeSize(path)
@@ -77,16 +79,13 @@ func (b *Backend) buildTree(ctx context.Context, path, src string) (int64, error
 		size, err = copyTree(ctx, src, tmp)
 	}
 	if err == nil {
-		err = filestore.SyncDir(tmp)
+		err = fsutil.SyncDir(tmp)
 	}
 	if err != nil {
 		os.RemoveAll(tmp)
 		return 0, fmt.Errorf("building %s: %w", path, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return 0, err
-	}
-	return size, errors.Join(filestore.SyncDir(b.store.Path(tmpDir)), filestore.SyncDir(filepath.Dir(path)))
+	return size, os.Rename(tmp, path)
 }
 
 // sourceTree returns the tree a new volume is copied from.
@@ -158,7 +157,7 @@ func (b *Backend) retain(v *backend.Volume, tree string) error {
 	if err := os.Rename(tree, dst); err != nil {
 		return err
 	}
-	return errors.Join(filestore.SyncDir(filepath.Dir(tree)), filestore.SyncDir(filepath.Dir(dst)))
+	return errors.Join(fsutil.SyncDir(filepath.Dir(tree)), fsutil.SyncDir(filepath.Dir(dst)))
 }
 
 // removeTree removes a tree: renamed into dir/tmp first, so that what a
@@ -174,7 +173,7 @@ func (b *Backend) removeTree(tree string) error {
 	if err := os.RemoveAll(tmp); err != nil {
 		return err
 	}
-	return filestore.SyncDir(filepath.Dir(tree))
+	return fsutil.SyncDir(filepath.Dir(tree))
 }
 
 // Volume implements backend.Controller and backend.Node. A volume not found

@@ -23,6 +23,7 @@ import (
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/fsutil"
 )
 
 // Layout every store shares:
@@ -98,7 +99,7 @@ func (s *Store) loadOrCreateID() (string, error) {
 	if err := os.Symlink(hex.EncodeToString(b), s.Path(IDFile)); err != nil && !errors.Is(err, fs.ErrExist) {
 		return "", err
 	}
-	if err := SyncDir(s.Root); err != nil {
+	if err := fsutil.SyncDir(s.Root); err != nil {
 		return "", err
 	}
 	return ReadID(s.Root)
@@ -141,20 +142,41 @@ func (s *Store) LookupName(prefix, name string, valid func(string) bool) (string
 }
 
 // ClaimName maps name to id. The symlink is created atomically; if the name
-// is taken already, the id it maps to is returned instead.
+// is taken already, the id it maps to is returned instead. The link is made
+// durable by AddRecord, before the record that needs it.
 func (s *Store) ClaimName(prefix, name, id string, valid func(string) bool) (string, error) {
-	link := s.NameLink(prefix, name)
-	err := os.Symlink(id, link)
+	err := os.Symlink(id, s.NameLink(prefix, name))
 	if errors.Is(err, fs.ErrExist) {
 		return s.LookupName(prefix, name, valid)
 	}
 	if err != nil {
 		return "", err
 	}
-	return id, SyncDir(filepath.Dir(link))
+	return id, nil
 }
 
-// ReleaseName removes the name mapping if it still maps to id.
+// AddRecord writes the record that makes a new volume or snapshot exist,
+// once its name is claimed and its content built, and makes them durable
+// with three syncs, each needed: the names directory before the record is
+// renamed into place (a record whose name link a crash lost would let a
+// retry create a second volume under the same name), the record's content
+// before its rename (else a crash could leave an empty record), and the
+// record's directory last, which makes the record and the content's rename
+// durable together.
+func (s *Store) AddRecord(path string, v any) error {
+	if err := fsutil.SyncDir(s.Path(NamesDir)); err != nil {
+		return err
+	}
+	if err := WriteJSON(path, v, fsutil.DataSynced); err != nil {
+		return err
+	}
+	return fsutil.SyncDir(filepath.Dir(path))
+}
+
+// ReleaseName removes the name mapping if it still maps to id. The removal
+// is synced before the record is removed: a crash in between must leave the
+// record, which a retried delete finds, not a name that a creation of the
+// same name would take up again under the deleted id.
 func (s *Store) ReleaseName(prefix, name, id string) error {
 	link := s.NameLink(prefix, name)
 	if cur, err := os.Readlink(link); err != nil || cur != id {
@@ -163,7 +185,7 @@ func (s *Store) ReleaseName(prefix, name, id string) error {
 	if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return SyncDir(filepath.Dir(link))
+	return fsutil.SyncDir(filepath.Dir(link))
 }
 
 // Find returns the id a name maps to ("" if none) and its record, read by
@@ -223,7 +245,7 @@ func SetAttachment(path string, v *backend.Volume, a backend.Attachment) error {
 		return nil
 	}
 	v.SetAttachment(a)
-	return WriteJSON(path, v)
+	return WriteJSON(path, v, fsutil.Durable)
 }
 
 // RemoveAttachment removes the node's attachment from the volume record v
@@ -233,7 +255,7 @@ func RemoveAttachment(path string, v *backend.Volume, nodeID string) error {
 		return nil
 	}
 	v.RemoveAttachment(nodeID)
-	return WriteJSON(path, v)
+	return WriteJSON(path, v, fsutil.Durable)
 }
 
 // ListIDs returns the ids of the records (<id>.json) in dir that are
@@ -269,54 +291,22 @@ func ReadJSON(path string, v any) error {
 	return nil
 }
 
-// WriteJSON replaces a record atomically.
-func WriteJSON(path string, v any) error {
+// WriteJSON replaces a record atomically, as durably as d says. A changed
+// record is Durable before the call returns: an attachment lost in a crash
+// after the CO was told of it would let a second node publish a
+// single-writer volume, an unpublish lost would keep the volume from being
+// deleted or moved.
+func WriteJSON(path string, v any, d fsutil.Durability) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(path, append(b, '\n'))
-}
-
-// WriteFileAtomic replaces a file durably: temp file, fsync, rename, fsync
-// of the directory.
-func WriteFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return SyncDir(dir)
-}
-
-// SyncDir makes the entries of dir durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsutil.WriteFile(path, append(b, '\n'), 0o600, d)
 }
 
 // RemoveFiles removes files, ignoring ones that are gone, then syncs the
-// directory of the first.
+// directory of the first: a record a crash brought back after its delete
+// succeeded would be a volume the CO has forgotten.
 func RemoveFiles(paths ...string) error {
 	for _, p := range paths {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -326,7 +316,7 @@ func RemoveFiles(paths ...string) error {
 	if len(paths) == 0 {
 		return nil
 	}
-	return SyncDir(filepath.Dir(paths[0]))
+	return fsutil.SyncDir(filepath.Dir(paths[0]))
 }
 
 // Free returns the bytes available on the data directory's filesystem.

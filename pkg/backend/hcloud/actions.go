@@ -15,11 +15,16 @@ import (
 const (
 	pollFirst = 100 * time.Millisecond
 	pollCap   = time.Second
+	// firstGuess is how long an action is expected to take before any
+	// has finished: about what Hetzner's volume actions take. A tenth of
+	// the wait budget bounds it, so that a short budget still polls.
+	firstGuess = time.Second
 )
 
 // pace remembers how long each command's actions take (a moving average
 // of what the API reports), so that the first poll of a fresh action
-// comes about when it finishes.
+// comes about when it finishes. A command not seen yet is expected to
+// take what the others take on average.
 type pace struct {
 	mu   sync.Mutex
 	took map[string]time.Duration
@@ -28,7 +33,14 @@ type pace struct {
 func (p *pace) expect(command string) time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.took[command]
+	if d, ok := p.took[command]; ok || len(p.took) == 0 {
+		return d
+	}
+	var sum time.Duration
+	for _, d := range p.took {
+		sum += d
+	}
+	return sum / time.Duration(len(p.took))
 }
 
 func (p *pace) record(command string, d time.Duration) {
@@ -54,13 +66,20 @@ func (o *op) await(actions ...*hcloud.Action) error { return o.watch(actions, tr
 // expected duration. With failOnError an action that failed is the error.
 func (o *op) watch(actions []*hcloud.Action, fresh, failOnError bool) error {
 	running := map[int64]*hcloud.Action{}
-	delay := pollFirst
+	var delay time.Duration
+	if !fresh {
+		delay = pollFirst
+	}
 	for _, a := range actions {
 		switch {
 		case a == nil:
 		case a.Status == hcloud.ActionStatusRunning:
 			running[a.ID] = a
-			if d := o.b.pace.expect(a.Command); fresh && d > 0 {
+			if fresh {
+				d := o.b.pace.expect(a.Command)
+				if d == 0 {
+					d = min(firstGuess, o.b.cfg.Wait/10)
+				}
 				// A little past the expected end, so that one poll
 				// usually finds it done.
 				delay = max(delay, d+d/20+20*time.Millisecond)

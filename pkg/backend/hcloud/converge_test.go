@@ -26,7 +26,8 @@ var faults = []struct {
 }{
 	{"none", func(*fakecloud.Cloud) {}},
 	{"429 spell", func(c *fakecloud.Cloud) {
-		c.Inject(fakecloud.Fault{Status: http.StatusTooManyRequests, RetryAfter: time.Second, Times: 3})
+		// As Hetzner answers: a spent budget, no Retry-After to wait for.
+		c.Inject(fakecloud.Fault{Status: http.StatusTooManyRequests, Times: 3})
 	}},
 	{"500", func(c *fakecloud.Cloud) { c.Inject(fakecloud.Fault{Status: http.StatusInternalServerError}) }},
 	{"503 on a change, after it took effect", func(c *fakecloud.Cloud) {

@@ -77,6 +77,10 @@ func apiError(err error, what string) error {
 		}
 		return fmt.Errorf("%w: %s failed in Hetzner Cloud: %s (%s)", sentinel, what, ae.Message, ae.Code)
 	}
+	var spent *errBudgetSpent
+	if errors.As(err, &spent) {
+		return fmt.Errorf("%w: %s: %v", csierr.ErrUnavailable, what, spent)
+	}
 	var he hcloud.Error
 	if errors.As(err, &he) {
 		sentinel := codeSentinels[he.Code]

@@ -15,6 +15,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -71,6 +72,9 @@ type Config struct {
 	// HTTPClient makes the API requests (default: http.DefaultClient's
 	// transport).
 	HTTPClient *http.Client
+	// Log receives what the backend does not return as an error (a spent
+	// request budget); nil discards.
+	Log *slog.Logger
 }
 
 // Backend is the controller side of the hcloud backend (ForNode gives the
@@ -84,19 +88,23 @@ type Backend struct {
 	clients     map[[32]byte]*hcloud.Client // by hash of the token
 	servers     map[serverKey]bool          // servers known to exist
 	serverTurns map[serverKey]chan struct{} // see lockServer
+	owned       map[serverKey]bool          // volumes known to be this cluster's, by the same key
+	reads       map[*backend.Volume]*hcloud.Volume
 }
 
+// serverKey names a server, or a volume, of the project of a token.
 type serverKey struct {
 	token [32]byte
 	id    int64
 }
 
-// Hetzner Cloud volumes grow, but have no snapshots, copies, mutable
-// settings or capacity figure: the backend implements no other optional
-// interface.
+// Hetzner Cloud volumes grow and a server lists its volumes, but they have
+// no snapshots, copies, mutable settings or capacity figure: the backend
+// implements no other optional interface.
 var _ interface {
 	backend.Controller
 	backend.Expander
+	backend.AttachmentCounter
 } = (*Backend)(nil)
 
 // locationPattern is what a Hetzner Cloud location name looks like.
@@ -113,6 +121,9 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if err := CheckEndpoint(cfg.Endpoint); err != nil {
 		return nil, err
@@ -132,7 +143,7 @@ func New(cfg Config) (*Backend, error) {
 		}
 	}
 	return &Backend{cfg: cfg, clients: map[[32]byte]*hcloud.Client{}, servers: map[serverKey]bool{},
-		serverTurns: map[serverKey]chan struct{}{}}, nil
+		serverTurns: map[serverKey]chan struct{}{}, owned: map[serverKey]bool{}, reads: map[*backend.Volume]*hcloud.Volume{}}, nil
 }
 
 // CheckEndpoint accepts an http or https URL with a host.
@@ -200,14 +211,23 @@ func (b *Backend) client(ctx context.Context) (*hcloud.Client, [32]byte, error) 
 	if c := b.clients[key]; c != nil {
 		return c, key, nil
 	}
+	// Each token has a budget of requests of its own.
+	httpClient := *b.cfg.HTTPClient
+	base := httpClient.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	httpClient.Transport = &budget{base: base, log: b.cfg.Log}
 	c := hcloud.NewClient(
 		hcloud.WithToken(token),
 		hcloud.WithEndpoint(b.cfg.Endpoint),
 		hcloud.WithApplication("swarm-csi", b.cfg.Version),
-		hcloud.WithHTTPClient(b.cfg.HTTPClient),
-		// A 429 or a passing gateway error is retried twice at once; a
-		// longer outage is the caller's to retry (Swarm retries with
-		// backoff), with the wait the API asked for in the message.
+		hcloud.WithHTTPClient(&httpClient),
+		// A 429 or a passing gateway error is retried twice, a 429 once
+		// the budget allows it within the call's time (else the call
+		// answers Unavailable at once); a longer outage is the caller's
+		// to retry (Swarm retries with backoff), with the wait the API
+		// asked for in the message.
 		hcloud.WithRetryOpts(hcloud.RetryOpts{MaxRetries: 2, BackoffFunc: hcloud.ExponentialBackoffWithOpts(hcloud.ExponentialBackoffOpts{
 			Base: 200 * time.Millisecond, Multiplier: 2, Cap: time.Second, Jitter: true})}),
 	)
@@ -245,4 +265,46 @@ func parseID(s string) (int64, bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// own remembers that a volume is this cluster's: deleting it then needs no
+// look-up first. Ownership does not change, and ids are not reused.
+func (o *op) own(id int64, owned bool) {
+	o.b.mu.Lock()
+	defer o.b.mu.Unlock()
+	if owned {
+		o.b.owned[serverKey{o.token, id}] = true
+	} else {
+		delete(o.b.owned, serverKey{o.token, id})
+	}
+}
+
+func (o *op) owns(id int64) bool {
+	o.b.mu.Lock()
+	defer o.b.mu.Unlock()
+	return o.b.owned[serverKey{o.token, id}]
+}
+
+// maxReads bounds the reads remembered for Publish.
+const maxReads = 256
+
+// remember keeps the API's view of a volume that Volume returned as v:
+// the controller reads a volume, checks it and hands the same v to
+// Publish, which then needs no read of its own.
+func (b *Backend) remember(v *backend.Volume, hv *hcloud.Volume) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.reads) >= maxReads {
+		clear(b.reads) // reads never handed back, by other callers
+	}
+	b.reads[v] = hv
+}
+
+// recall returns, once, what remember kept for v, or nil.
+func (b *Backend) recall(v *backend.Volume) *hcloud.Volume {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	hv := b.reads[v]
+	delete(b.reads, v)
+	return hv
 }

@@ -508,18 +508,31 @@ func TestErrorsMapToCodes(t *testing.T) {
 	ctx := context.Background()
 	v := must[*backend.Volume](t)(e.be.CreateVolume(ctx, spec("errors")))
 
-	// One 429 is retried inside the client; a longer spell answers
-	// Unavailable with the wait the API asked for.
-	e.cloud.Inject(fakecloud.Fault{Path: "/volumes/*", Status: http.StatusTooManyRequests, RetryAfter: 7 * time.Second})
-	if _, err := e.be.Volume(ctx, v.ID); err != nil {
-		t.Fatalf("a single 429 was not retried: %v", err)
+	// A 429 whose Retry-After fits in the call's time is waited out; a
+	// longer one answers Unavailable at once with the wait the API asked
+	// for, and the retries the client would make are not sent before it.
+	limited := e.backend(t)
+	e.cloud.Inject(fakecloud.Fault{Path: "/volumes/*", Status: http.StatusTooManyRequests, RetryAfter: time.Second})
+	e.cloud.ResetRequests()
+	if _, err := limited.Volume(ctx, v.ID); err != nil {
+		t.Fatalf("a 429 with Retry-After 1s was not waited out: %v", err)
+	}
+	if n := e.cloud.Requests().Total; n != 2 {
+		t.Errorf("%d requests for a read after one 429, want 2", n)
 	}
 	e.cloud.Inject(fakecloud.Fault{Path: "/volumes/*", Status: http.StatusTooManyRequests, RetryAfter: 7 * time.Second, Times: 3})
-	_, err := e.be.Volume(ctx, v.ID)
+	e.cloud.ResetRequests()
+	_, err := limited.Volume(ctx, v.ID)
 	wantCode(t, err, codes.Unavailable)
 	if !strings.Contains(err.Error(), "retry after 7s") {
 		t.Errorf("429 without the wait: %v", err)
 	}
+	_, err = limited.Volume(ctx, v.ID)
+	wantCode(t, err, codes.Unavailable)
+	if n := e.cloud.Requests().Total; n != 1 {
+		t.Errorf("%d requests for two calls while the API asked to wait 7s, want 1", n)
+	}
+	e.cloud.ClearFaults()
 	for status, code := range map[int]codes.Code{
 		http.StatusInternalServerError: codes.Unavailable,
 		http.StatusServiceUnavailable:  codes.Unavailable,

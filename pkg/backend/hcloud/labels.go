@@ -20,6 +20,7 @@ import (
 // A volume's CSI settings live in its labels, so that nothing is kept
 // outside the API.
 const (
+	labelPrefix = "swarm-csi/"
 	// LabelCluster holds the cluster name: a swarm sees only its own.
 	LabelCluster = "swarm-csi/cluster"
 	// LabelName holds a hash of the CSI volume name, which a retried

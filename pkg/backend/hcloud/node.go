@@ -7,10 +7,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 	"github.com/hetznercloud/hcloud-go/v2/hcloud/metadata"
 	"golang.org/x/sys/unix"
 
@@ -27,6 +30,9 @@ type NodeSide struct {
 	*Backend
 	serverID  int64
 	deviceDir string
+
+	mu   sync.Mutex
+	seen map[string]*backend.Volume // volumes attached here, as last told
 }
 
 var _ backend.Node = (*NodeSide)(nil)
@@ -40,7 +46,7 @@ func (b *Backend) ForNode(serverID int64, deviceDir string) (*NodeSide, error) {
 	if !filepath.IsAbs(deviceDir) || filepath.Clean(deviceDir) != deviceDir {
 		return nil, fmt.Errorf("device directory %q: want a clean absolute path", deviceDir)
 	}
-	return &NodeSide{Backend: b, serverID: serverID, deviceDir: deviceDir}, nil
+	return &NodeSide{Backend: b, serverID: serverID, deviceDir: deviceDir, seen: map[string]*backend.Volume{}}, nil
 }
 
 // Register implements backend.Node: the node id must be this server's id.
@@ -49,6 +55,88 @@ func (n *NodeSide) Register(_ context.Context, nodeID string) error {
 		return csierr.Invalid("node id %q: the hcloud backend's node id is the server id, %d", nodeID, n.serverID)
 	}
 	return nil
+}
+
+// Volume implements backend.Node. Staging and publishing carry the
+// publish context, which holds what the node needs (see publishContext).
+// Without it (Swarm lost it, SwarmKit #3276), and for the other calls
+// (the growth check every --grow-interval, stats, health), a volume
+// whose device is on this server is as last told: what the node uses of
+// it (filesystem, access mode, mkfsOptions) does not change, and its size
+// shows in the device at once. Otherwise the volume is read from the API.
+func (n *NodeSide) Volume(ctx context.Context, id string) (*backend.Volume, error) {
+	if v := n.fromPublishContext(id, backend.PublishContext(ctx)); v != nil {
+		n.keep(v)
+		return v, nil
+	}
+	if v := n.kept(id); v != nil {
+		return v, nil
+	}
+	v, err := n.Backend.Volume(ctx, id)
+	if err == nil {
+		n.keep(v)
+	}
+	return v, err
+}
+
+// keep remembers a volume attached to this server.
+func (n *NodeSide) keep(v *backend.Volume) {
+	if _, ok := v.AttachedTo(strconv.FormatInt(n.serverID, 10)); !ok {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.seen[v.ID] = v
+}
+
+// kept returns a copy of the volume as last told while its device is on
+// this server, or nil.
+func (n *NodeSide) kept(id string) *backend.Volume {
+	n.mu.Lock()
+	v := n.seen[id]
+	n.mu.Unlock()
+	if v == nil {
+		return nil
+	}
+	if vid, _ := parseID(id); vid > 0 {
+		if dev, err := n.device(vid); dev != "" && err == nil {
+			c := *v
+			c.Attachments = slices.Clone(v.Attachments)
+			return &c
+		}
+	}
+	n.mu.Lock()
+	delete(n.seen, id)
+	n.mu.Unlock()
+	return nil
+}
+
+// fromPublishContext returns the volume a publish context describes, as
+// published to this server, or nil if it describes no volume of this
+// cluster with that id.
+func (n *NodeSide) fromPublishContext(id string, pc map[string]string) *backend.Volume {
+	vid, ok := parseID(id)
+	if !ok || pc[pcVolume] != id {
+		return nil
+	}
+	size, err := strconv.Atoi(pc[pcSizeGiB])
+	if err != nil || size <= 0 {
+		return nil
+	}
+	hv := &hcloud.Volume{ID: vid, Size: size, Labels: map[string]string{}, Server: &hcloud.Server{ID: n.serverID}}
+	for k, v := range pc {
+		if strings.HasPrefix(k, labelPrefix) {
+			hv.Labels[k] = v
+		}
+	}
+	if !n.ours(hv) {
+		return nil
+	}
+	v, err := toVolume(hv)
+	if err != nil {
+		return nil
+	}
+	return v
 }
 
 // link is the by-id path of a volume's device.

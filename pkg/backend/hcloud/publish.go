@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
@@ -16,7 +18,11 @@ import (
 // Publish implements backend.Controller: it attaches the volume to the
 // server named by the node id and waits for the attach within the budget.
 // A retry after Aborted finds the attach still running (the API answers
-// "locked") and waits for that one instead of starting another.
+// "locked") and waits for that one instead of starting another. The
+// volume is as the controller has just read it (Volume), so there is no
+// read before the attach: the API refuses an attach to a volume attached
+// meanwhile, and then Publish looks again. The publish context carries
+// what the node needs to know of the volume (see publishContext).
 func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Attachment) (map[string]string, error) {
 	id := v.ID
 	vid, ok := parseID(id)
@@ -33,10 +39,12 @@ func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Atta
 	}
 	defer o.done()
 	what := fmt.Sprintf("attaching volume %d to server %d", vid, sid)
-	for attempt := 0; ; attempt++ {
-		hv, err := o.volume(vid)
-		if err != nil {
-			return nil, o.fail(err, what)
+	hv := b.recall(v)
+	for attempt := 0; ; attempt, hv = attempt+1, nil {
+		if hv == nil {
+			if hv, err = o.volume(vid); err != nil {
+				return nil, o.fail(err, what)
+			}
 		}
 		if hv.Server != nil && hv.Server.ID != sid {
 			return nil, csierr.Precondition("volume %d is attached to server %d; it can move once that server has let go of it", vid, hv.Server.ID)
@@ -47,7 +55,7 @@ func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Atta
 			return nil, o.fail(err, what)
 		}
 		if hv.Server != nil {
-			return nil, nil
+			return publishContext(hv), nil
 		}
 		unlock, err := o.lockServer(sid)
 		if err != nil {
@@ -58,7 +66,10 @@ func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Atta
 		if err == nil {
 			err = o.await(action)
 			unlock()
-			return nil, o.fail(err, what)
+			if err != nil {
+				return nil, o.fail(err, what)
+			}
+			return publishContext(hv), nil
 		}
 		unlock()
 		switch {
@@ -81,6 +92,26 @@ func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Atta
 			return nil, o.fail(err, what)
 		}
 	}
+}
+
+// Keys of the publish context besides the volume's labels.
+const (
+	pcVolume  = "hcloudVolume"
+	pcSizeGiB = "hcloudSizeGiB"
+)
+
+// publishContext is what the node needs to know of a volume, so that
+// staging and publishing it ask the API nothing: its id and size, and its
+// labels (filesystem, access mode, mkfsOptions). Swarm may lose it after
+// a leader change (SwarmKit #3276): the node then reads the volume.
+func publishContext(hv *hcloud.Volume) map[string]string {
+	pc := map[string]string{pcVolume: strconv.FormatInt(hv.ID, 10), pcSizeGiB: strconv.Itoa(hv.Size)}
+	for k, v := range hv.Labels {
+		if strings.HasPrefix(k, labelPrefix) && k != labelReadOnly {
+			pc[k] = v
+		}
+	}
+	return pc
 }
 
 // setReadOnly records whether the volume is published read-only.

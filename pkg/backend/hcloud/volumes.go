@@ -15,9 +15,11 @@ import (
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
-// CreateVolume implements backend.Controller. A retry finds the volume by
-// the hash of its CSI name; if the first attempt's creation is still
-// running, the retry waits for it.
+// CreateVolume implements backend.Controller. It creates first: the
+// volume's Hetzner name is unique in the project, so a retry, or another
+// call for the same name, is answered "taken" and finds the volume by the
+// hash of its CSI name; if the first attempt's creation is still running,
+// the retry waits for it.
 func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
 	switch {
 	case len(spec.Parameters) > 0:
@@ -42,32 +44,27 @@ func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*b
 	defer o.done()
 	what := fmt.Sprintf("creating volume %q", spec.Name)
 
-	hv, err := o.findByName(spec.Name)
+	var hv *hcloud.Volume
+	var actions []*hcloud.Action
+	res, _, err := o.api.Volume.Create(o.ctx, hcloud.VolumeCreateOpts{
+		Name:     b.volumeName(spec.Name),
+		Size:     size,
+		Location: &hcloud.Location{Name: b.cfg.Location},
+		Labels:   labels,
+	})
+	switch {
+	case hcloud.IsError(err, hcloud.ErrorCodeUniquenessError):
+		// An earlier attempt created it and lost its answer, or another
+		// call did meanwhile, or it exists already.
+		if hv, err = o.findByName(spec.Name); err == nil && hv == nil {
+			err = fmt.Errorf("%w: the Hetzner Cloud volume name %s is taken by a volume that is not this cluster's", csierr.ErrAlreadyExists, b.volumeName(spec.Name))
+		}
+	case err == nil:
+		hv = res.Volume
+		actions = append([]*hcloud.Action{res.Action}, res.NextActions...)
+	}
 	if err != nil {
 		return nil, o.fail(err, what)
-	}
-	var actions []*hcloud.Action
-	if hv == nil {
-		res, _, err := o.api.Volume.Create(o.ctx, hcloud.VolumeCreateOpts{
-			Name:     b.volumeName(spec.Name),
-			Size:     size,
-			Location: &hcloud.Location{Name: b.cfg.Location},
-			Labels:   labels,
-		})
-		switch {
-		case hcloud.IsError(err, hcloud.ErrorCodeUniquenessError):
-			// Another call created it meanwhile, or an earlier attempt
-			// did and lost its answer.
-			if hv, err = o.findByName(spec.Name); err == nil && hv == nil {
-				err = fmt.Errorf("%w: the Hetzner Cloud volume name %s is taken by a volume that is not this cluster's", csierr.ErrAlreadyExists, b.volumeName(spec.Name))
-			}
-		case err == nil:
-			hv = res.Volume
-			actions = append([]*hcloud.Action{res.Action}, res.NextActions...)
-		}
-		if err != nil {
-			return nil, o.fail(err, what)
-		}
 	}
 	if hv.Status == hcloud.VolumeStatusCreating && len(actions) > 0 {
 		err = o.await(actions...)
@@ -99,6 +96,7 @@ func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*b
 	if err != nil {
 		return nil, err
 	}
+	o.own(hv.ID, true)
 	v.Name = spec.Name
 	return v, nil
 }
@@ -124,8 +122,10 @@ func (o *op) volume(id int64) (*hcloud.Volume, error) {
 		return nil, err
 	}
 	if !o.b.ours(hv) {
+		o.own(id, false)
 		return nil, csierr.NotFound("volume %d does not exist in Hetzner Cloud, or not for cluster %q", id, o.b.cfg.Cluster)
 	}
+	o.own(id, true)
 	return hv, nil
 }
 
@@ -162,7 +162,9 @@ func (o *op) waitActions(id, server int64) error {
 
 // DeleteVolume implements backend.Controller: it detaches the volume if
 // needed, then deletes it. Unknown ids and other clusters' volumes are
-// left alone.
+// left alone: a volume not known to be this cluster's is looked up
+// first, one known is deleted at once (the API refuses while it is
+// attached, and then it is looked up and detached).
 func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 	vid, ok := parseID(id)
 	if !ok {
@@ -174,28 +176,31 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 	}
 	defer o.done()
 	what := fmt.Sprintf("deleting volume %d", vid)
-	for {
-		hv, err := o.volume(vid)
-		if csierr.Code(err) == csierr.Code(csierr.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return o.fail(err, what)
-		}
-		if hv.Server != nil {
-			if _, err := o.detach(hv); err != nil {
+	for look := !o.owns(vid); ; look = true {
+		if look {
+			hv, err := o.volume(vid)
+			if csierr.Code(err) == csierr.Code(csierr.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
 				return o.fail(err, what)
 			}
-			continue
+			if hv.Server != nil {
+				if _, err := o.detach(hv); err != nil {
+					return o.fail(err, what)
+				}
+				continue
+			}
 		}
-		_, err = o.api.Volume.Delete(o.ctx, hv)
+		_, err = o.api.Volume.Delete(o.ctx, &hcloud.Volume{ID: vid})
 		switch {
 		case err == nil, hcloud.IsError(err, hcloud.ErrorCodeNotFound):
+			o.own(vid, false)
 			return nil
 		case hcloud.IsError(err, hcloud.ErrorCodeLocked):
 			err = o.waitActions(vid, 0)
 		case hcloud.IsError(err, hcloud.ErrorCodeVolumeAlreadyAttached):
-			err = nil // attached meanwhile: detach again
+			err = nil // attached: look it up and detach it
 		case hcloud.IsError(err, hcloud.ErrorCodeProtected):
 			return fmt.Errorf("%w: volume %d has delete protection in Hetzner Cloud; disable it (hcloud volume disable-protection %d delete) and retry",
 				csierr.ErrFailedPrecondition, vid, vid)
@@ -221,7 +226,11 @@ func (b *Backend) Volume(ctx context.Context, id string) (*backend.Volume, error
 	if err != nil {
 		return nil, o.fail(err, fmt.Sprintf("looking up volume %d", vid))
 	}
-	return toVolume(hv)
+	v, err := toVolume(hv)
+	if err == nil {
+		b.remember(v, hv)
+	}
+	return v, err
 }
 
 // ListVolumes implements backend.Controller: this cluster's volumes. A
@@ -320,6 +329,32 @@ func (b *Backend) NodeKnown(ctx context.Context, nodeID string) (bool, error) {
 	b.servers[key] = true
 	b.mu.Unlock()
 	return true, nil
+}
+
+// NodeAttachments implements backend.AttachmentCounter: the server lists
+// the volumes attached to it, so one read counts them however many
+// volumes the project has. It also makes the server known.
+func (b *Backend) NodeAttachments(ctx context.Context, nodeID string) (int64, error) {
+	sid, ok := parseID(nodeID)
+	if !ok {
+		return 0, csierr.NotFound("node %q is not a Hetzner Cloud server id", nodeID)
+	}
+	o, err := b.begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer o.done()
+	s, _, err := o.api.Server.GetByID(o.ctx, sid)
+	if err != nil {
+		return 0, o.fail(err, fmt.Sprintf("counting the volumes of server %d", sid))
+	}
+	if s == nil {
+		return 0, csierr.NotFound("server %d does not exist in Hetzner Cloud", sid)
+	}
+	b.mu.Lock()
+	b.servers[serverKey{o.token, sid}] = true
+	b.mu.Unlock()
+	return int64(len(s.Volumes)), nil
 }
 
 // Condition implements backend.Controller: a volume is abnormal while it

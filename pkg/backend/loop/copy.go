@@ -1,37 +1,41 @@
 package loop
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/swarm-csi/swarm-csi/pkg/backend/filestore"
 	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
 
-// buildImage makes path a durable image of size bytes: a copy of src grown
-// to size when src is set (size 0 keeps the source's size), an empty sparse
-// file otherwise. It is built under a temporary name and renamed into place,
-// so path never holds a partial image.
-func buildImage(path, src string, size int64) (err error) {
+// buildImage makes path an image of size bytes: a copy of src grown to size
+// when src is set (size 0 keeps the source's size), an empty sparse file
+// otherwise. It is built and synced under a temporary name and renamed into
+// place, so path never holds a partial image; a failed or cancelled build
+// leaves nothing behind. The rename is durable once the caller has synced
+// the directory.
+func buildImage(ctx context.Context, path, src string, size int64) (err error) {
 	call := "create image"
 	if src != "" {
 		call = "copy image"
 	}
 	start := time.Now()
 	defer func() { metrics.Observe("loop", call, start, err) }()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp) // no-op after the rename
-	err = fillImage(f, src, size)
+	err = fillImage(ctx, f, src, size)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -41,20 +45,17 @@ func buildImage(path, src string, size int64) (err error) {
 	if err != nil {
 		return fmt.Errorf("building image %s: %w", path, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return filestore.SyncDir(filepath.Dir(path))
+	return os.Rename(tmp, path)
 }
 
-func fillImage(dst *os.File, src string, size int64) error {
+func fillImage(ctx context.Context, dst *os.File, src string, size int64) error {
 	if src != "" {
 		s, err := os.Open(src)
 		if err != nil {
 			return err
 		}
 		defer s.Close()
-		if err := copyImage(dst, s); err != nil {
+		if err := copyImage(ctx, dst, s); err != nil {
 			return err
 		}
 	}
@@ -68,10 +69,18 @@ func fillImage(dst *os.File, src string, size int64) error {
 	return nil
 }
 
-// copyImage copies src into the empty file dst: a reflink (FICLONE) where the
-// filesystem can share extents, else only the data regions of a sparse file.
-func copyImage(dst, src *os.File) error {
-	if err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())); err == nil {
+// copyChunk is how much of an image is copied between two checks of the
+// context: a clone of many GiB can be cancelled.
+var copyChunk int64 = 16 << 20
+
+// reflink shares src's extents with dst (FICLONE), where the filesystem can.
+var reflink = func(dst, src *os.File) error { return unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())) }
+
+// copyImage copies src into the empty file dst: a reflink where the
+// filesystem can share extents, else only the data regions of a sparse file,
+// copyChunk at a time, stopping when ctx ends.
+func copyImage(ctx context.Context, dst, src *os.File) error {
+	if err := reflink(dst, src); err == nil {
 		return nil
 	}
 	fi, err := src.Stat()
@@ -91,19 +100,27 @@ func copyImage(dst, src *os.File) error {
 		if err != nil {
 			return fmt.Errorf("seek hole: %w", err)
 		}
-		if err := copyRange(dst, src, data, hole-data); err != nil {
-			return err
+		for off = data; off < hole; {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n := min(hole-off, copyChunk)
+			if err := copyRange(dst, src, off, n); err != nil {
+				return err
+			}
+			off += n
 		}
-		off = hole
 	}
 	return dst.Truncate(size)
 }
 
-// copyRange copies n bytes at offset off from src to dst at the same offset.
+// copyRange copies n bytes at offset off from src to dst at the same offset:
+// copy_file_range, which shares or copies blocks in the kernel, or read and
+// write where it is not supported.
 func copyRange(dst, src *os.File, off, n int64) error {
 	for n > 0 {
 		roff, woff := off, off
-		c, err := unix.CopyFileRange(int(src.Fd()), &roff, int(dst.Fd()), &woff, int(min(n, 1<<30)), 0)
+		c, err := unix.CopyFileRange(int(src.Fd()), &roff, int(dst.Fd()), &woff, int(n), 0)
 		if err != nil {
 			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) {
 				return copyRangeRW(dst, src, off, n)

@@ -376,7 +376,7 @@ func TestCreateVolumeResume(t *testing.T) {
 			}
 		}},
 		{"after the image was built", func(t *testing.T, b *Backend, id string) {
-			if err := buildImage(b.store.volumeImage(id), "", 8*backend.MiB); err != nil {
+			if err := buildImage(context.Background(), b.store.volumeImage(id), "", 8*backend.MiB); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -432,6 +432,41 @@ func TestCreateVolumeResume(t *testing.T) {
 	}
 }
 
+// The record and the image's rename are made durable by one sync of their
+// directory: a crash before it may keep the record without the image, and
+// the retried CreateVolume builds the image again.
+func TestCreateVolumeRecordWithoutImage(t *testing.T) {
+	ctx := context.Background()
+	b, dir := newBackend(t)
+	src := mustCreate(t, b, volSpec("src", 16*backend.MiB))
+	if err := os.WriteFile(b.store.volumeImage(src.ID), pattern(4096, 7), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(b.store.volumeImage(src.ID), 16*backend.MiB); err != nil {
+		t.Fatal(err)
+	}
+	clone := volSpec("clone", 32*backend.MiB)
+	clone.Source = &backend.Source{VolumeID: src.ID}
+	for _, spec := range []backend.VolumeSpec{volSpec("db", 16*backend.MiB), clone} {
+		v := mustCreate(t, b, spec)
+		img := b.store.volumeImage(v.ID)
+		if err := os.Remove(img); err != nil {
+			t.Fatal(err)
+		}
+		again, err := reopen(t, dir).CreateVolume(ctx, spec)
+		if err != nil || again.ID != v.ID {
+			t.Fatalf("%s: retry = %v, %v; want %s", spec.Name, again, err, v.ID)
+		}
+		if got := fileSize(t, img); got != spec.CapacityBytes {
+			t.Fatalf("%s: rebuilt image is %d bytes, want %d", spec.Name, got, spec.CapacityBytes)
+		}
+		if spec.Source != nil && !bytes.Equal(readAll(t, img)[:4096], pattern(4096, 7)) {
+			t.Fatalf("%s: rebuilt clone does not hold its source's data", spec.Name)
+		}
+	}
+	assertNoTempFiles(t, dir)
+}
+
 func TestDeleteVolume(t *testing.T) {
 	ctx := context.Background()
 	b, dir := newBackend(t)
@@ -469,7 +504,7 @@ func TestDeleteVolume(t *testing.T) {
 	if _, err := b.store.ClaimName(volumePrefix, "half", id, ValidVolumeID); err != nil {
 		t.Fatal(err)
 	}
-	if err := buildImage(b.store.volumeImage(id), "", 8*backend.MiB); err != nil {
+	if err := buildImage(context.Background(), b.store.volumeImage(id), "", 8*backend.MiB); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.DeleteVolume(ctx, id); err != nil {
@@ -963,7 +998,7 @@ func TestCopyImageEmptyAndHoleOnly(t *testing.T) {
 			t.Fatal(err)
 		}
 		dst := filepath.Join(dir, "dst.img")
-		if err := buildImage(dst, src, 0); err != nil {
+		if err := buildImage(context.Background(), dst, src, 0); err != nil {
 			t.Fatalf("size %d: %v", size, err)
 		}
 		if got := fileSize(t, dst); got != size {
@@ -976,7 +1011,7 @@ func TestCopyImageEmptyAndHoleOnly(t *testing.T) {
 			t.Error("temporary image left behind")
 		}
 	}
-	if err := buildImage(filepath.Join(dir, "x.img"), filepath.Join(dir, "missing.img"), backend.MiB); err == nil {
+	if err := buildImage(context.Background(), filepath.Join(dir, "x.img"), filepath.Join(dir, "missing.img"), backend.MiB); err == nil {
 		t.Fatal("building from a missing source succeeded")
 	}
 	if exists(filepath.Join(dir, "x.img")) || exists(filepath.Join(dir, "x.img.tmp")) {
@@ -1034,13 +1069,13 @@ func TestImageBuildsAreMeasured(t *testing.T) {
 		before[k] = backendCalls(t, call, status)
 	}
 	src := filepath.Join(dir, "a.img")
-	if err := buildImage(src, "", backend.MiB); err != nil {
+	if err := buildImage(context.Background(), src, "", backend.MiB); err != nil {
 		t.Fatal(err)
 	}
-	if err := buildImage(filepath.Join(dir, "b.img"), src, 0); err != nil {
+	if err := buildImage(context.Background(), filepath.Join(dir, "b.img"), src, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := buildImage(filepath.Join(dir, "c.img"), filepath.Join(dir, "missing.img"), 0); err == nil {
+	if err := buildImage(context.Background(), filepath.Join(dir, "c.img"), filepath.Join(dir, "missing.img"), 0); err == nil {
 		t.Fatal("a copy of a missing image succeeded")
 	}
 	for k, was := range before {
@@ -1048,5 +1083,41 @@ func TestImageBuildsAreMeasured(t *testing.T) {
 		if got := backendCalls(t, call, status); got != was+1 {
 			t.Errorf("%s %s: %d calls recorded, want %d", call, status, got, was+1)
 		}
+	}
+}
+
+// A new volume's image is blank until something is written to it; a clone
+// of a written volume is not.
+func TestBlank(t *testing.T) {
+	ctx := context.Background()
+	b, _ := newBackend(t)
+	n := b.ForNode("node-1")
+	v := mustCreate(t, b, volSpec("v", 16*backend.MiB))
+	if blank, err := n.Blank(ctx, v); !blank || err != nil {
+		t.Fatalf("Blank of a new volume = %t, %v", blank, err)
+	}
+	f, err := os.OpenFile(b.store.volumeImage(v.ID), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{1}, 8*backend.MiB); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if blank, err := n.Blank(ctx, v); blank || err != nil {
+		t.Fatalf("Blank of a written volume = %t, %v", blank, err)
+	}
+	spec := volSpec("clone", 16*backend.MiB)
+	spec.Source = &backend.Source{VolumeID: v.ID}
+	clone := mustCreate(t, b, spec)
+	if blank, err := n.Blank(ctx, clone); blank || err != nil {
+		t.Fatalf("Blank of a clone of a written volume = %t, %v", blank, err)
+	}
+	gone := *v
+	gone.ID = "vol-" + strings.Repeat("0", 32)
+	if _, err := n.Blank(ctx, &gone); err == nil {
+		t.Fatal("Blank of a volume without an image succeeded")
 	}
 }

@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
@@ -42,6 +45,22 @@ func (n *NodeSide) Attach(_ context.Context, v *backend.Volume, _ map[string]str
 		return n.loops.attach(image, tag, directIO(v))
 	}
 	return dev, n.loops.refresh(dev, image)
+}
+
+// Blank reports whether the volume's image holds no data at all: it reads
+// as zeros, so it holds no filesystem, and the node formats it without
+// probing it. A filesystem that cannot tell data from holes says data.
+func (n *NodeSide) Blank(_ context.Context, v *backend.Volume) (bool, error) {
+	if !ValidVolumeID(v.ID) {
+		return false, csierr.NotFound("volume %q is not a loop volume id", v.ID)
+	}
+	f, err := os.Open(n.store.volumeImage(v.ID))
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	_, err = unix.Seek(int(f.Fd()), 0, unix.SEEK_DATA)
+	return errors.Is(err, unix.ENXIO), nil // ENXIO: no data from offset 0 on
 }
 
 // Detach implements backend.Node.

@@ -4,16 +4,18 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/filestore"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/fsutil"
 )
 
 // CreateSnapshot implements backend.Snapshotter. A snapshot is a copy of the
 // volume's image: a reflink where the filesystem supports it, a sparse copy
 // otherwise. Of a volume in use it is crash-consistent.
-func (b *Backend) CreateSnapshot(_ context.Context, spec backend.SnapshotSpec) (*backend.Snapshot, error) {
+func (b *Backend) CreateSnapshot(ctx context.Context, spec backend.SnapshotSpec) (*backend.Snapshot, error) {
 	id, snap, err := filestore.Find(b.store.Store, snapshotPrefix, spec.Name, ValidSnapshotID, b.readSnapshot)
 	if err != nil || snap != nil {
 		return snap, err
@@ -25,7 +27,12 @@ func (b *Backend) CreateSnapshot(_ context.Context, spec backend.SnapshotSpec) (
 		return nil, err
 	}
 	img := b.store.snapshotImage(id)
-	if err := buildImage(img, b.store.volumeImage(spec.SourceVolumeID), 0); err != nil {
+	if err := buildImage(ctx, img, b.store.volumeImage(spec.SourceVolumeID), 0); err != nil {
+		return nil, err
+	}
+	// The image is durable before the record: built again after a crash,
+	// it would hold what the volume holds then, not what the record says.
+	if err := fsutil.SyncDir(filepath.Dir(img)); err != nil {
 		return nil, err
 	}
 	fi, err := os.Stat(img)
@@ -33,7 +40,7 @@ func (b *Backend) CreateSnapshot(_ context.Context, spec backend.SnapshotSpec) (
 		return nil, err
 	}
 	s := &backend.Snapshot{ID: id, SnapshotSpec: spec, SizeBytes: fi.Size(), CreatedAt: b.now().UTC()}
-	if err := filestore.WriteJSON(b.store.snapshotRecord(id), s); err != nil {
+	if err := b.store.AddRecord(b.store.snapshotRecord(id), s); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
+	"path/filepath"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/filestore"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/fsutil"
 )
 
 // CreateVolumeFrom implements backend.Cloner: CreateVolume copies the
@@ -23,7 +26,7 @@ func (b *Backend) CreateVolumeFrom(ctx context.Context, spec backend.VolumeSpec)
 // a crash anywhere leaves state a retry completes: the name is claimed first,
 // the image is built under a temporary name and renamed into place, and the
 // record that makes the volume exist is written last.
-func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
+func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
 	if len(spec.Parameters) > 0 {
 		return nil, csierr.Invalid("the loop backend takes no parameters beyond fsType and mkfsOptions")
 	}
@@ -31,8 +34,14 @@ func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*bac
 		return nil, err
 	}
 	id, v, err := filestore.Find(b.store.Store, volumePrefix, spec.Name, ValidVolumeID, b.readVolume)
-	if err != nil || v != nil {
-		return v, err
+	if err != nil {
+		return nil, err
+	}
+	if v != nil {
+		if err := b.completeImage(ctx, v); err != nil {
+			return nil, err
+		}
+		return v, nil
 	}
 	// Check the source before claiming the name, so a missing source
 	// leaves nothing behind.
@@ -43,14 +52,35 @@ func (b *Backend) CreateVolume(_ context.Context, spec backend.VolumeSpec) (*bac
 	if id, err = b.store.ClaimNew(volumePrefix, spec.Name, id, volumePrefix, ValidVolumeID); err != nil {
 		return nil, err
 	}
-	if err := buildImage(b.store.volumeImage(id), src, spec.CapacityBytes); err != nil {
+
+	if err := buildImage(ctx, b.store.volumeImage(id), src, spec.CapacityBytes); err != nil {
 		return nil, err
 	}
 	v = &backend.Volume{ID: id, VolumeSpec: spec, CreatedAt: b.now().UTC()}
-	if err := filestore.WriteJSON(b.store.volumeRecord(id), v); err != nil {
+	if err := b.store.AddRecord(b.store.volumeRecord(id), v); err != nil {
 		return nil, err
 	}
 	return v, nil
+}
+
+// completeImage builds the image of a volume whose record exists without
+// it. The image's rename is made durable with the record, by one sync of
+// their directory, so a crash before that sync may keep the record alone;
+// the CreateVolume the CO then retries, since it never saw success, lands
+// here.
+func (b *Backend) completeImage(ctx context.Context, v *backend.Volume) error {
+	img := b.store.volumeImage(v.ID)
+	if _, err := os.Stat(img); !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	src, err := b.sourceImage(v.Source)
+	if err != nil {
+		return err
+	}
+	if err := buildImage(ctx, img, src, v.CapacityBytes); err != nil {
+		return err
+	}
+	return fsutil.SyncDir(filepath.Dir(img))
 }
 
 // sourceImage returns the image file a new volume is copied from, or "".
@@ -164,7 +194,7 @@ func (b *Backend) ModifyVolume(_ context.Context, id string, params map[string]s
 		v.MutableParameters = map[string]string{}
 	}
 	maps.Copy(v.MutableParameters, params)
-	return filestore.WriteJSON(b.store.volumeRecord(id), v)
+	return filestore.WriteJSON(b.store.volumeRecord(id), v, fsutil.Durable)
 }
 
 // ExpandVolume implements backend.Expander. The image grows first; the
@@ -181,7 +211,7 @@ func (b *Backend) ExpandVolume(_ context.Context, id string, size int64) (int64,
 		return 0, err
 	}
 	v.CapacityBytes = size
-	if err := filestore.WriteJSON(b.store.volumeRecord(id), v); err != nil {
+	if err := filestore.WriteJSON(b.store.volumeRecord(id), v, fsutil.Durable); err != nil {
 		return 0, err
 	}
 	return size, nil

@@ -26,6 +26,7 @@ import (
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/fsutil"
 )
 
 // Sizes of the rbd backend.
@@ -146,7 +147,7 @@ func New(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("rbd state directory: %w", err)
 	}
 	conf := filepath.Join(cfg.StateDir, "ceph.conf")
-	if err := writeFileAtomic(conf, []byte(cephConf(cfg)), 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(conf, []byte(cephConf(cfg)), 0o600); err != nil {
 		return nil, fmt.Errorf("write %s: %w", conf, err)
 	}
 	b := &Backend{cfg: cfg, names: names{prefix: cfg.Prefix}, now: time.Now}
@@ -244,7 +245,7 @@ func (b *Backend) keyring(user, key string) (string, error) {
 		return path, nil
 	}
 	content := fmt.Sprintf("[client.%s]\n\tkey = %s\n", user, key)
-	if err := writeFileAtomic(path, []byte(content), 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(path, []byte(content), 0o600); err != nil {
 		return "", fmt.Errorf("write keyring: %w", err)
 	}
 	return path, nil
@@ -443,29 +444,4 @@ func (b *Backend) watchers(ctx context.Context, cr creds, ref imageRef) ([]strin
 		out = append(out, w.Address)
 	}
 	return out, nil
-}
-
-// writeFileAtomic writes a file through a temporary one and a rename.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }

@@ -49,6 +49,8 @@ const (
 	// RateLimit is the API's budget of requests per hour; it refills at
 	// one request per second.
 	RateLimit = 3600
+	// RateRefill is how long the budget takes to refill by one request.
+	RateRefill = time.Second
 )
 
 // Options configure a fake cloud.
@@ -68,6 +70,11 @@ type Options struct {
 	// EnforceRateLimit answers 429 once the hourly budget is spent, as
 	// the real API does. Without it the RateLimit headers are still sent.
 	EnforceRateLimit bool
+	// RateLimit and RateRefill replace the budget (default RateLimit
+	// requests) and its refill (default one request per RateRefill), so
+	// that a test spends it quickly.
+	RateLimit  int
+	RateRefill time.Duration
 }
 
 // Cloud is a running fake Hetzner Cloud API.
@@ -92,6 +99,7 @@ type Cloud struct {
 	faults      []*Fault
 	requests    map[string]int
 	total       int
+	limited     int
 	rate        rateBucket
 	closed      bool
 	pending     sync.WaitGroup
@@ -128,7 +136,7 @@ func Start(opts Options) (*Cloud, error) {
 		delays:      map[string]time.Duration{},
 		failActions: map[string][]schema.ActionError{},
 		requests:    map[string]int{},
-		rate:        rateBucket{tokens: RateLimit, at: time.Now()},
+		rate:        newRateBucket(opts.RateLimit, opts.RateRefill),
 	}
 	// A fake that was killed leaves its devices behind: clear them.
 	if err := c.sweep(); err != nil {
@@ -188,6 +196,9 @@ type Requests struct {
 	Total int `json:"total"`
 	// ByRoute counts by method and route, e.g. "GET /volumes/{id}".
 	ByRoute map[string]int `json:"by_route"`
+	// Limited counts the requests answered 429 because the budget was
+	// spent (with EnforceRateLimit).
+	Limited int `json:"limited"`
 }
 
 // Requests returns the API requests answered since the start or the last
@@ -195,7 +206,7 @@ type Requests struct {
 func (c *Cloud) Requests() Requests {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r := Requests{Total: c.total, ByRoute: map[string]int{}}
+	r := Requests{Total: c.total, ByRoute: map[string]int{}, Limited: c.limited}
 	for k, v := range c.requests {
 		r.ByRoute[k] = v
 	}
@@ -206,7 +217,7 @@ func (c *Cloud) Requests() Requests {
 func (c *Cloud) ResetRequests() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.total = 0
+	c.total, c.limited = 0, 0
 	c.requests = map[string]int{}
 }
 

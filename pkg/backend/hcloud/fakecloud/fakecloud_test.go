@@ -328,6 +328,61 @@ func TestRateLimitEnforced(t *testing.T) {
 	}
 }
 
+// A low budget that refills quickly: spent after 3 requests, refilled
+// one request per 100 ms; the 429s are counted.
+func TestRateLimitSetLow(t *testing.T) {
+	c, err := Start(Options{Dir: t.TempDir(), Token: token, NoDevices: true, EnforceRateLimit: true,
+		RateLimit: 3, RateRefill: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	api := hcloud.NewClient(hcloud.WithToken(token), hcloud.WithEndpoint(c.URL()), hcloud.WithRetryOpts(hcloud.RetryOpts{MaxRetries: 0}))
+	ctx := context.Background()
+	for i := range 3 {
+		_, resp, err := api.Location.List(ctx, hcloud.LocationListOpts{})
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if resp.Header.Get("RateLimit-Limit") != "3" || resp.Header.Get("RateLimit-Remaining") != strconv.Itoa(2-i) {
+			t.Errorf("request %d: RateLimit-Limit %q, RateLimit-Remaining %q", i, resp.Header.Get("RateLimit-Limit"), resp.Header.Get("RateLimit-Remaining"))
+		}
+	}
+	_, resp, err := api.Location.List(ctx, hcloud.LocationListOpts{})
+	wantCode(t, err, hcloud.ErrorCodeRateLimitExceeded)
+	if resp.Header.Get("Retry-After") != "1" || resp.Header.Get("RateLimit-Remaining") != "0" {
+		t.Errorf("429: Retry-After %q, RateLimit-Remaining %q", resp.Header.Get("Retry-After"), resp.Header.Get("RateLimit-Remaining"))
+	}
+	time.Sleep(150 * time.Millisecond)
+	if _, _, err := api.Location.List(ctx, hcloud.LocationListOpts{}); err != nil {
+		t.Fatalf("after the refill: %v", err)
+	}
+	if r := c.Requests(); r.Total != 5 || r.Limited != 1 {
+		t.Errorf("requests %+v, want 5 with 1 limited", r)
+	}
+}
+
+// Volumes added in bulk are listed like the others and removed at once.
+func TestAddVolumes(t *testing.T) {
+	c, api := start(t, false)
+	ctx := context.Background()
+	ids, err := c.AddVolumes(60, "fsn1", map[string]string{"app": "bulk"})
+	if err != nil || len(ids) != 60 {
+		t.Fatalf("AddVolumes: %d, %v", len(ids), err)
+	}
+	vols, err := api.Volume.AllWithOpts(ctx, hcloud.VolumeListOpts{ListOpts: hcloud.ListOpts{LabelSelector: "app=bulk"}})
+	if err != nil || len(vols) != 60 || vols[0].Status != hcloud.VolumeStatusAvailable {
+		t.Fatalf("listed %d, %v", len(vols), err)
+	}
+	if _, err := c.AddVolumes(1, "nowhere", nil); err == nil {
+		t.Error("AddVolumes in no location")
+	}
+	c.RemoveVolumes(ids)
+	if left := c.Volumes(); len(left) != 0 {
+		t.Fatalf("%d volumes left", len(left))
+	}
+}
+
 func TestAttachLimitAndLocation(t *testing.T) {
 	c, api := start(t, false)
 	ctx := context.Background()

@@ -32,6 +32,8 @@ type Fault struct {
 	After bool
 	// Times is how many requests the fault answers; 0 means one.
 	Times int
+
+	limit float64 // the budget a spent budget's 429 names
 }
 
 // Inject adds a fault. Faults match in the order they were added.
@@ -80,11 +82,17 @@ func (f *Fault) write(w http.ResponseWriter) {
 	defaultCode, defaultMessage := "server_error", "internal server error"
 	switch f.Status {
 	case http.StatusTooManyRequests:
-		defaultCode, defaultMessage = "rate_limit_exceeded", "limit of "+strconv.Itoa(RateLimit)+" requests per hour reached"
+		limit := RateLimit
+		if f.limit > 0 {
+			limit = int(f.limit)
+		}
+		defaultCode, defaultMessage = "rate_limit_exceeded", "limit of "+strconv.Itoa(limit)+" requests reached"
 		secs := int(math.Ceil(f.RetryAfter.Seconds()))
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		w.Header().Set("RateLimit-Remaining", "0")
-		w.Header().Set("RateLimit-Reset", strconv.FormatInt(time.Now().Add(f.RetryAfter).Unix(), 10))
+		if f.limit == 0 { // injected: a spent budget has its headers already
+			w.Header().Set("RateLimit-Remaining", "0")
+			w.Header().Set("RateLimit-Reset", strconv.FormatInt(time.Now().Add(f.RetryAfter).Unix(), 10))
+		}
 	case http.StatusBadGateway:
 		defaultCode, defaultMessage = "bad_gateway", "bad gateway"
 	case http.StatusServiceUnavailable:

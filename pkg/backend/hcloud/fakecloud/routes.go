@@ -58,6 +58,9 @@ func (c *Cloud) serveAPI(route string, h handler) http.HandlerFunc {
 		c.requests[route]++
 		now := time.Now()
 		limited := !c.rate.take(now) && c.opts.EnforceRateLimit
+		if limited {
+			c.limited++
+		}
 		wait := c.rate.untilToken(now)
 		c.rate.headers(w.Header(), now)
 		f := c.takeFault(r.Method, strings.TrimPrefix(r.URL.Path, "/v1"))
@@ -65,7 +68,7 @@ func (c *Cloud) serveAPI(route string, h handler) http.HandlerFunc {
 		c.mu.Unlock()
 
 		if limited {
-			f = &Fault{Status: http.StatusTooManyRequests, RetryAfter: wait}
+			f = &Fault{Status: http.StatusTooManyRequests, RetryAfter: wait, limit: c.rate.limit}
 		}
 		if f != nil && !f.After {
 			f.write(w)
@@ -119,15 +122,27 @@ func pathID(r *http.Request, name, what string) (int64, *apiError) {
 	return id, nil
 }
 
-// rateBucket is the API's request budget: RateLimit requests, refilled at
-// one per second.
+// rateBucket is the API's request budget: limit requests, refilled at
+// one per per.
 type rateBucket struct {
+	limit  float64
+	per    time.Duration
 	tokens float64
 	at     time.Time
 }
 
+func newRateBucket(limit int, per time.Duration) rateBucket {
+	if limit <= 0 {
+		limit = RateLimit
+	}
+	if per <= 0 {
+		per = RateRefill
+	}
+	return rateBucket{limit: float64(limit), per: per, tokens: float64(limit), at: time.Now()}
+}
+
 func (b *rateBucket) refill(now time.Time) {
-	b.tokens = min(RateLimit, b.tokens+now.Sub(b.at).Seconds())
+	b.tokens = min(b.limit, b.tokens+float64(now.Sub(b.at))/float64(b.per))
 	b.at = now
 }
 
@@ -146,13 +161,13 @@ func (b *rateBucket) untilToken(now time.Time) time.Duration {
 	if b.tokens >= 1 {
 		return 0
 	}
-	return time.Duration((1 - b.tokens) * float64(time.Second))
+	return time.Duration((1 - b.tokens) * float64(b.per))
 }
 
 // headers sets the RateLimit headers the real API sends with every answer.
 func (b *rateBucket) headers(h http.Header, now time.Time) {
-	h.Set("RateLimit-Limit", strconv.Itoa(RateLimit))
+	h.Set("RateLimit-Limit", strconv.Itoa(int(b.limit)))
 	h.Set("RateLimit-Remaining", strconv.Itoa(int(b.tokens)))
-	full := now.Add(time.Duration((RateLimit - b.tokens) * float64(time.Second)))
+	full := now.Add(time.Duration((b.limit - b.tokens) * float64(b.per)))
 	h.Set("RateLimit-Reset", strconv.FormatInt(full.Unix(), 10))
 }

@@ -404,3 +404,40 @@ func (c *Cloud) changeProtection(r *http.Request) (int, any, *apiError) {
 	})
 	return http.StatusCreated, schema.VolumeActionChangeProtectionResponse{Action: a.Action}, nil
 }
+
+// AddVolumes adds n available, unattached volumes in a location with the
+// given labels, without actions or images: a project's other volumes,
+// which only listings see. It returns their ids.
+func (c *Cloud) AddVolumes(n int, location string, labels map[string]string) ([]int64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	loc, ok := c.location(location)
+	if !ok {
+		return nil, fmt.Errorf("fakecloud: no location %q", location)
+	}
+	if apiErr := checkLabels(labels); apiErr != nil {
+		return nil, apiErr
+	}
+	ids := make([]int64, 0, n)
+	for range n {
+		id := c.nextID("volume")
+		c.volumes[id] = &volume{Volume: schema.Volume{
+			ID: id, Name: "other-" + strconv.FormatInt(id, 10), Status: "available", Location: loc, Size: MinVolumeGiB,
+			Labels: maps.Clone(labels), LinuxDevice: "/dev/disk/by-id/" + DevicePrefix + strconv.FormatInt(id, 10),
+			Created: time.Now().UTC().Truncate(time.Second),
+		}}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// RemoveVolumes removes volumes that AddVolumes added, at once.
+func (c *Cloud) RemoveVolumes(ids []int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range ids {
+		if v, ok := c.volumes[id]; ok && v.Server == nil {
+			delete(c.volumes, id)
+		}
+	}
+}
