@@ -33,5 +33,5 @@ func (s *dirSettings) open(_ context.Context, c *config) (*openedBackend, error)
 	if err != nil {
 		return nil, err
 	}
-	return &openedBackend{controller: be, node: be.ForNode(), topology: be.Topology()}, nil
+	return &openedBackend{controller: be, node: be.ForNode(), topology: be.Topology(), stateDir: be.NodeStateDir()}, nil
 }

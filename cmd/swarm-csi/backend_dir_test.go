@@ -26,6 +26,9 @@ func TestDirBackendOpens(t *testing.T) {
 	if info := be.controller.Info(); info.Name != "dir" || !info.SharedFilesystem || be.node == nil || len(be.topology) != 1 {
 		t.Fatalf("opened %+v", be)
 	}
+	if !strings.HasSuffix(be.stateDir, "/data/dir/node-state") {
+		t.Errorf("node state in %q, want apart from a loop plugin's, under dir/", be.stateDir)
+	}
 }
 
 func TestDirSettingsInvalid(t *testing.T) {

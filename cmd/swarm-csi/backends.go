@@ -19,6 +19,10 @@ type openedBackend struct {
 	// nodeID, if set, is the node id the storage dictates (a cloud
 	// server's id), in place of --node-id.
 	nodeID string
+	// stateDir, if set, holds the node's state in place of
+	// <data-dir>/node-state, so that plugins of two backends sharing one
+	// data directory keep apart what each has staged.
+	stateDir string
 }
 
 // opener validates a backend's settings and opens it.

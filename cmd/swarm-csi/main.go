@@ -233,10 +233,14 @@ func run(cfg *config, log *slog.Logger) error {
 	if m := be.controller.Info().MaxVolumesPerNode; m > 0 {
 		maxPerNode = min(maxPerNode, m)
 	}
+	stateDir := filepath.Join(cfg.dataDir, "node-state")
+	if be.stateDir != "" {
+		stateDir = be.stateDir
+	}
 	nodeSrv, err := node.New(ctx, be.node, node.WithMetrics(node.NewMounter()), node.Config{
 		NodeID:            nodeID,
 		MaxVolumesPerNode: maxPerNode,
-		StateDir:          filepath.Join(cfg.dataDir, "node-state", nodeID),
+		StateDir:          filepath.Join(stateDir, nodeID),
 		Topology:          be.topology,
 		Log:               log,
 	})

@@ -27,6 +27,7 @@ import (
 //	dir/snapshots/<id>/      the snapshot's tree
 //	dir/tmp/                 trees being copied or deleted
 //	dir/retained/<name>-<time>-<id>/  trees of deleted volumes (retain)
+//	dir/node-state/<node-id>/  what each node has staged (NodeStateDir)
 //	names/dir-vol-<sha256>   symlink from a volume name to its id
 //	names/dir-snap-<sha256>  symlink from a snapshot name to its id
 const (
@@ -236,6 +237,11 @@ func (b *Backend) volumeRecord(id string) string   { return b.store.Path(volumes
 func (b *Backend) volumeTree(id string) string     { return b.store.Path(volumesDir, id) }
 func (b *Backend) snapshotRecord(id string) string { return b.store.Path(snapshotsDir, id+".json") }
 func (b *Backend) snapshotTree(id string) string   { return b.store.Path(snapshotsDir, id) }
+
+// NodeStateDir is where the node service keeps its state, one directory per
+// node: apart from a loop plugin's on the same data directory, which would
+// take the dir volumes it finds there for volumes of its own that are gone.
+func (b *Backend) NodeStateDir() string { return b.store.Path("dir", "node-state") }
 
 // tmpTree is where the tree of id is built or removed.
 func (b *Backend) tmpTree(id string) string { return b.store.Path(tmpDir, id) }
