@@ -861,6 +861,37 @@ func TestControllerPublishStorageLimit(t *testing.T) {
 	}
 }
 
+// At the storage's own limit, where nothing is counted, publishes of
+// different volumes to one node do not wait for each other.
+func TestControllerPublishStorageLimitNoNodeLock(t *testing.T) {
+	s, fb := newServer(t, 0, "node-a")
+	fb.info.MaxVolumesPerNode = 16
+	s = New(fb, 16)
+	slow := mustCreate(t, s, mountReq("slow")).GetVolumeId()
+	other := mustCreate(t, s, mountReq("other")).GetVolumeId()
+	blk := newBlocker(t)
+	fb.publishFn = func(ctx context.Context, id string, _ backend.Attachment) error {
+		if id == slow {
+			return blk.wait(ctx)
+		}
+		return nil
+	}
+	slowDone := make(chan error, 1)
+	go func() { slowDone <- publish(s, slow, "node-a", mountCap(snw, ""), false) }()
+	<-blk.entered
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := s.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{
+		VolumeId: other, NodeId: "node-a", VolumeCapability: mountCap(snw, "")})
+	if err != nil {
+		t.Errorf("publish beside another volume's publish to the node: %v, want success at once", err)
+	}
+	blk.unblock()
+	if err := <-slowDone; err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestControllerUnpublish(t *testing.T) {
 	ctx := context.Background()
 	s, fb := newServer(t, 0, "node-a", "node-b", "node-c")

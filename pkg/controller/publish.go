@@ -34,10 +34,12 @@ func (s *Server) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 		return nil, err
 	}
 	defer release()
-	if s.maxPerNode > 0 {
+	if s.maxPerNode > 0 && !s.storageLimit() {
 		// Publishes of other volumes to the node take turns, so that each
 		// counts the node's volumes with the one before it attached.
 		// They are not refused: a node gets several volumes at once.
+		// Where nothing is counted (the storage's own limit), they need
+		// not wait for each other.
 		releaseNode, err := s.locks.Wait(ctx, nodeKey(req.GetNodeId()))
 		if err != nil {
 			return nil, err

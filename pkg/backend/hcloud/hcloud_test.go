@@ -447,6 +447,25 @@ func TestPublishAttachedElsewhere(t *testing.T) {
 	e.checkClean(t)
 }
 
+// A volume this backend created is deleted without a look-up; when the
+// API refuses that delete with another code than volume_already_attached
+// (it has answered an attached volume with service_error), DeleteVolume
+// still looks the volume up, detaches it and deletes it.
+func TestDeleteOwnedAttachedVolumeOtherRefusal(t *testing.T) {
+	e := newEnv(t, false)
+	ctx := context.Background()
+	v := must[*backend.Volume](t)(e.be.CreateVolume(ctx, spec("refused")))
+	if _, err := e.be.Publish(ctx, v, backend.Attachment{NodeID: sid(e.servers[0])}); err != nil {
+		t.Fatal(err)
+	}
+	e.cloud.Inject(fakecloud.Fault{Method: "DELETE", Path: "/volumes/*", Status: http.StatusUnprocessableEntity,
+		Code: "service_error", Message: "volume with ID '" + v.ID + "' is still attached to a server"})
+	if err := e.be.DeleteVolume(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.checkClean(t)
+}
+
 // A server takes 16 volumes; the 17th answers ResourceExhausted.
 func TestPublishAttachLimit(t *testing.T) {
 	e := newEnv(t, false)

@@ -204,6 +204,11 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 		case hcloud.IsError(err, hcloud.ErrorCodeProtected):
 			return fmt.Errorf("%w: volume %d has delete protection in Hetzner Cloud; disable it (hcloud volume disable-protection %d delete) and retry",
 				csierr.ErrFailedPrecondition, vid, vid)
+		case !look && hcloud.IsError(err, hcloud.ErrorCodeServiceError):
+			// The API has also answered the delete of an attached volume
+			// with service_error: look it up (and detach it) before
+			// giving up.
+			err = nil
 		}
 		if err != nil {
 			return o.fail(err, what)
