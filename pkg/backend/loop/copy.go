@@ -15,10 +15,13 @@ import (
 
 // buildImage makes path an image of size bytes: a copy of src grown to size
 // when src is set (size 0 keeps the source's size), an empty sparse file
-// otherwise. It is built and synced under a temporary name and renamed into
-// place, so path never holds a partial image; a failed or cancelled build
-// leaves nothing behind. The rename is durable once the caller has synced
-// the directory.
+// otherwise. It is built and synced under a temporary name (partial) and
+// renamed into place, so path never holds a partial image. A copy that
+// ctx ends keeps what it has copied, and the next build of the same path
+// goes on from there: a clone larger than one call's time (Swarm gives each
+// call about 15 s, docs/swarm.md) completes over the retries instead of
+// starting again each time. A build that fails otherwise leaves nothing
+// behind. The rename is durable once the caller has synced the directory.
 func buildImage(ctx context.Context, path, src string, size int64) (err error) {
 	call := "create image"
 	if src != "" {
@@ -29,12 +32,15 @@ func buildImage(ctx context.Context, path, src string, size int64) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	tmp := partial(path)
+	flags := os.O_RDWR | os.O_CREATE
+	if src == "" {
+		flags |= os.O_TRUNC // nothing worth keeping: an empty image is made at once
+	}
+	f, err := os.OpenFile(tmp, flags, 0o600)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp) // no-op after the rename
 	err = fillImage(ctx, f, src, size)
 	if err == nil {
 		err = f.Sync()
@@ -42,11 +48,21 @@ func buildImage(ctx context.Context, path, src string, size int64) (err error) {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
 	if err != nil {
+		if src == "" || !(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			os.Remove(tmp)
+		}
 		return fmt.Errorf("building image %s: %w", path, err)
 	}
-	return os.Rename(tmp, path)
+	return nil
 }
+
+// partial is where the image at path is built: removed with the image's
+// volume or snapshot, so that what a cancelled copy left is never orphaned.
+func partial(path string) string { return path + ".tmp" }
 
 func fillImage(ctx context.Context, dst *os.File, src string, size int64) error {
 	if src != "" {
@@ -76,19 +92,31 @@ var copyChunk int64 = 16 << 20
 // reflink shares src's extents with dst (FICLONE), where the filesystem can.
 var reflink = func(dst, src *os.File) error { return unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())) }
 
-// copyImage copies src into the empty file dst: a reflink where the
-// filesystem can share extents, else only the data regions of a sparse file,
-// copyChunk at a time, stopping when ctx ends.
+// copyImage makes dst a copy of src: a reflink where the filesystem can
+// share extents, else only the data regions of a sparse file, copyChunk at
+// a time, stopping when ctx ends. What dst holds already, from a copy that
+// ctx ended, is kept up to the last whole copyChunk and the copy goes on
+// from there.
 func copyImage(ctx context.Context, dst, src *os.File) error {
 	if err := reflink(dst, src); err == nil {
 		return nil
+	}
+	done, err := dst.Stat()
+	if err != nil {
+		return err
+	}
+	resume := done.Size() / copyChunk * copyChunk
+	// Cut what may be a partly written chunk, and whatever the source no
+	// longer holds, before going on.
+	if err := dst.Truncate(resume); err != nil {
+		return err
 	}
 	fi, err := src.Stat()
 	if err != nil {
 		return err
 	}
 	size := fi.Size()
-	for off := int64(0); off < size; {
+	for off := resume; off < size; {
 		data, err := unix.Seek(int(src.Fd()), off, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) { // no data after off
 			break

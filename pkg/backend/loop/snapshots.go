@@ -51,7 +51,7 @@ func (b *Backend) DeleteSnapshot(_ context.Context, id string) error {
 	s, err := b.readSnapshot(id)
 	if errors.Is(err, csierr.ErrNotFound) {
 		if ValidSnapshotID(id) {
-			return filestore.RemoveFiles(b.store.snapshotImage(id))
+			return filestore.RemoveFiles(b.store.snapshotImage(id), partial(b.store.snapshotImage(id)))
 		}
 		return nil
 	}
@@ -61,7 +61,7 @@ func (b *Backend) DeleteSnapshot(_ context.Context, id string) error {
 	if err := b.store.ReleaseName(snapshotPrefix, s.Name, id); err != nil {
 		return err
 	}
-	return filestore.RemoveFiles(b.store.snapshotImage(id), b.store.snapshotRecord(id))
+	return filestore.RemoveFiles(b.store.snapshotImage(id), partial(b.store.snapshotImage(id)), b.store.snapshotRecord(id))
 }
 
 // Snapshot implements backend.Snapshotter.

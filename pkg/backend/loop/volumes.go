@@ -107,7 +107,7 @@ func (b *Backend) DeleteVolume(_ context.Context, id string) error {
 	v, err := b.readVolume(id)
 	if errors.Is(err, csierr.ErrNotFound) {
 		if ValidVolumeID(id) { // remains of a creation that never finished
-			return filestore.RemoveFiles(b.store.volumeImage(id))
+			return filestore.RemoveFiles(b.store.volumeImage(id), partial(b.store.volumeImage(id)))
 		}
 		return nil
 	}
@@ -122,7 +122,7 @@ func (b *Backend) DeleteVolume(_ context.Context, id string) error {
 	if err := b.store.ReleaseName(volumePrefix, v.Name, id); err != nil {
 		return err
 	}
-	return filestore.RemoveFiles(b.store.volumeImage(id), b.store.volumeRecord(id))
+	return filestore.RemoveFiles(b.store.volumeImage(id), partial(b.store.volumeImage(id)), b.store.volumeRecord(id))
 }
 
 // Volume implements backend.Controller and backend.Node.
