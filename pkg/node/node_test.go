@@ -534,3 +534,32 @@ func TestRestoreForgetsDeletedVolume(t *testing.T) {
 		t.Fatal("state of a deleted volume kept")
 	}
 }
+
+// A state file a machine crash left empty (written, renamed, its data never
+// on disk) is no state: neither the volume's stage nor the listing of every
+// staged volume fails on it. A file that holds something else is corrupt.
+func TestStateEmptyFileIsNoState(t *testing.T) {
+	st, err := newStateStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.save(&staged{VolumeID: "vol-kept", StagingPath: "/staging/kept"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(st.file("vol-cut"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := st.load("vol-cut"); got != nil || err != nil {
+		t.Fatalf("load of an empty state file = %+v, %v; want no state", got, err)
+	}
+	all, err := st.list()
+	if err != nil || len(all) != 1 || all[0].VolumeID != "vol-kept" {
+		t.Fatalf("list = %+v, %v; want only vol-kept", all, err)
+	}
+	if err := os.WriteFile(st.file("vol-cut"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.load("vol-cut"); err == nil {
+		t.Fatal("load of a truncated state file succeeded")
+	}
+}

@@ -66,6 +66,8 @@ func (s *staged) capability(fsType string) *csi.VolumeCapability {
 // stateStore keeps one small file per staged volume. The files are replaced
 // atomically but not fsynced: they describe mounts and loop devices, which
 // a machine crash takes away too, while a process crash keeps the page cache.
+// What a machine crash can leave of a file written just before it, an empty
+// file, is taken for no state: the mounts it described are gone as well.
 type stateStore struct{ dir string }
 
 func newStateStore(dir string) (*stateStore, error) {
@@ -85,7 +87,7 @@ func (s *stateStore) file(volumeID string) string {
 // load returns the volume's state, or nil.
 func (s *stateStore) load(volumeID string) (*staged, error) {
 	b, err := os.ReadFile(s.file(volumeID))
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && len(b) == 0) {
 		return nil, nil
 	}
 	if err != nil {
@@ -120,6 +122,9 @@ func (s *stateStore) list() ([]*staged, error) {
 		b, err := os.ReadFile(filepath.Join(s.dir, e.Name()))
 		if err != nil {
 			return nil, err
+		}
+		if len(b) == 0 {
+			continue
 		}
 		var st staged
 		if err := json.Unmarshal(b, &st); err != nil || s.file(st.VolumeID) != filepath.Join(s.dir, e.Name()) {
