@@ -261,6 +261,8 @@ func checkConfig(t *testing.T, out string) {
 		"MAX_VOLUMES_PER_NODE": "128",
 		"GROW_INTERVAL":        "30s",
 		"METRICS_ADDR":         "",
+		"DIR_ON_DELETE":        "retain",
+		"DIR_ALLOW_LOCAL":      "false",
 		"PATH":                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 	}
 	got := map[string]string{}
