@@ -184,15 +184,16 @@ var rootParams = []string{backend.ParamUID, backend.ParamGID, backend.ParamMode}
 // root directory, and a copy keeps its source's owner and mode.
 func rootDir(params map[string]string, block, hasSource bool) (*backend.RootDir, error) {
 	r, err := backend.ParseRootDir(params)
-	if err != nil || !slices.ContainsFunc(rootParams, func(k string) bool { _, ok := params[k]; return ok }) {
-		return r, err
+	if err != nil {
+		return nil, err
 	}
-	_, clone := params[paramCloneFrom]
-	_, restore := params[paramFromSnapshot]
+	has := func(k string) bool { _, ok := params[k]; return ok }
 	switch {
+	case !slices.ContainsFunc(rootParams, has):
+		return nil, nil
 	case block:
 		return nil, csierr.Invalid("parameters uid, gid and mode apply to a filesystem: a block volume has none")
-	case hasSource || clone || restore:
+	case hasSource || has(paramCloneFrom) || has(paramFromSnapshot):
 		return nil, csierr.Invalid("parameters uid, gid and mode do not apply to a copy: it keeps the owner and mode of its source")
 	}
 	return r, nil

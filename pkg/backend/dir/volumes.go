@@ -59,10 +59,11 @@ func (b *Backend) create(ctx context.Context, spec backend.VolumeSpec, src strin
 }
 
 // buildTree makes path a complete tree: a copy of src, or an empty
-// directory with root's owner and mode (nil: root's, 0755). It is built and synced in dir/tmp and renamed into place, so
-// path never holds a partial copy; a path present already is complete. The
-// rename is durable once the caller has synced path's directory (AddRecord
-// does). It returns the bytes copied.
+// directory with root's owner and mode (nil: root's, 0755). It is built
+// and synced in dir/tmp and renamed into place, so path never holds a
+// partial copy or a directory not yet given its owner; a path present
+// already is complete. The rename is durable once the caller has synced
+// path's directory (AddRecord does). It returns the bytes copied.
 func (b *Backend) buildTree(ctx context.Context, path, src string, root *backend.RootDir) (int64, error) {
 	if _, err := os.Lstat(path); err == nil {
 		return treeSize(path)
