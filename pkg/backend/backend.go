@@ -63,6 +63,9 @@ type VolumeSpec struct {
 	// MutableParameters are settings that ModifyVolume may change later.
 	MutableParameters map[string]string `json:"mutableParameters,omitempty"`
 	Source            *Source           `json:"source,omitempty"`
+	// Root is the owner and mode of the new volume's root directory (nil:
+	// as mkfs makes it). A copy keeps its source's and has none.
+	Root *RootDir `json:"root,omitempty"`
 }
 
 // Attachment records that a volume is published to a node.

@@ -27,7 +27,8 @@ const (
 // splitParameters checks the parameter names and separates the common ones
 // from the backend's own.
 func (s *Server) splitParameters(params map[string]string) (fsType, mkfs string, rest map[string]string, err error) {
-	allowed := append([]string{paramFsType, paramMkfsOptions, paramCloneFrom, paramFromSnapshot}, s.info.Parameters...)
+	allowed := append([]string{paramFsType, paramMkfsOptions, paramCloneFrom, paramFromSnapshot}, rootParams...)
+	allowed = append(allowed, s.info.Parameters...)
 	for k := range params {
 		if !slices.Contains(allowed, k) {
 			return "", "", nil, csierr.Invalid("parameter %q is not supported; the %s backend accepts: %s",
@@ -39,6 +40,9 @@ func (s *Server) splitParameters(params map[string]string) (fsType, mkfs string,
 	delete(rest, paramMkfsOptions)
 	delete(rest, paramCloneFrom)
 	delete(rest, paramFromSnapshot)
+	for _, k := range rootParams {
+		delete(rest, k)
+	}
 	if len(rest) == 0 {
 		rest = nil
 	}
@@ -160,6 +164,8 @@ func sameVolume(v *backend.Volume, want backend.VolumeSpec, r *csi.CapacityRange
 		return "its parameters differ"
 	case derefSource(v.Source) != derefSource(want.Source):
 		return "its content source differs"
+	case derefRoot(v.Root) != derefRoot(want.Root):
+		return "its uid, gid or mode differ"
 	}
 	return ""
 }
@@ -169,6 +175,35 @@ func derefSource(s *backend.Source) backend.Source {
 		return backend.Source{}
 	}
 	return *s
+}
+
+var rootParams = []string{backend.ParamUID, backend.ParamGID, backend.ParamMode}
+
+// rootDir reads the uid, gid and mode parameters: they apply to a new,
+// empty volume that is a filesystem or a directory. A block volume has no
+// root directory, and a copy keeps its source's owner and mode.
+func rootDir(params map[string]string, block, hasSource bool) (*backend.RootDir, error) {
+	r, err := backend.ParseRootDir(params)
+	if err != nil {
+		return nil, err
+	}
+	has := func(k string) bool { _, ok := params[k]; return ok }
+	switch {
+	case !slices.ContainsFunc(rootParams, has):
+		return nil, nil
+	case block:
+		return nil, csierr.Invalid("parameters uid, gid and mode apply to a filesystem: a block volume has none")
+	case hasSource || has(paramCloneFrom) || has(paramFromSnapshot):
+		return nil, csierr.Invalid("parameters uid, gid and mode do not apply to a copy: it keeps the owner and mode of its source")
+	}
+	return r, nil
+}
+
+func derefRoot(r *backend.RootDir) backend.RootDir {
+	if r == nil {
+		return backend.FreshRoot
+	}
+	return *r
 }
 
 // pageToken encodes where the next page of a listing starts: after the id.

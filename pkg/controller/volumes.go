@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
@@ -50,6 +51,9 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	keys := []string{volumeNameKey(spec.Name)}
 	srcSize := int64(0)
 	src := req.GetVolumeContentSource()
+	if spec.Root, err = rootDir(req.GetParameters(), block, src != nil); err != nil {
+		return nil, err
+	}
 	if opt, err := s.copyOption(ctx, req.GetParameters()); err != nil {
 		return nil, err
 	} else if opt != nil {
@@ -159,6 +163,9 @@ func volumeContext(v *backend.Volume) map[string]string {
 	} else {
 		ctx["accessType"] = "mount"
 		ctx["fsType"] = v.FsType
+	}
+	if v.Root != nil {
+		maps.Copy(ctx, v.Root.Parameters())
 	}
 	return ctx
 }

@@ -2,9 +2,11 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
@@ -95,6 +97,12 @@ type fakeMounter struct {
 	formatted map[string]bool
 	resizes   int
 	needGrow  bool
+	// mkfsRoot makes a format leave the target as mkfs leaves the root
+	// of a new ext4: owned by root, mode 0755, with lost+found.
+	mkfsRoot bool
+	// failAfter makes the next FormatAndMount fail as a crash would:
+	// after the format ("format") or after the mount too ("mount").
+	failAfter string
 }
 
 type fakeMount struct {
@@ -115,8 +123,21 @@ func (m *fakeMounter) FormatAndMount(device, target, fsType string, mkfsArgs, op
 	if !m.formatted[device] { // like SafeFormatAndMount: format only a blank device
 		m.formatted[device] = true
 		m.formats++
+		if m.mkfsRoot {
+			if err := errors.Join(os.Chown(target, 0, 0), os.Chmod(target, 0o755), os.Mkdir(filepath.Join(target, "lost+found"), 0o700)); err != nil {
+				return err
+			}
+		}
+	}
+	fail := m.failAfter
+	m.failAfter = ""
+	if fail == "format" {
+		return errors.New("crashed after mkfs")
 	}
 	m.mounts[target] = fakeMount{source: device, options: options}
+	if fail == "mount" {
+		return errors.New("crashed after the mount")
+	}
 	return nil
 }
 

@@ -152,6 +152,13 @@ func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, stagi
 			s.cfg.Log.Warn("filesystem not grown at stage", "volume", v.ID, "error", err)
 		}
 	}
+	if v.Root != nil && !readOnly {
+		if set, err := initRoot(staging, *v.Root); err != nil {
+			return nil, fmt.Errorf("stage volume %s: owner and mode of its root directory: %w", v.ID, err)
+		} else if set {
+			s.cfg.Log.Info("root directory of the new filesystem given its owner and mode", "volume", v.ID)
+		}
+	}
 	return st, nil
 }
 

@@ -28,7 +28,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, spec backend.SnapshotSpec)
 	if id, err = b.store.ClaimNew(snapshotName, spec.Name, id, "snap-", ValidSnapshotID); err != nil {
 		return nil, err
 	}
-	size, err := b.buildTree(ctx, b.snapshotTree(id), b.volumeTree(spec.SourceVolumeID))
+	size, err := b.buildTree(ctx, b.snapshotTree(id), b.volumeTree(spec.SourceVolumeID), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -48,7 +48,7 @@ func (b *Backend) create(ctx context.Context, spec backend.VolumeSpec, src strin
 	if id, err = b.store.ClaimNew(volumeName, spec.Name, id, "vol-", ValidVolumeID); err != nil {
 		return nil, err
 	}
-	if _, err := b.buildTree(ctx, b.volumeTree(id), src); err != nil {
+	if _, err := b.buildTree(ctx, b.volumeTree(id), src, spec.Root); err != nil {
 		return nil, err
 	}
 	v = &backend.Volume{ID: id, VolumeSpec: spec, CreatedAt: b.now().UTC()}
@@ -59,11 +59,12 @@ func (b *Backend) create(ctx context.Context, spec backend.VolumeSpec, src strin
 }
 
 // buildTree makes path a complete tree: a copy of src, or an empty
-// directory. It is built and synced in dir/tmp and renamed into place, so
-// path never holds a partial copy; a path present already is complete. The
-// rename is durable once the caller has synced path's directory (AddRecord
-// does). It returns the bytes copied.
-func (b *Backend) buildTree(ctx context.Context, path, src string) (int64, error) {
+// directory with root's owner and mode (nil: root's, 0755). It is built
+// and synced in dir/tmp and renamed into place, so path never holds a
+// partial copy or a directory not yet given its owner; a path present
+// already is complete. The rename is durable once the caller has synced
+// path's directory (AddRecord does). It returns the bytes copied.
+func (b *Backend) buildTree(ctx context.Context, path, src string, root *backend.RootDir) (int64, error) {
 	if _, err := os.Lstat(path); err == nil {
 		return treeSize(path)
 	}
@@ -75,6 +76,9 @@ func (b *Backend) buildTree(ctx context.Context, path, src string) (int64, error
 	var err error
 	if src == "" {
 		err = os.Mkdir(tmp, 0o755)
+		if err == nil && root != nil {
+			err = root.Apply(tmp)
+		}
 	} else {
 		size, err = copyTree(ctx, src, tmp)
 	}

@@ -36,6 +36,10 @@ const (
 	// in chunks of a label value's 63 characters.
 	labelMkfs = "swarm-csi/mkfs-"
 
+	// labelRoot is the prefix of the labels holding the uid, gid and mode
+	// of the volume's root directory, as given to CreateVolume.
+	labelRoot = "swarm-csi/root-"
+
 	mkfsChunks = 4
 	chunkLen   = 63
 	// MaxMkfsOptions is how long mkfsOptions may be: what mkfsChunks
@@ -87,6 +91,11 @@ func (b *Backend) labelsFor(spec backend.VolumeSpec) (map[string]string, error) 
 		labels[labelMkfs+strconv.Itoa(i)] = enc[:n]
 		enc = enc[n:]
 	}
+	if spec.Root != nil {
+		for k, v := range spec.Root.Parameters() {
+			labels[labelRoot+k] = v
+		}
+	}
 	return labels, nil
 }
 
@@ -125,6 +134,15 @@ func toVolume(hv *hcloud.Volume) (*backend.Volume, error) {
 		return nil, fmt.Errorf("%w: volume %d has mkfsOptions labels that do not decode: its labels were changed outside swarm-csi", csierr.ErrFailedPrecondition, hv.ID)
 	}
 	v.MkfsOptions = string(mkfs)
+	root := map[string]string{}
+	for k, val := range hv.Labels {
+		if p, ok := strings.CutPrefix(k, labelRoot); ok {
+			root[p] = val
+		}
+	}
+	if v.Root, err = backend.ParseRootDir(root); err != nil {
+		return nil, fmt.Errorf("%w: volume %d has root labels that do not parse (%v): its labels were changed outside swarm-csi", csierr.ErrFailedPrecondition, hv.ID, err)
+	}
 	if hv.Server != nil {
 		v.Attachments = []backend.Attachment{{NodeID: strconv.FormatInt(hv.Server.ID, 10), ReadOnly: hv.Labels[labelReadOnly] == "true"}}
 	}

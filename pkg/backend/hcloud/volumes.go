@@ -23,7 +23,7 @@ import (
 func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
 	switch {
 	case len(spec.Parameters) > 0:
-		return nil, csierr.Invalid("the hcloud backend takes no parameters besides fsType and mkfsOptions")
+		return nil, csierr.Invalid("the hcloud backend takes no parameters besides fsType, mkfsOptions, uid, gid and mode")
 	case len(spec.MutableParameters) > 0:
 		return nil, csierr.Invalid("the hcloud backend has no mutable parameters")
 	case spec.CapacityBytes > MaxSize:

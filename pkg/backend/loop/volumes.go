@@ -28,7 +28,7 @@ func (b *Backend) CreateVolumeFrom(ctx context.Context, spec backend.VolumeSpec)
 // record that makes the volume exist is written last.
 func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*backend.Volume, error) {
 	if len(spec.Parameters) > 0 {
-		return nil, csierr.Invalid("the loop backend takes no parameters beyond fsType and mkfsOptions")
+		return nil, csierr.Invalid("the loop backend takes no parameters beyond fsType, mkfsOptions, uid, gid and mode")
 	}
 	if err := checkMutable(spec.MutableParameters); err != nil {
 		return nil, err
