@@ -51,11 +51,11 @@ type IOJobReport struct {
 
 // IOSideStat is one side's figures for one job: one sample per round.
 type IOSideStat struct {
-	Side     string    `json:"side"`
-	IOPS     []float64 `json:"iops"`
-	MeanIOPS float64   `json:"mean_iops"`
-	MeanMiBs float64   `json:"mean_mib_s"`
-	// Ratio is MeanIOPS over the hand-attached disk's (driver sides).
+	Side       string    `json:"side"`
+	IOPS       []float64 `json:"iops"`
+	MedianIOPS float64   `json:"median_iops"`
+	MedianMiBs float64   `json:"median_mib_s"`
+	// Ratio is MedianIOPS over the hand-attached disk's (driver sides).
 	Ratio        float64 `json:"ratio,omitempty"`
 	WithinTarget *bool   `json:"within_target,omitempty"`
 }
@@ -210,9 +210,9 @@ func (b *bench) ioReport(fs string, sides []*ioSide) *IOReport {
 	for j, job := range ioJobs {
 		jr := IOJobReport{Job: job.Name}
 		for _, s := range sides {
-			st := IOSideStat{Side: s.name, IOPS: s.iops[j], MeanIOPS: mean(s.iops[j]), MeanMiBs: mean(s.bytes[j]) / mib}
+			st := IOSideStat{Side: s.name, IOPS: s.iops[j], MedianIOPS: median(s.iops[j]), MedianMiBs: median(s.bytes[j]) / mib}
 			if s != raw {
-				st.Ratio = st.MeanIOPS / mean(raw.iops[j])
+				st.Ratio = st.MedianIOPS / median(raw.iops[j])
 				ok := st.Ratio >= ioTargetRatio
 				st.WithinTarget = &ok
 			}
@@ -223,12 +223,13 @@ func (b *bench) ioReport(fs string, sides []*ioSide) *IOReport {
 	return rep
 }
 
-func mean(xs []float64) float64 {
-	sum := 0.0
-	for _, x := range xs {
-		sum += x
-	}
-	return sum / float64(len(xs))
+// median is the middle of xs, or the mean of the two middle ones: the
+// machine's other work makes outliers.
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	return (s[(n-1)/2] + s[n/2]) / 2
 }
 
 // fio runs one job on a file in dir and returns its operations and bytes
@@ -279,7 +280,7 @@ func printIO(w io.Writer, c config, reps []IOReport) {
 		fmt.Fprintf(w, "\nio %s (%s): %s volume, %s fio file, %d round(s) of %.0fs per job, sides alternating\n",
 			r.FS, c.Backend, formatSize(r.SizeBytes), formatSize(r.FileBytes), r.Rounds, r.RuntimeS)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  job\tside\t    IOPS\t     min\t     max\t   MiB/s\tratio")
+		fmt.Fprintln(tw, "  job\tside\t  median\t     min\t     max\t   MiB/s\tratio")
 		for _, j := range r.Jobs {
 			for i, s := range j.Sides {
 				job, ratio := "", ""
@@ -293,7 +294,7 @@ func printIO(w io.Writer, c config, reps []IOReport) {
 					}
 				}
 				fmt.Fprintf(tw, "  %s\t%s\t%8.0f\t%8.0f\t%8.0f\t%8.1f\t%s\n", job, s.Side,
-					s.MeanIOPS, slices.Min(s.IOPS), slices.Max(s.IOPS), s.MeanMiBs, ratio)
+					s.MedianIOPS, slices.Min(s.IOPS), slices.Max(s.IOPS), s.MedianMiBs, ratio)
 			}
 		}
 		tw.Flush()
