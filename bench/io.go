@@ -55,7 +55,9 @@ type IOSideStat struct {
 	IOPS       []float64 `json:"iops"`
 	MedianIOPS float64   `json:"median_iops"`
 	MedianMiBs float64   `json:"median_mib_s"`
-	// Ratio is MedianIOPS over the hand-attached disk's (driver sides).
+	// Ratio is the median over the rounds of the side's IOPS over the
+	// hand-attached disk's in the same round (driver sides): each pair ran
+	// a few seconds apart, so a drift of the machine's load cancels out.
 	Ratio        float64 `json:"ratio,omitempty"`
 	WithinTarget *bool   `json:"within_target,omitempty"`
 }
@@ -212,7 +214,11 @@ func (b *bench) ioReport(fs string, sides []*ioSide) *IOReport {
 		for _, s := range sides {
 			st := IOSideStat{Side: s.name, IOPS: s.iops[j], MedianIOPS: median(s.iops[j]), MedianMiBs: median(s.bytes[j]) / mib}
 			if s != raw {
-				st.Ratio = st.MedianIOPS / median(raw.iops[j])
+				ratios := make([]float64, len(s.iops[j]))
+				for r, iops := range s.iops[j] {
+					ratios[r] = iops / raw.iops[j][r]
+				}
+				st.Ratio = median(ratios)
 				ok := st.Ratio >= ioTargetRatio
 				st.WithinTarget = &ok
 			}

@@ -32,8 +32,8 @@
 // attached by hand (an image of the same size on the same filesystem,
 // losetup, mkfs, mount; for rbd, through rbd-fuse), for ext4 and xfs
 // unless --fs is given. The sides take turns job by job. The target is a
-// driver/raw ratio >= 0.95 in operations per second (the median of the
-// rounds) for every job. With
+// driver/raw ratio >= 0.95 in operations per second for every job (the
+// median of the rounds' ratios). With
 // --direct-io true,false the loop backend's volumes are measured with
 // each setting of their directIO parameter.
 //
