@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -72,6 +73,33 @@ type ioSide struct {
 	bytes [][]float64 // bytes per second
 }
 
+// ioConfig holds the settings of --io.
+type ioConfig struct {
+	IO            bool          `json:"io,omitempty"`
+	IOFilesystems []string      `json:"io_fs,omitempty"`
+	IORuntime     time.Duration `json:"io_runtime_ns,omitempty"`
+	IORounds      int           `json:"io_rounds,omitempty"`
+	IOFileSize    int64         `json:"io_file_bytes,omitempty"`
+	DirectIO      []string      `json:"direct_io,omitempty"`
+}
+
+const (
+	defaultIORuntime = 4 * time.Second
+	defaultIORounds  = 5
+)
+
+// ioFlags defines the flags of --io.
+func (c *config) ioFlags() {
+	flag.BoolVar(&c.IO, "io", false, "measure I/O through a volume with fio instead of the lifecycle")
+	flag.DurationVar(&c.IORuntime, "runtime", defaultIORuntime, "io: how long each fio job runs per side and round")
+	flag.IntVar(&c.IORounds, "rounds", defaultIORounds, "io: rounds of all jobs")
+	flag.Var((*byteSize)(&c.IOFileSize), "file-size", "io: size of fio's file on each volume (default: a quarter of --size, at most 1GiB)")
+	flag.Func("direct-io", "io, loop: the volumes' directIO setting(s), e.g. true,false (default: the backend's)", func(s string) error {
+		c.DirectIO = strings.Split(s, ",")
+		return nil
+	})
+}
+
 // ioDefaults adapts the defaults to --io, keeping explicitly set flags:
 // both filesystems, a volume as large as a small database's with a file a
 // quarter of it; with --quick, small and short.
@@ -80,7 +108,7 @@ func (c *config) ioDefaults(explicit map[string]bool, quick bool) {
 	if explicit["fs"] {
 		c.IOFilesystems = []string{c.FS}
 	}
-	size, runtime, rounds := int64(4*gib), c.IORuntime, c.IORounds
+	size, runtime, rounds := int64(4*gib), defaultIORuntime, defaultIORounds
 	if quick {
 		size, runtime, rounds = 320*mib, time.Second, 1
 	}

@@ -6,7 +6,7 @@
 //	go run ./bench [--volumes 20] [--size 1GiB] [--fs ext4] [--parallel 8] [--json] [--quick]
 //	go run ./bench --backend hcloud [--action-delay 1s] [--volumes 20] ...
 //	go run ./bench --backend rbd [--volumes 20] ...
-//	go run ./bench --io [--backend loop|rbd] [--fs ext4] [--runtime 5s] [--rounds 3] [--direct-io true,false]
+//	go run ./bench --io [--backend loop|rbd] [--fs ext4] [--runtime 4s] [--rounds 5] [--direct-io true,false]
 //
 // Driver and raw rounds alternate (per volume, or per batch of --parallel
 // volumes) so machine noise hits both alike. A volume's lifecycle time is the
@@ -33,9 +33,9 @@
 // losetup, mkfs, mount; for rbd, through rbd-fuse), for ext4 and xfs
 // unless --fs is given. The sides take turns job by job. The target is a
 // driver/raw ratio >= 0.95 in operations per second for every job (the
-// median of the rounds' ratios). With
-// --direct-io true,false the loop backend's volumes are measured with
-// each setting of their directIO parameter.
+// median of the rounds' ratios). With --direct-io true,false the loop
+// backend's volumes are measured with each setting of their directIO
+// parameter.
 //
 // It needs root and loop devices. Everything it creates lives in one temp
 // dir (under --dir) and is removed at the end, also on error or Ctrl-C.
@@ -48,7 +48,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -59,6 +58,8 @@ const (
 )
 
 type config struct {
+	ioConfig // --io (io.go)
+
 	Backend    string `json:"backend"`
 	Driver     string `json:"driver,omitempty"`
 	Dir        string `json:"dir"`
@@ -70,13 +71,6 @@ type config struct {
 	RSSSize    int64  `json:"rss_size_bytes"`
 	// ActionDelay is how long the fake cloud's actions take (hcloud).
 	ActionDelay time.Duration `json:"action_delay_ns,omitempty"`
-	// IO selects the fio figures (io.go) over the lifecycle's.
-	IO            bool          `json:"io,omitempty"`
-	IOFilesystems []string      `json:"io_fs,omitempty"`
-	IORuntime     time.Duration `json:"io_runtime_ns,omitempty"`
-	IORounds      int           `json:"io_rounds,omitempty"`
-	IOFileSize    int64         `json:"io_file_bytes,omitempty"`
-	DirectIO      []string      `json:"direct_io,omitempty"`
 }
 
 func defaultConfig() config {
@@ -89,9 +83,6 @@ func defaultConfig() config {
 		Parallel:   8,
 		RSSVolumes: 100,
 		RSSSize:    64 * mib,
-		IORuntime:  4 * time.Second,
-		IORounds:   5,
-		IOFileSize: gib,
 	}
 }
 
@@ -158,14 +149,7 @@ func main() {
 	flag.IntVar(&cfg.Parallel, "parallel", cfg.Parallel, "volumes in flight in parallel mode")
 	flag.IntVar(&cfg.RSSVolumes, "rss-volumes", cfg.RSSVolumes, "volumes staged and published for the memory figure (0 skips it)")
 	flag.Var((*byteSize)(&cfg.RSSSize), "rss-size", "size of the ext4 volumes for the memory figure")
-	flag.BoolVar(&cfg.IO, "io", false, "measure I/O through a volume with fio instead of the lifecycle")
-	flag.DurationVar(&cfg.IORuntime, "runtime", cfg.IORuntime, "io: how long each fio job runs per side and round")
-	flag.IntVar(&cfg.IORounds, "rounds", cfg.IORounds, "io: rounds of all jobs")
-	flag.Var((*byteSize)(&cfg.IOFileSize), "file-size", "io: size of fio's file on each volume")
-	flag.Func("direct-io", "io, loop: the volumes' directIO setting(s), e.g. true,false (default: the backend's)", func(s string) error {
-		cfg.DirectIO = strings.Split(s, ",")
-		return nil
-	})
+	cfg.ioFlags()
 	flag.BoolVar(&quick, "quick", false, "small run (4 volumes) unless --volumes/--rss-volumes are given")
 	flag.BoolVar(&asJSON, "json", false, "print the figures as JSON on stdout (tables go to stderr)")
 	flag.Parse()
