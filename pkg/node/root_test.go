@@ -509,7 +509,7 @@ func TestRealMountOptions(t *testing.T) {
 				VolumeCapabilities: []*csi.VolumeCapability{capability(fsType, false)}})
 			c.must(err)
 			id := resp.GetVolume().GetVolumeId()
-			c.attach("node-a", id, fsType, false)
+			target := c.attach("node-a", id, fsType, false)
 			staging, _ := c.paths("node-a", id)
 			got := mountOptions(t, staging)
 			for _, want := range strings.Split(opts, ",") {
@@ -519,6 +519,10 @@ func TestRealMountOptions(t *testing.T) {
 			}
 			if fsType == "xfs" && !slices.Contains(got, "nouuid") {
 				t.Errorf("xfs staging mount options %v lack nouuid", got)
+			}
+			// The container's bind mount keeps the per-mount flags.
+			if got := mountOptions(t, target); !slices.Contains(got, "noatime") {
+				t.Errorf("published mount options %v lack noatime", got)
 			}
 			c.detach("node-a", id)
 			c.released(id)
