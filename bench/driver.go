@@ -195,9 +195,18 @@ func (d *driver) stop() error {
 // them: CreateVolume, ControllerPublishVolume, NodeStageVolume,
 // NodePublishVolume, and back.
 func (b *bench) driverLifecycle(name, fs string, size int64) *lifecycle {
+	return b.driverVolume(name, fs, size, nil)
+}
+
+// driverTarget is where driverLifecycle publishes the volume name.
+func (b *bench) driverTarget(name string) string { return filepath.Join(b.dir, "mnt", name, "target") }
+
+// driverVolume is driverLifecycle for a volume created with the given
+// mutable parameters.
+func (b *bench) driverVolume(name, fs string, size int64, mutable map[string]string) *lifecycle {
 	d := b.drv
 	staging := filepath.Join(b.dir, "mnt", name, "staging") // created by the CO
-	target := filepath.Join(b.dir, "mnt", name, "target")   // created by the SP
+	target := b.driverTarget(name)                          // created by the SP
 	capability := &csi.VolumeCapability{
 		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
@@ -217,6 +226,7 @@ func (b *bench) driverLifecycle(name, fs string, size int64) *lifecycle {
 					CapacityRange:      &csi.CapacityRange{RequiredBytes: size},
 					VolumeCapabilities: []*csi.VolumeCapability{capability},
 					Parameters:         map[string]string{"fsType": fs},
+					MutableParameters:  mutable,
 				})
 				vol = r.GetVolume()
 				return err

@@ -6,6 +6,7 @@
 //	go run ./bench [--volumes 20] [--size 1GiB] [--fs ext4] [--parallel 8] [--json] [--quick]
 //	go run ./bench --backend hcloud [--action-delay 0s,1s] [--other-volumes 1000] [--volumes 20] ...
 //	go run ./bench --backend rbd [--volumes 20] ...
+//	go run ./bench --io [--backend loop|rbd] [--fs ext4] [--runtime 4s] [--rounds 5] [--direct-io true,false]
 //
 // Driver and raw rounds alternate (per volume, or per batch of --parallel
 // volumes) so machine noise hits both alike. A volume's lifecycle time is the
@@ -27,6 +28,18 @@
 // rbd-fuse (this machine's kernel has neither rbd nor nbd), and compares it
 // with the same work done by hand: rbd create, rbd-fuse, losetup, mkfs,
 // mount, and back. The target there is a ratio <= 1.2 at p50.
+//
+// With --io it measures the I/O path instead of the lifecycle: fio jobs
+// (4k random writes with an fsync each, 1M sequential direct writes, 4k
+// random direct reads at depth 1 and 16, a 70/30 random mix) on a volume
+// staged and published by the driver and on the same kind of disk
+// attached by hand (an image of the same size on the same filesystem,
+// losetup, mkfs, mount; for rbd, through rbd-fuse), for ext4 and xfs
+// unless --fs is given. The sides take turns job by job. The target is a
+// driver/raw ratio >= 0.95 in operations per second for every job (the
+// median of the rounds' ratios). With --direct-io true,false the loop
+// backend's volumes are measured with each setting of their directIO
+// parameter.
 //
 // It needs root and loop devices. Everything it creates lives in one temp
 // dir (under --dir) and is removed at the end, also on error or Ctrl-C.
@@ -51,6 +64,8 @@ const (
 )
 
 type config struct {
+	ioConfig // --io (io.go)
+
 	Backend    string `json:"backend"`
 	Driver     string `json:"driver,omitempty"`
 	Dir        string `json:"dir"`
@@ -135,7 +150,7 @@ func (c *config) validate() error {
 	case c.Volumes < 1 || c.Parallel < 1 || c.RSSVolumes < 0:
 		return fmt.Errorf("--volumes and --parallel must be >= 1, --rss-volumes >= 0")
 	}
-	return nil
+	return c.validateIO()
 }
 
 func main() {
@@ -152,6 +167,7 @@ func main() {
 	flag.IntVar(&cfg.Parallel, "parallel", cfg.Parallel, "volumes in flight in parallel mode")
 	flag.IntVar(&cfg.RSSVolumes, "rss-volumes", cfg.RSSVolumes, "volumes staged and published for the memory figure (0 skips it)")
 	flag.Var((*byteSize)(&cfg.RSSSize), "rss-size", "size of the ext4 volumes for the memory figure")
+	cfg.ioFlags()
 	flag.BoolVar(&quick, "quick", false, "small run (4 volumes) unless --volumes/--rss-volumes are given")
 	flag.BoolVar(&asJSON, "json", false, "print the figures as JSON on stdout (tables go to stderr)")
 	flag.Parse()
@@ -159,6 +175,9 @@ func main() {
 	flag.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
 	if quick {
 		cfg.applyQuick(explicit)
+	}
+	if cfg.IO {
+		cfg.ioDefaults(explicit, quick)
 	}
 	switch cfg.Backend {
 	case "hcloud":

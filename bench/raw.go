@@ -25,7 +25,7 @@ func (b *bench) rawLifecycle(name, fs string, size int64) *lifecycle {
 		return b.rawRBDLifecycle(name, fs, size)
 	}
 	file := filepath.Join(b.dir, "raw", name+".img")
-	dir := filepath.Join(b.dir, "mnt", "raw-"+name)
+	dir := b.rawMount(name)
 	return &lifecycle{
 		name: "raw volume " + name,
 		dirs: []string{dir},
@@ -36,6 +36,9 @@ func (b *bench) rawLifecycle(name, fs string, size int64) *lifecycle {
 		}}, fileSteps(file, dir, fs)...),
 	}
 }
+
+// rawMount is where rawLifecycle mounts the volume name.
+func (b *bench) rawMount(name string) string { return filepath.Join(b.dir, "mnt", "raw-"+name) }
 
 // fileSteps attach an image file to a loop device, format it and mount it
 // on dir.

@@ -41,7 +41,7 @@ func (b *bench) rawRBDLifecycle(name, fs string, size int64) *lifecycle {
 	cl := b.ceph
 	image := "raw-" + name
 	fuse := filepath.Join(b.dir, "mnt", "fuse-"+name)
-	dir := filepath.Join(b.dir, "mnt", "raw-"+name)
+	dir := b.rawMount(name)
 	auth := []string{"-c", cl.Conf, "--id", cl.User, "--keyring", cl.Keyring}
 	with := func(tool string, args ...string) func(context.Context) error {
 		return command(append(append([]string{tool}, auth...), args...)...)

@@ -32,6 +32,7 @@ type Report struct {
 	Modes     []ModeReport      `json:"modes"`
 	Cloud     []CloudModeReport `json:"cloud,omitempty"` // --backend hcloud
 	RSS       *RSSReport        `json:"rss,omitempty"`
+	IO        []IOReport        `json:"io,omitempty"`        // --io
 	Leftovers []string          `json:"leftovers,omitempty"` // mounts and loop devices the final sweep removed
 }
 
@@ -105,6 +106,7 @@ func percentile(ds []time.Duration, p float64) float64 {
 func (r *Report) print(w io.Writer) {
 	c := r.Config
 	printCloud(w, c, r.Cloud)
+	printIO(w, c, r.IO)
 	for _, m := range r.Modes {
 		fmt.Fprintf(w, "\n%s: %d volumes of %s %s per side, up to %d at a time\n",
 			m.Mode, c.Volumes, formatSize(c.Size), c.FS, m.Parallel)

@@ -98,6 +98,10 @@ func run(ctx context.Context, cfg config, log io.Writer) (rep *Report, err error
 		rep.Cloud, err = b.cloudModes(ctx, cloud)
 		return rep, err
 	}
+	if cfg.IO {
+		rep.IO, err = b.ioModes(ctx)
+		return rep, err
+	}
 	for _, s := range b.sides() {
 		if _, err := s.newLifecycle("warmup", cfg.FS, cfg.Size).run(ctx); err != nil {
 			return rep, fmt.Errorf("warm-up: %w", err)

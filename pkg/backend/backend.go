@@ -13,7 +13,7 @@ type Info struct {
 	// Name is the backend's name as given to --backend.
 	Name string
 	// Parameters are the CreateVolume parameters the backend accepts beyond
-	// the common fsType and mkfsOptions.
+	// the common fsType, mkfsOptions and mountOptions.
 	Parameters []string
 	// DefaultSize is the size of a volume created without a capacity range.
 	DefaultSize int64
@@ -53,13 +53,16 @@ type Source struct {
 
 // VolumeSpec is a validated request for a volume.
 type VolumeSpec struct {
-	Name          string            `json:"name"`
-	CapacityBytes int64             `json:"capacityBytes"`
-	FsType        string            `json:"fsType,omitempty"`
-	MkfsOptions   string            `json:"mkfsOptions,omitempty"`
-	Block         bool              `json:"block,omitempty"`
-	AccessMode    string            `json:"accessMode"`
-	Parameters    map[string]string `json:"parameters,omitempty"`
+	Name          string `json:"name"`
+	CapacityBytes int64  `json:"capacityBytes"`
+	FsType        string `json:"fsType,omitempty"`
+	MkfsOptions   string `json:"mkfsOptions,omitempty"`
+	// MountOptions are applied at every stage, after the capability's
+	// mount flags: comma-separated, as in fstab.
+	MountOptions string            `json:"mountOptions,omitempty"`
+	Block        bool              `json:"block,omitempty"`
+	AccessMode   string            `json:"accessMode"`
+	Parameters   map[string]string `json:"parameters,omitempty"`
 	// MutableParameters are settings that ModifyVolume may change later.
 	MutableParameters map[string]string `json:"mutableParameters,omitempty"`
 	Source            *Source           `json:"source,omitempty"`

@@ -145,6 +145,25 @@ func TestCreateVolumeInvalid(t *testing.T) {
 			[]string{"mkfsOptions"}},
 		{"mkfsOptions caret", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"mkfsOptions": "-O ^has_journal"} },
 			[]string{"mkfsOptions"}},
+		{"mountOptions space", func(r *csi.CreateVolumeRequest) {
+			r.Parameters = map[string]string{"mountOptions": "noatime, nodiratime"}
+		},
+			[]string{"mountOptions", `" nodiratime"`}},
+		{"mountOptions empty option", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"mountOptions": "noatime,,ro"} },
+			[]string{"mountOptions", `""`}},
+		{"mountOptions quote", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"mountOptions": `context="x"`} },
+			[]string{"mountOptions"}},
+		{"mountOptions bind", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"mountOptions": "noatime,bind"} },
+			[]string{"mountOptions", "bind", "operation"}},
+		{"mountOptions on a block volume", func(r *csi.CreateVolumeRequest) {
+			r.Parameters = map[string]string{"mountOptions": "noatime"}
+			r.VolumeCapabilities = []*csi.VolumeCapability{blockCap(snw)}
+		}, []string{"mountOptions", "block"}},
+		{"capability mount flag remount", func(r *csi.CreateVolumeRequest) {
+			c := mountCap(snw, "ext4")
+			c.GetMount().MountFlags = []string{"remount"}
+			r.VolumeCapabilities = []*csi.VolumeCapability{c}
+		}, []string{"remount", "operation"}},
 		{"no capabilities", func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = nil }, nil},
 		{"capability without access type", func(r *csi.CreateVolumeRequest) {
 			r.VolumeCapabilities = []*csi.VolumeCapability{{AccessMode: &csi.VolumeCapability_AccessMode{Mode: snw}}}
@@ -254,11 +273,14 @@ func TestCreateVolume(t *testing.T) {
 			r.VolumeCapabilities = []*csi.VolumeCapability{mountCap(mnro, "")}
 		}, wantSize: 1 * giB, wantFs: "ext4", wantMode: "MULTI_NODE_READER_ONLY"},
 		{name: "parameters split", mod: func(r *csi.CreateVolumeRequest) {
-			r.Parameters = map[string]string{"fsType": "ext4", "mkfsOptions": "-E lazy_itable_init=0 -m 1", "pool": "fast"}
+			r.Parameters = map[string]string{"fsType": "ext4", "mkfsOptions": "-E lazy_itable_init=0 -m 1", "mountOptions": "noatime,commit=30", "pool": "fast"}
 			r.MutableParameters = map[string]string{"iops": "100"}
 		}, wantSize: 1 * giB, wantFs: "ext4", wantMode: "SINGLE_NODE_WRITER", check: func(t *testing.T, v *backend.Volume) {
 			if v.MkfsOptions != "-E lazy_itable_init=0 -m 1" {
 				t.Errorf("mkfsOptions = %q", v.MkfsOptions)
+			}
+			if v.MountOptions != "noatime,commit=30" {
+				t.Errorf("mountOptions = %q", v.MountOptions)
 			}
 			if !maps.Equal(v.Parameters, map[string]string{"pool": "fast"}) {
 				t.Errorf("backend parameters = %v, want only pool=fast", v.Parameters)
@@ -361,6 +383,7 @@ func TestCreateVolumeSameNameOtherArgs(t *testing.T) {
 			r.VolumeCapabilities = []*csi.VolumeCapability{blockCap(snw)}
 		}},
 		{"other mkfsOptions", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"mkfsOptions": "-m 0"} }},
+		{"other mountOptions", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"mountOptions": "noatime"} }},
 		{"other backend parameters", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"pool": "slow"} }},
 	}
 	for _, tt := range tests {

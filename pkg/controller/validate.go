@@ -18,6 +18,8 @@ import (
 const (
 	paramFsType      = "fsType"
 	paramMkfsOptions = "mkfsOptions"
+	// paramMountOptions are mount options applied at every stage.
+	paramMountOptions = "mountOptions"
 	// paramCloneFrom and paramFromSnapshot make the volume a copy: Swarm
 	// sends no content source, so `docker volume create --opt` carries it.
 	paramCloneFrom    = "cloneFrom"
@@ -26,18 +28,19 @@ const (
 
 // splitParameters checks the parameter names and separates the common ones
 // from the backend's own.
-func (s *Server) splitParameters(params map[string]string) (fsType, mkfs string, rest map[string]string, err error) {
-	allowed := append([]string{paramFsType, paramMkfsOptions, paramCloneFrom, paramFromSnapshot}, rootParams...)
+func (s *Server) splitParameters(params map[string]string) (fsType, mkfs, mountOpts string, rest map[string]string, err error) {
+	allowed := append([]string{paramFsType, paramMkfsOptions, paramMountOptions, paramCloneFrom, paramFromSnapshot}, rootParams...)
 	allowed = append(allowed, s.info.Parameters...)
 	for k := range params {
 		if !slices.Contains(allowed, k) {
-			return "", "", nil, csierr.Invalid("parameter %q is not supported; the %s backend accepts: %s",
+			return "", "", "", nil, csierr.Invalid("parameter %q is not supported; the %s backend accepts: %s",
 				k, s.info.Name, strings.Join(allowed, ", "))
 		}
 	}
 	rest = maps.Clone(params)
 	delete(rest, paramFsType)
 	delete(rest, paramMkfsOptions)
+	delete(rest, paramMountOptions)
 	delete(rest, paramCloneFrom)
 	delete(rest, paramFromSnapshot)
 	for _, k := range rootParams {
@@ -47,12 +50,16 @@ func (s *Server) splitParameters(params map[string]string) (fsType, mkfs string,
 		rest = nil
 	}
 	if _, err := volcap.SplitMkfsOptions(params[paramMkfsOptions]); err != nil {
-		return "", "", nil, err
+		return "", "", "", nil, err
 	}
-	if s.info.SharedFilesystem && (params[paramFsType] != "" || params[paramMkfsOptions] != "") {
-		return "", "", nil, csierr.Invalid("parameters %s and %s do not apply: a %s volume is a directory of the shared filesystem", paramFsType, paramMkfsOptions, s.info.Name)
+	if _, err := volcap.SplitMountOptions(params[paramMountOptions]); err != nil {
+		return "", "", "", nil, err
 	}
-	return params[paramFsType], params[paramMkfsOptions], rest, nil
+	if s.info.SharedFilesystem && (params[paramFsType] != "" || params[paramMkfsOptions] != "" || params[paramMountOptions] != "") {
+		return "", "", "", nil, csierr.Invalid("parameters %s, %s and %s do not apply: a %s volume is a directory of the shared filesystem",
+			paramFsType, paramMkfsOptions, paramMountOptions, s.info.Name)
+	}
+	return params[paramFsType], params[paramMkfsOptions], params[paramMountOptions], rest, nil
 }
 
 // accessOf checks a CreateVolume's capabilities: they must agree on the
@@ -158,6 +165,8 @@ func sameVolume(v *backend.Volume, want backend.VolumeSpec, r *csi.CapacityRange
 		return fmt.Sprintf("its fsType is %q", v.FsType)
 	case v.MkfsOptions != want.MkfsOptions:
 		return fmt.Sprintf("its mkfsOptions are %q", v.MkfsOptions)
+	case v.MountOptions != want.MountOptions:
+		return fmt.Sprintf("its mountOptions are %q", v.MountOptions)
 	case v.AccessMode != want.AccessMode:
 		return fmt.Sprintf("its access mode is %s", v.AccessMode)
 	case !maps.Equal(v.Parameters, want.Parameters):

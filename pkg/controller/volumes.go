@@ -20,13 +20,16 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if req.GetName() == "" {
 		return nil, csierr.Invalid("name is required")
 	}
-	fsParam, mkfs, rest, err := s.splitParameters(req.GetParameters())
+	fsParam, mkfs, mountOpts, rest, err := s.splitParameters(req.GetParameters())
 	if err != nil {
 		return nil, err
 	}
 	block, fs, mode, err := s.accessOf(req.GetVolumeCapabilities(), fsParam)
 	if err != nil {
 		return nil, err
+	}
+	if block && mountOpts != "" {
+		return nil, csierr.Invalid("parameter %s applies to mount volumes, not block ones", paramMountOptions)
 	}
 	for _, c := range req.GetVolumeCapabilities() {
 		if err := s.checkSingleNode(c.GetAccessMode().GetMode()); err != nil {
@@ -43,6 +46,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		Name:              req.GetName(),
 		FsType:            fs,
 		MkfsOptions:       mkfs,
+		MountOptions:      mountOpts,
 		Block:             block,
 		AccessMode:        volcap.ModeName(mode),
 		Parameters:        rest,
@@ -283,7 +287,7 @@ func (s *Server) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 			return nil, err
 		}
 	}
-	if _, _, _, err := s.splitParameters(req.GetParameters()); err != nil {
+	if _, _, _, _, err := s.splitParameters(req.GetParameters()); err != nil {
 		return nil, err
 	}
 	avail, err := s.capacity.Capacity(ctx)

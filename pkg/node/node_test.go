@@ -275,6 +275,30 @@ func TestPublishReadOnlyAndMountFlags(t *testing.T) {
 	}
 }
 
+// A volume's mountOptions apply at stage after the capability's flags,
+// and xfs gets nouuid besides.
+func TestStageMountOptions(t *testing.T) {
+	v := mountVolume()
+	v.FsType, v.MountOptions = "xfs", "noatime,logbsize=256k"
+	h := newHarness(t, v)
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	c.GetMount().MountFlags = []string{"lazytime"}
+	h.must(h.stage(c, nil))
+	mt, _ := h.m.mounted(h.staging)
+	if want := []string{"lazytime", "noatime", "logbsize=256k", "nouuid"}; !slices.Equal(mt.options, want) {
+		t.Fatalf("stage mount options %v, want %v", mt.options, want)
+	}
+
+	bad := mountVolume()
+	bad.MountOptions = "noatime;reboot" // a record changed by hand
+	h = newHarness(t, bad)
+	err := h.stage(mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER), nil)
+	wantCode(t, err, codes.InvalidArgument)
+	if _, ok := h.m.mounted(h.staging); ok {
+		t.Fatal("mounted with options that do not validate")
+	}
+}
+
 func TestBlockPublishesDevice(t *testing.T) {
 	h := newHarness(t, blockVolume())
 	h.must(h.stage(blockCap(), nil))

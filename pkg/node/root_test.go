@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -475,4 +476,59 @@ func TestRealSnapshotAndClone(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A volume's mountOptions reach the kernel's mount at stage, besides the
+// driver's own (nouuid for xfs).
+func TestRealMountOptions(t *testing.T) {
+	for fsType, opts := range map[string]string{"ext4": "noatime,commit=30", "xfs": "noatime,logbsize=256k"} {
+		t.Run(fsType, func(t *testing.T) {
+			needRoot(t, "mkfs."+fsType)
+			c := newCluster(t)
+			defer c.cleanup()
+			ctx := context.Background()
+			resp, err := c.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{
+				Name: "db", Parameters: map[string]string{"fsType": fsType, "mountOptions": opts},
+				CapacityRange:      &csi.CapacityRange{RequiredBytes: 320 << 20},
+				VolumeCapabilities: []*csi.VolumeCapability{capability(fsType, false)}})
+			c.must(err)
+			id := resp.GetVolume().GetVolumeId()
+			target := c.attach("node-a", id, fsType, false)
+			staging, _ := c.paths("node-a", id)
+			got := mountOptions(t, staging)
+			for _, want := range strings.Split(opts, ",") {
+				if !slices.Contains(got, want) {
+					t.Errorf("staging mount options %v lack %s", got, want)
+				}
+			}
+			if fsType == "xfs" && !slices.Contains(got, "nouuid") {
+				t.Errorf("xfs staging mount options %v lack nouuid", got)
+			}
+			// The container's bind mount keeps the per-mount flags.
+			if got := mountOptions(t, target); !slices.Contains(got, "noatime") {
+				t.Errorf("published mount options %v lack noatime", got)
+			}
+			c.detach("node-a", id)
+			c.released(id)
+		})
+	}
+}
+
+// mountOptions returns the per-mount and the filesystem's options of the
+// mount at path, from mountinfo.
+func mountOptions(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		sep := slices.Index(f, "-")
+		if len(f) > 5 && f[4] == path && sep > 0 && len(f) > sep+3 {
+			return append(strings.Split(f[5], ","), strings.Split(f[sep+3], ",")...)
+		}
+	}
+	t.Fatalf("%s is not a mount point", path)
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -124,7 +125,13 @@ func (s *Server) stage(ctx context.Context, v *backend.Volume, st *staged, stagi
 		if err != nil {
 			return nil, err
 		}
-		opts := append([]string{}, c.GetMount().GetMountFlags()...)
+		// The volume's own options (mountOptions) follow the
+		// capability's flags.
+		volOpts, err := volcap.SplitMountOptions(v.MountOptions)
+		if err != nil {
+			return nil, err
+		}
+		opts := append(slices.Clone(c.GetMount().GetMountFlags()), volOpts...)
 		if v.FsType == "xfs" {
 			// Clones and snapshots share the source's XFS uuid; without
 			// nouuid the second one would not mount on the same node.

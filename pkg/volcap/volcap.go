@@ -91,14 +91,40 @@ func CheckFsType(fs string) error {
 
 var optionPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.,:=+/-]*$`)
 
+// mountOperations are mount(8) options that are operations rather than
+// settings of the filesystem: they would turn the driver's mount of a
+// device into something else.
+var mountOperations = []string{"bind", "rbind", "remount", "move"}
+
 // CheckMountFlags accepts plain mount options only.
 func CheckMountFlags(flags []string) error {
 	for _, f := range flags {
 		if !optionPattern.MatchString(f) {
 			return csierr.Invalid("mount flag %q is not a plain mount option", f)
 		}
+		if slices.Contains(mountOperations, f) {
+			return csierr.Invalid("mount flag %q is a mount operation, not an option", f)
+		}
 	}
 	return nil
+}
+
+// SplitMountOptions checks and splits the mountOptions parameter: mount
+// options separated by commas, as in fstab (e.g. "noatime,logbsize=256k").
+func SplitMountOptions(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	opts := strings.Split(s, ",")
+	for _, o := range opts {
+		if !optionPattern.MatchString(o) {
+			return nil, csierr.Invalid("mountOptions: %q is not a plain mount option (options are separated by commas)", o)
+		}
+		if slices.Contains(mountOperations, o) {
+			return nil, csierr.Invalid("mountOptions: %q is a mount operation, not an option", o)
+		}
+	}
+	return opts, nil
 }
 
 // SplitMkfsOptions checks and splits the mkfsOptions parameter.

@@ -194,8 +194,10 @@ func TestCreateVolume(t *testing.T) {
 	s := spec("pgdata")
 	s.CapacityBytes = 10*backend.GiB + 1 // rounded up to whole GiB
 	s.MkfsOptions = "-E lazy_itable_init=1 -O ^has_journal,metadata_csum -L " + strings.Repeat("x", 60)
+	s.MountOptions = "noatime,commit=30,data=ordered," + strings.Repeat("y", 60)
 	v := must[*backend.Volume](t)(e.be.CreateVolume(ctx, s))
-	if v.CapacityBytes != 11*backend.GiB || v.FsType != "ext4" || v.Block || v.AccessMode != "SINGLE_NODE_WRITER" || v.MkfsOptions != s.MkfsOptions {
+	if v.CapacityBytes != 11*backend.GiB || v.FsType != "ext4" || v.Block || v.AccessMode != "SINGLE_NODE_WRITER" || v.MkfsOptions != s.MkfsOptions ||
+		v.MountOptions != s.MountOptions {
 		t.Fatalf("created %+v", v)
 	}
 	again := must[*backend.Volume](t)(e.be.CreateVolume(ctx, s))
@@ -203,7 +205,7 @@ func TestCreateVolume(t *testing.T) {
 		t.Fatalf("a retry created volume %s besides %s", again.ID, v.ID)
 	}
 	got := must[*backend.Volume](t)(e.be.Volume(ctx, v.ID))
-	if got.CapacityBytes != v.CapacityBytes || got.MkfsOptions != s.MkfsOptions || got.FsType != "ext4" {
+	if got.CapacityBytes != v.CapacityBytes || got.MkfsOptions != s.MkfsOptions || got.MountOptions != s.MountOptions || got.FsType != "ext4" {
 		t.Fatalf("read back %+v", got)
 	}
 	vols := e.cloud.Volumes()
@@ -226,6 +228,10 @@ func TestCreateVolume(t *testing.T) {
 	long := spec("long-mkfs")
 	long.MkfsOptions = strings.Repeat("-x ", MaxMkfsOptions/3+1)
 	_, err := e.be.CreateVolume(ctx, long)
+	wantCode(t, err, codes.InvalidArgument)
+	longMount := spec("long-mount")
+	longMount.MountOptions = strings.Repeat("ro,", MaxMkfsOptions/3+1)
+	_, err = e.be.CreateVolume(ctx, longMount)
 	wantCode(t, err, codes.InvalidArgument)
 	big := spec("big")
 	big.CapacityBytes = MaxSize + 1

@@ -32,9 +32,11 @@ const (
 	labelAccessMode = "swarm-csi/access-mode"
 	// labelReadOnly is "true" while the volume is published read-only.
 	labelReadOnly = "swarm-csi/readonly"
-	// labelMkfs is the prefix of the labels holding mkfsOptions, base32
-	// in chunks of a label value's 63 characters.
-	labelMkfs = "swarm-csi/mkfs-"
+	// labelMkfs and labelMount are the prefixes of the labels holding
+	// mkfsOptions and mountOptions, base32 in chunks of a label value's 63
+	// characters.
+	labelMkfs  = "swarm-csi/mkfs-"
+	labelMount = "swarm-csi/mount-"
 
 	// labelRoot is the prefix of the labels holding the uid, gid and mode
 	// of the volume's root directory, as given to CreateVolume.
@@ -42,8 +44,8 @@ const (
 
 	mkfsChunks = 4
 	chunkLen   = 63
-	// MaxMkfsOptions is how long mkfsOptions may be: what mkfsChunks
-	// label values hold.
+	// MaxMkfsOptions is how long mkfsOptions (and mountOptions) may be:
+	// what mkfsChunks label values hold.
 	MaxMkfsOptions = mkfsChunks * chunkLen * 5 / 8
 	blockFs        = "block"
 )
@@ -82,14 +84,11 @@ func (b *Backend) labelsFor(spec backend.VolumeSpec) (map[string]string, error) 
 		labelFs:         fs,
 		labelAccessMode: spec.AccessMode,
 	}
-	if len(spec.MkfsOptions) > MaxMkfsOptions {
-		return nil, csierr.Invalid("mkfsOptions are %d bytes; the hcloud backend keeps them in the volume's labels, which hold %d", len(spec.MkfsOptions), MaxMkfsOptions)
+	if err := putChunks(labels, labelMkfs, "mkfsOptions", spec.MkfsOptions); err != nil {
+		return nil, err
 	}
-	enc := mkfsEncoding.EncodeToString([]byte(spec.MkfsOptions))
-	for i := 0; len(enc) > 0; i++ {
-		n := min(chunkLen, len(enc))
-		labels[labelMkfs+strconv.Itoa(i)] = enc[:n]
-		enc = enc[n:]
+	if err := putChunks(labels, labelMount, "mountOptions", spec.MountOptions); err != nil {
+		return nil, err
 	}
 	if spec.Root != nil {
 		for k, v := range spec.Root.Parameters() {
@@ -97,6 +96,33 @@ func (b *Backend) labelsFor(spec backend.VolumeSpec) (map[string]string, error) 
 		}
 	}
 	return labels, nil
+}
+
+// putChunks stores value in the labels named prefix0, prefix1...
+func putChunks(labels map[string]string, prefix, param, value string) error {
+	if len(value) > MaxMkfsOptions {
+		return csierr.Invalid("%s are %d bytes; the hcloud backend keeps them in the volume's labels, which hold %d", param, len(value), MaxMkfsOptions)
+	}
+	enc := mkfsEncoding.EncodeToString([]byte(value))
+	for i := 0; len(enc) > 0; i++ {
+		n := min(chunkLen, len(enc))
+		labels[prefix+strconv.Itoa(i)] = enc[:n]
+		enc = enc[n:]
+	}
+	return nil
+}
+
+// getChunks reads back what putChunks stored.
+func getChunks(hv *hcloud.Volume, prefix, param string) (string, error) {
+	var enc strings.Builder
+	for i := 0; i < mkfsChunks; i++ {
+		enc.WriteString(hv.Labels[prefix+strconv.Itoa(i)])
+	}
+	value, err := mkfsEncoding.DecodeString(enc.String())
+	if err != nil {
+		return "", fmt.Errorf("%w: volume %d has %s labels that do not decode: its labels were changed outside swarm-csi", csierr.ErrFailedPrecondition, hv.ID, param)
+	}
+	return string(value), nil
 }
 
 // ours reports whether a Hetzner volume belongs to this cluster.
@@ -125,15 +151,13 @@ func toVolume(hv *hcloud.Volume) (*backend.Volume, error) {
 	if m := volcap.ParseMode(v.AccessMode); m == csi.VolumeCapability_AccessMode_UNKNOWN {
 		return nil, fmt.Errorf("%w: volume %d has label %s=%q, no access mode: its labels were changed outside swarm-csi", csierr.ErrFailedPrecondition, hv.ID, labelAccessMode, v.AccessMode)
 	}
-	var enc strings.Builder
-	for i := 0; i < mkfsChunks; i++ {
-		enc.WriteString(hv.Labels[labelMkfs+strconv.Itoa(i)])
+	var err error
+	if v.MkfsOptions, err = getChunks(hv, labelMkfs, "mkfsOptions"); err != nil {
+		return nil, err
 	}
-	mkfs, err := mkfsEncoding.DecodeString(enc.String())
-	if err != nil {
-		return nil, fmt.Errorf("%w: volume %d has mkfsOptions labels that do not decode: its labels were changed outside swarm-csi", csierr.ErrFailedPrecondition, hv.ID)
+	if v.MountOptions, err = getChunks(hv, labelMount, "mountOptions"); err != nil {
+		return nil, err
 	}
-	v.MkfsOptions = string(mkfs)
 	root := map[string]string{}
 	for k, val := range hv.Labels {
 		if p, ok := strings.CutPrefix(k, labelRoot); ok {

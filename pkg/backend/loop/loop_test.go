@@ -877,7 +877,7 @@ func TestModifyVolume(t *testing.T) {
 			if got.MutableParameters[ParamDirectIO] != tt.want {
 				t.Fatalf("directIO %q, want %q", got.MutableParameters[ParamDirectIO], tt.want)
 			}
-			if directIO(got) != (tt.want != "false") {
+			if directIO(got) != (tt.want == "true") {
 				t.Fatalf("directIO(%v) = %t", got.MutableParameters, directIO(got))
 			}
 		})
