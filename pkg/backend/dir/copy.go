@@ -27,23 +27,29 @@ const chunk = 64 << 20
 // is made durable, so that once the caller renames dst into place the copy
 // survives a crash. It stops when ctx ends, and returns the bytes of the
 // regular files copied.
+//
+// The source is a volume that containers may be writing, so it is read
+// through an os.Root: an entry swapped for a symbolic link while the copy
+// runs is never followed out of the source tree, which would copy, as
+// root, files the volume's users cannot read into a volume they can.
 func copyTree(ctx context.Context, src, dst string) (size int64, err error) {
 	start := time.Now()
 	defer func() { metrics.Observe("dir", "copy tree", start, err) }()
+	root, err := os.OpenRoot(src)
+	if err != nil {
+		return 0, err
+	}
+	defer root.Close()
 	var dirs []string // to sync and date once their entries are in
-	err = filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+	err = fs.WalkDir(root.FS(), ".", func(rel string, _ fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		rel, err := filepath.Rel(src, path)
-		if err != nil {
-			return err
-		}
 		to := filepath.Join(dst, rel)
-		fi, err := d.Info()
+		fi, err := root.Lstat(rel)
 		if err != nil {
 			return err
 		}
@@ -52,16 +58,17 @@ func copyTree(ctx context.Context, src, dst string) (size int64, err error) {
 			if err := os.Mkdir(to, 0o700); err != nil {
 				return err
 			}
-			dirs = append(dirs, path)
+			dirs = append(dirs, rel)
 			return nil // owner, mode and times once its entries are in
 		case m.IsRegular():
-			n, err := copyFile(ctx, path, to, fi)
+			var n int64
+			n, fi, err = copyFile(ctx, root, rel, to)
 			size += n
 			if err != nil {
 				return err
 			}
 		case m&fs.ModeSymlink != 0:
-			target, err := os.Readlink(path)
+			target, err := root.Readlink(rel)
 			if err != nil {
 				return err
 			}
@@ -83,12 +90,14 @@ func copyTree(ctx context.Context, src, dst string) (size int64, err error) {
 	}
 	// Deepest first, so that dating a directory comes after its entries.
 	for i := len(dirs) - 1; i >= 0; i-- {
-		fi, err := os.Lstat(dirs[i])
+		fi, err := root.Lstat(dirs[i])
 		if err != nil {
 			return size, err
 		}
-		rel, _ := filepath.Rel(src, dirs[i])
-		to := filepath.Join(dst, rel)
+		to := filepath.Join(dst, dirs[i])
+		if !fi.IsDir() {
+			return size, fmt.Errorf("%s: no longer a directory", to)
+		}
 		if err := setAttrs(to, fi); err != nil {
 			return size, err
 		}
@@ -115,16 +124,32 @@ func setAttrs(path string, fi fs.FileInfo) error {
 	return unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW)
 }
 
-// copyFile copies a regular file and syncs it; it returns the bytes copied.
-func copyFile(ctx context.Context, src, dst string, fi fs.FileInfo) (int64, error) {
-	in, err := os.Open(src)
+// testHookCopyFile, when set, runs before copyFile opens rel.
+var testHookCopyFile func(rel string)
+
+// copyFile copies the regular file rel of root to dst and syncs it; it
+// returns the bytes copied and the file's information. An entry that is no
+// longer a regular file when opened (a FIFO opened without O_NONBLOCK
+// would block the copy) is an error.
+func copyFile(ctx context.Context, root *os.Root, rel, dst string) (int64, fs.FileInfo, error) {
+	if testHookCopyFile != nil {
+		testHookCopyFile(rel)
+	}
+	in, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return 0, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return 0, nil, fmt.Errorf("copy %s: changed into a %s while being copied", rel, fi.Mode().Type())
+	}
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	n, err := fillFile(ctx, out, in, fi.Size())
 	if err == nil {
@@ -134,9 +159,9 @@ func copyFile(ctx context.Context, src, dst string, fi fs.FileInfo) (int64, erro
 		err = cerr
 	}
 	if err != nil {
-		return n, fmt.Errorf("copy %s: %w", src, err)
+		return n, nil, fmt.Errorf("copy %s: %w", rel, err)
 	}
-	return n, nil
+	return n, fi, nil
 }
 
 // fillFile copies in to the empty file out: a reflink where the filesystem

@@ -494,3 +494,57 @@ func TestNodeMountsTheDirectory(t *testing.T) {
 	defer unix.Unmount(b.volumeTree(v.ID), unix.MNT_DETACH)
 	wantCode(t, "Mount of a volume directory on another filesystem", n.Mount(ctx, v, t.TempDir(), false), codes.FailedPrecondition, "another filesystem")
 }
+
+// A container writing the source volume during a copy can swap an entry the
+// copy has listed for a symbolic link: the copy must not follow it out of
+// the source, nor hang on a FIFO.
+func TestCopyFollowsNoSwappedLinkOutOfTheSource(t *testing.T) {
+	outside := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(outside, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, swap := range []struct {
+		name string
+		make func(path string) error
+	}{
+		{"file to a link", func(p string) error { return os.Symlink(outside, p) }},
+		{"directory to a link", func(p string) error { return os.Symlink(filepath.Dir(outside), filepath.Dir(p)) }},
+		{"file to a FIFO", func(p string) error { return unix.Mkfifo(p, 0o600) }},
+	} {
+		t.Run(swap.name, func(t *testing.T) {
+			b, _ := newBackend(t, Delete)
+			src := mustCreate(t, b, "src")
+			victim := filepath.Join(b.volumeTree(src.ID), "sub", "secret")
+			if err := os.MkdirAll(filepath.Dir(victim), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(victim, []byte("public"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			testHookCopyFile = func(rel string) {
+				if rel != "sub/secret" {
+					return
+				}
+				if strings.Contains(swap.name, "directory") {
+					if err := os.RemoveAll(filepath.Dir(victim)); err != nil {
+						t.Error(err)
+					}
+				} else if err := os.Remove(victim); err != nil {
+					t.Error(err)
+				}
+				if err := swap.make(victim); err != nil {
+					t.Error(err)
+				}
+			}
+			defer func() { testHookCopyFile = nil }()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			snap, err := b.CreateSnapshot(ctx, backend.SnapshotSpec{Name: "s", SourceVolumeID: src.ID})
+			if err == nil {
+				if c, _ := os.ReadFile(filepath.Join(b.snapshotTree(snap.ID), "sub", "secret")); string(c) == "secret" {
+					t.Fatal("the copy followed a link out of the source volume")
+				}
+			}
+		})
+	}
+}
