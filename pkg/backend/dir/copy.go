@@ -19,14 +19,18 @@ import (
 // chunk is how much of a file is copied between two looks at ctx.
 const chunk = 64 << 20
 
-// copyTree copies the tree at src to dst, which must not exist: regular
-// files (a reflink where the filesystem shares extents, FICLONE, else a
-// copy), directories, symbolic links, FIFOs and device nodes, with their
-// mode, owner and modification time. Hard links become separate files;
-// extended attributes and sockets are not copied. Every file and directory
-// is made durable, so that once the caller renames dst into place the copy
-// survives a crash. It stops when ctx ends, and returns the bytes of the
-// regular files copied.
+// copyTree copies the tree at src to dst: regular files (a reflink where
+// the filesystem shares extents, FICLONE, else a copy), directories,
+// symbolic links, FIFOs and device nodes, with their mode, owner and
+// modification time. Hard links become separate files; extended attributes
+// and sockets are not copied. Every file and directory is made durable, so
+// that once the caller renames dst into place the copy survives a crash. It
+// stops when ctx ends, and returns the bytes of the regular files in the
+// copy.
+//
+// dst may hold what an earlier copy that ctx ended made: a regular file
+// there of the source's size and modification time (given only once it was
+// copied whole and synced) is kept, everything else is made again.
 //
 // The source is a volume that containers may be writing, so it is read
 // through an os.Root: an entry swapped for a symbolic link while the copy
@@ -53,13 +57,21 @@ func copyTree(ctx context.Context, src, dst string) (size int64, err error) {
 		if err != nil {
 			return err
 		}
-		switch m := fi.Mode(); {
-		case m.IsDir():
-			if err := os.Mkdir(to, 0o700); err != nil {
+		if m := fi.Mode(); m.IsDir() {
+			if err := os.Mkdir(to, 0o700); err != nil && !isDir(to) {
 				return err
 			}
 			dirs = append(dirs, rel)
 			return nil // owner, mode and times once its entries are in
+		}
+		if copied(to, fi) {
+			size += fi.Size()
+			return nil
+		}
+		if err := os.RemoveAll(to); err != nil { // a partial copy's
+			return err
+		}
+		switch m := fi.Mode(); {
 		case m.IsRegular():
 			var n int64
 			n, fi, err = copyFile(ctx, root, rel, to)
@@ -106,6 +118,21 @@ func copyTree(ctx context.Context, src, dst string) (size int64, err error) {
 		}
 	}
 	return size, nil
+}
+
+// isDir reports whether path is a directory (not a link to one).
+func isDir(path string) bool {
+	fi, err := os.Lstat(path)
+	return err == nil && fi.IsDir()
+}
+
+// copied reports whether path is the whole copy of the regular file fi
+// describes, made by an earlier copy: setAttrs dates a file only once it
+// has been copied whole and synced.
+func copied(path string, src fs.FileInfo) bool {
+	fi, err := os.Lstat(path)
+	return err == nil && src.Mode().IsRegular() && fi.Mode().IsRegular() &&
+		fi.Size() == src.Size() && fi.ModTime().Equal(src.ModTime())
 }
 
 // setAttrs gives path the owner, mode and modification time of fi.

@@ -548,3 +548,74 @@ func TestCopyFollowsNoSwappedLinkOutOfTheSource(t *testing.T) {
 		})
 	}
 }
+
+// endsAfter is a context whose Err reports DeadlineExceeded from its n-th
+// call on, as a call's time running out does.
+type endsAfter struct {
+	context.Context
+	calls, n int
+}
+
+func (c *endsAfter) Err() error {
+	c.calls++
+	if c.calls >= c.n {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// A copy that its call's time cuts short keeps what it copied, and the next
+// call goes on from there rather than copying again: under Swarm, whose
+// calls have about 15 s each, a large tree is copied over the retries.
+func TestCopyResumesWhereItStopped(t *testing.T) {
+	b, dir := newBackend(t, Delete)
+	src := mustCreate(t, b, "src")
+	srcTree := b.volumeTree(src.ID)
+	fillTree(t, srcTree)
+	// The walk visits "big" first (sorted names); the time runs out after it.
+	short := &endsAfter{Context: context.Background(), n: 4}
+	if _, err := b.CreateSnapshot(short, backend.SnapshotSpec{Name: "s", SourceVolumeID: src.ID}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("CreateSnapshot whose time ran out: %v, want DeadlineExceeded", err)
+	}
+	tmp, err := os.ReadDir(filepath.Join(dir, tmpDir))
+	if err != nil || len(tmp) != 1 {
+		t.Fatalf("dir/tmp holds %v (%v), want the partial copy", tmp, err)
+	}
+	partial := filepath.Join(dir, tmpDir, tmp[0].Name())
+	first, err := os.Stat(filepath.Join(partial, "big"))
+	if err != nil {
+		t.Fatalf("the first call copied nothing: %v", err)
+	}
+	snap, err := b.CreateSnapshot(context.Background(), backend.SnapshotSpec{Name: "s", SourceVolumeID: src.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameTree(t, srcTree, b.snapshotTree(snap.ID))
+	again, err := os.Stat(filepath.Join(b.snapshotTree(snap.ID), "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(first, again) {
+		t.Fatal("the file the first call copied whole was copied again")
+	}
+	if tmp, _ := os.ReadDir(filepath.Join(dir, tmpDir)); len(tmp) != 0 {
+		t.Fatalf("dir/tmp still holds %v", tmp)
+	}
+}
+
+// A file an earlier copy left half done (its time not yet the source's) is
+// copied again, whole.
+func TestCopyRedoesAHalfCopiedFile(t *testing.T) {
+	src, dst := t.TempDir(), filepath.Join(t.TempDir(), "copy")
+	fillTree(t, src)
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dst, "big"), make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := copyTree(context.Background(), src, dst); err != nil {
+		t.Fatal(err)
+	}
+	sameTree(t, src, dst)
+}

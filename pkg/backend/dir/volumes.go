@@ -69,24 +69,28 @@ func (b *Backend) buildTree(ctx context.Context, path, src string, root *backend
 		return treeSize(path)
 	}
 	tmp := b.tmpTree(filepath.Base(path))
-	if err := os.RemoveAll(tmp); err != nil { // an earlier attempt's
-		return 0, err
-	}
 	var size int64
 	var err error
 	if src == "" {
+		if err := os.RemoveAll(tmp); err != nil { // an earlier attempt's
+			return 0, err
+		}
 		err = os.Mkdir(tmp, 0o755)
 		if err == nil && root != nil {
 			err = root.Apply(tmp)
 		}
 	} else {
+		// A copy that an earlier call's time cut short goes on where it
+		// stopped (Swarm gives a call about 15 s, docs/swarm.md).
 		size, err = copyTree(ctx, src, tmp)
 	}
 	if err == nil {
 		err = fsutil.SyncDir(tmp)
 	}
 	if err != nil {
-		os.RemoveAll(tmp)
+		if src == "" || !(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			os.RemoveAll(tmp)
+		}
 		return 0, fmt.Errorf("building %s: %w", path, err)
 	}
 	return size, os.Rename(tmp, path)

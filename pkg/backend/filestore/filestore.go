@@ -179,8 +179,12 @@ func (s *Store) AddRecord(path string, v any) error {
 // same name would take up again under the deleted id.
 func (s *Store) ReleaseName(prefix, name, id string) error {
 	link := s.NameLink(prefix, name)
-	if cur, err := os.Readlink(link); err != nil || cur != id {
+	cur, err := os.Readlink(link)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && cur != id) {
 		return nil
+	}
+	if err != nil { // not known to be gone: the delete stops here
+		return fmt.Errorf("name %q: %w", name, err)
 	}
 	if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
