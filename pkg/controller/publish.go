@@ -34,7 +34,7 @@ func (s *Server) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 		return nil, err
 	}
 	defer release()
-	if s.maxPerNode > 0 && !s.storageLimit() {
+	if s.countsNodeLimit() {
 		// Publishes of other volumes to the node take turns, so that each
 		// counts the node's volumes with the one before it attached.
 		// They are not refused: a node gets several volumes at once.
@@ -109,7 +109,7 @@ func conflict(v *backend.Volume, mode volcap.Mode, want backend.Attachment) erro
 // counted in a listing every volume as well: one listing serves both,
 // which saves a backend whose reads are costly (rbd) a call.
 func (s *Server) publishedVolume(ctx context.Context, id string) (*backend.Volume, []*backend.Volume, error) {
-	if _, counts := s.be.(backend.AttachmentCounter); s.maxPerNode <= 0 || s.storageLimit() || counts {
+	if _, counts := s.be.(backend.AttachmentCounter); !s.countsNodeLimit() || counts {
 		v, err := s.be.Volume(ctx, id)
 		return v, nil, err
 	}
@@ -127,16 +127,18 @@ func (s *Server) publishedVolume(ctx context.Context, id string) (*backend.Volum
 	return v, all, err
 }
 
-// storageLimit reports whether the per-node limit is the storage's own,
-// which the storage enforces when attaching: then nothing is counted.
-func (s *Server) storageLimit() bool {
-	return s.info.MaxVolumesPerNode > 0 && s.maxPerNode >= s.info.MaxVolumesPerNode
+// countsNodeLimit reports whether the controller counts a node's volumes
+// against the per-node limit: there is one, and it is not the storage's
+// own, which the storage enforces when attaching.
+func (s *Server) countsNodeLimit() bool {
+	storageOwn := s.info.MaxVolumesPerNode > 0 && s.maxPerNode >= s.info.MaxVolumesPerNode
+	return s.maxPerNode > 0 && !storageOwn
 }
 
 // checkNodeLimit refuses a new attachment to a node that has the most
 // volumes it takes, as the backend counts them or counted in vols.
 func (s *Server) checkNodeLimit(ctx context.Context, vols []*backend.Volume, nodeID string) error {
-	if s.maxPerNode <= 0 || s.storageLimit() {
+	if !s.countsNodeLimit() {
 		return nil
 	}
 	n := int64(0)
