@@ -29,8 +29,6 @@ type env struct {
 	api      *hcloud.Client // the fake, directly
 	servers  []fakecloud.Server
 	far      fakecloud.Server
-	wait     time.Duration
-	cluster  string
 	endpoint string
 }
 
