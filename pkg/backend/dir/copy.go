@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/swarm-csi/swarm-csi/pkg/fsutil"
 	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
 
@@ -113,7 +114,7 @@ func copyTree(ctx context.Context, src, dst string) (size int64, err error) {
 		if err := setAttrs(to, fi); err != nil {
 			return size, err
 		}
-		if err := syncPath(to); err != nil {
+		if err := fsutil.SyncDir(to); err != nil {
 			return size, err
 		}
 	}
@@ -212,15 +213,6 @@ func fillFile(ctx context.Context, out, in *os.File, size int64) (int64, error) 
 			return n, err
 		}
 	}
-}
-
-func syncPath(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 // treeSize is the bytes of the regular files under path.
