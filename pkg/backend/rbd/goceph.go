@@ -28,24 +28,34 @@ const CephSupport = true
 // Images are opened for each call and closed before it returns, read-only
 // where the call allows: a read-write open registers a watcher, which
 // Remove and fencing would take for a client. Metadata is read from the
-// image's header object (see readMeta); the index image's header is
-// remembered, so that reading a record costs no open at all.
+// image's header object (see onHeader); the index image's header is
+// remembered, so that reading or writing a record costs no open at all.
 type goceph struct {
 	conf  string   // ceph.conf: monitors and client timeouts
 	index imageRef // the image whose metadata holds the records
 
+	// mu guards conns and each conn's rados and dialing.
 	mu    sync.Mutex
 	conns map[creds]*conn
 }
 
 // conn is one identity's connection.
 type conn struct {
-	// mu is held while connecting, and guards ioctxs and indexID.
+	rados   *rados.Conn // nil until connected
+	dialing *dial       // the attempt under way, if any
+
+	// mu guards ioctxs and indexID.
 	mu     sync.Mutex
-	rados  *rados.Conn // nil until connected
 	ioctxs map[string]*rados.IOContext
 	// indexID is the id of the index image, once looked up.
 	indexID string
+}
+
+// dial is an attempt to connect; the calls that want the connection
+// meanwhile wait for it rather than each making its own in turn.
+type dial struct {
+	done chan struct{}
+	err  error // set before done closes
 }
 
 var _ cluster = (*goceph)(nil)
@@ -60,21 +70,47 @@ func openCluster(cfg Config, conf string) (cluster, error) {
 	}, nil
 }
 
-// connect returns cr's connection, connecting first if need be.
-func (g *goceph) connect(cr creds) (*conn, error) {
+// connect returns cr's connection, connecting first if need be. It waits
+// no longer than ctx allows for an attempt under way, which goes on and
+// keeps its connection if it succeeds.
+func (g *goceph) connect(ctx context.Context, cr creds) (*conn, error) {
 	g.mu.Lock()
 	c := g.conns[cr]
 	if c == nil {
 		c = &conn{ioctxs: map[string]*rados.IOContext{}}
 		g.conns[cr] = c
 	}
-	g.mu.Unlock()
-
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.rados != nil {
+		g.mu.Unlock()
 		return c, nil
 	}
+	d := c.dialing
+	if d == nil {
+		d = &dial{done: make(chan struct{})}
+		c.dialing = d
+		go func() {
+			r, err := g.dial(cr)
+			g.mu.Lock()
+			c.rados, c.dialing = r, nil
+			g.mu.Unlock()
+			d.err = err
+			close(d.done)
+		}()
+	}
+	g.mu.Unlock()
+	select {
+	case <-d.done:
+		if d.err != nil {
+			return nil, d.err
+		}
+		return c, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// dial connects as cr: within client_mount_timeout, or fails.
+func (g *goceph) dial(cr creds) (*rados.Conn, error) {
 	r, err := rados.NewConnWithUser(cr.user)
 	if err != nil {
 		return nil, err
@@ -84,41 +120,57 @@ func (g *goceph) connect(cr creds) (*conn, error) {
 	if err := r.ReadConfigFile(g.conf); err != nil {
 		return nil, &Error{Kind: KindOther, Msg: fmt.Sprintf("read %s: %v", g.conf, err)}
 	}
-	if err := r.SetConfigOption("keyring", cr.keyring); err != nil {
-		return nil, &Error{Kind: KindOther, Msg: fmt.Sprintf("keyring %s: %v", cr.keyring, err)}
+	opts := [][2]string{
+		{"keyring", cr.keyring},
+		// The libraries print nothing: the errors say what failed,
+		// and librados would print the line of a key it cannot parse.
+		{"log_to_stderr", "false"}, {"err_to_stderr", "false"},
+		{"log_to_syslog", "false"}, {"err_to_syslog", "false"},
 	}
-	// The libraries print nothing: the errors say what failed, and
-	// librados would print the line of a key it cannot parse.
-	for _, opt := range []string{"log_to_stderr", "err_to_stderr", "log_to_syslog", "err_to_syslog"} {
-		if err := r.SetConfigOption(opt, "false"); err != nil {
-			return nil, &Error{Kind: KindOther, Msg: fmt.Sprintf("%s: %v", opt, err)}
+	// librbd waits for the exclusive lock's owner to carry out a request
+	// (a resize of a mapped image) rbd_request_timed_out_seconds, 30 by
+	// default: no longer than for an OSD.
+	if t, err := r.GetConfigOption("rados_osd_op_timeout"); err == nil && t != "0" {
+		opts = append(opts, [2]string{"rbd_request_timed_out_seconds", t})
+	}
+	for _, o := range opts {
+		if err := r.SetConfigOption(o[0], o[1]); err != nil {
+			return nil, &Error{Kind: KindOther, Msg: fmt.Sprintf("option %s: %v", o[0], err)}
 		}
 	}
 	if err := r.Connect(); err != nil {
 		e := &Error{Kind: KindUnreachable, Msg: "no Ceph monitor answered: " + errnoText(err)}
-		if errno(err) == syscall.EACCES || errno(err) == syscall.EPERM {
+		if n := errno(err); n == syscall.EACCES || n == syscall.EPERM {
 			e.Kind, e.Msg = KindAuth, "the monitors refused the cephx key of client."+cr.user+": "+errnoText(err)
 		}
 		return nil, e
 	}
-	c.rados = r
-	return c, nil
+	return r, nil
 }
 
 // ioctx returns the connection's I/O context for pool; a pool that does
 // not exist is KindNotFound.
 func (c *conn) ioctx(pool string) (*rados.IOContext, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if io := c.ioctxs[pool]; io != nil {
+	io := c.ioctxs[pool]
+	c.mu.Unlock()
+	if io != nil {
 		return io, nil
 	}
+	// Not under mu: a pool missing from the OSD map is looked for in the
+	// monitors' latest.
 	io, err := c.rados.OpenIOContext(pool)
 	if err != nil {
 		if errno(err) == syscall.ENOENT {
 			return nil, &Error{Kind: KindNotFound, Msg: "pool " + pool + " does not exist"}
 		}
 		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if first := c.ioctxs[pool]; first != nil {
+		io.Destroy()
+		return first, nil
 	}
 	c.ioctxs[pool] = io
 	return io, nil
@@ -163,26 +215,28 @@ func (g *goceph) run(ctx context.Context, cr creds, cmd string, f func(*conn) er
 	if err := ctx.Err(); err != nil {
 		return ctxError(cmd, err)
 	}
-	c, err := g.connect(cr)
+	c, err := g.connect(ctx, cr)
 	if err == nil {
-		if err = ctx.Err(); err != nil {
-			return ctxError(cmd, err)
+		// Connecting may have taken what time ctx had.
+		if err = ctx.Err(); err == nil {
+			err = f(c)
 		}
-		err = f(c)
-	}
-	if err == nil {
-		return nil
 	}
 	var e *Error
-	if errors.As(err, &e) {
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &e):
 		e.Cmd = cmd
 		return e
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		return ctxError(cmd, err)
 	}
 	return cephError(cmd, err)
 }
 
-// ctxError is the error of a call its context ended before it began, as
-// the tools' runner reports it.
+// ctxError is the error of a call whose context ended, as the tools'
+// runner reports it.
 func ctxError(cmd string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return &Error{Kind: KindTimeout, Cmd: cmd, Msg: "no answer within the time allowed"}

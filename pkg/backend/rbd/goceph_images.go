@@ -40,16 +40,18 @@ func (c *conn) withImage(ref imageRef, rw bool, f func(*rbd.Image) error) error 
 // object, rbd_header.<id>, each key under this prefix (cls_rbd's
 // metadata_set). Read there, a key or a whole listing is one OSD read
 // without opening the image, and a listing has no size limit (librbd's
-// through go-ceph stops at 256 KiB). Writes go through librbd.
+// through go-ceph stops at 256 KiB). The index's records are written there
+// too; other images' metadata through librbd, which tells the clients
+// that have the image open.
 const (
 	headerPrefix = "rbd_header."
 	metaPrefix   = "metadata_"
 )
 
-// readMeta runs f on ref's header object. A header that has gone (the
+// onHeader runs f on ref's header object. A header that has gone (the
 // index removed, perhaps made again, since its id was looked up) is looked
 // up again once.
-func (g *goceph) readMeta(c *conn, ref imageRef, f func(io *rados.IOContext, oid string) error) error {
+func (g *goceph) onHeader(c *conn, ref imageRef, f func(io *rados.IOContext, oid string) error) error {
 	io, err := c.ioctx(ref.pool)
 	if err != nil {
 		return err
@@ -379,7 +381,7 @@ func namespaceName(ns rbd.SnapNamespaceType) string {
 func (g *goceph) MetaGet(ctx context.Context, cr creds, ref imageRef, key string) (string, error) {
 	var v string
 	err := g.call(ctx, cr, "rbd image-meta get", ref.String()+" "+key, func(c *conn) error {
-		return g.readMeta(c, ref, func(io *rados.IOContext, oid string) error {
+		return g.onHeader(c, ref, func(io *rados.IOContext, oid string) error {
 			op := rados.CreateReadOp()
 			defer op.Release()
 			op.AssertExists()
@@ -401,10 +403,22 @@ func (g *goceph) MetaGet(ctx context.Context, cr creds, ref imageRef, key string
 	return v, err
 }
 
-// MetaSet implements cluster.
+// MetaSet implements cluster. A record goes straight into the index's
+// header: librbd would open the image for writing, which takes as long as
+// the rest of the call ten times over, to tell watchers the index never
+// has.
 func (g *goceph) MetaSet(ctx context.Context, cr creds, ref imageRef, key, value string) error {
 	return g.call(ctx, cr, "rbd image-meta set", ref.String()+" "+key, func(c *conn) error {
-		return c.withImage(ref, true, func(img *rbd.Image) error { return img.SetMetadata(key, value) })
+		if ref != g.index {
+			return c.withImage(ref, true, func(img *rbd.Image) error { return img.SetMetadata(key, value) })
+		}
+		return g.onHeader(c, ref, func(io *rados.IOContext, oid string) error {
+			op := rados.CreateWriteOp()
+			defer op.Release()
+			op.AssertExists()
+			op.SetOmap(map[string][]byte{metaPrefix + key: []byte(value)})
+			return op.Operate(io, oid, rados.OperationNoFlag)
+		})
 	})
 }
 
@@ -419,7 +433,7 @@ func (g *goceph) MetaRemove(ctx context.Context, cr creds, ref imageRef, key str
 func (g *goceph) MetaList(ctx context.Context, cr creds, ref imageRef) (map[string]string, error) {
 	var m map[string]string
 	err := g.call(ctx, cr, "rbd image-meta list", ref.String(), func(c *conn) error {
-		return g.readMeta(c, ref, func(io *rados.IOContext, oid string) error {
+		return g.onHeader(c, ref, func(io *rados.IOContext, oid string) error {
 			raw, err := io.GetAllOmapValues(oid, "", metaPrefix, 1024)
 			if err != nil {
 				return err

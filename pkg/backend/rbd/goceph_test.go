@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 
 	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/rbd/cephtest"
+	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
 
 // gocephEnv is a throwaway cluster and the in-process client of it, as
@@ -164,8 +166,12 @@ func (h *holder) write(off int64) error {
 func (e *gocephEnv) testImages(t *testing.T) {
 	g, ctx, cr := e.g, e.ctx, e.cr
 	ref := e.ref("img")
+	ok, exists := rbdCalls(t, "rbd create", "ok"), rbdCalls(t, "rbd create", "exists")
 	must(t, g.Create(ctx, cr, ref, 64<<20, imageOptions{Features: "layering,exclusive-lock"}))
 	wantKind(t, g.Create(ctx, cr, ref, 64<<20, imageOptions{}), KindExists, "rbd create "+ref.String())
+	if rbdCalls(t, "rbd create", "ok") != ok+1 || rbdCalls(t, "rbd create", "exists") != exists+1 {
+		t.Error("the calls are not counted in the metrics")
+	}
 
 	info, err := g.Info(ctx, cr, ref)
 	must(t, err)
@@ -287,6 +293,10 @@ func (e *gocephEnv) testMetadata(t *testing.T) {
 			t.Errorf("%s: get vol.a = %q, %v", ref, v, err)
 		}
 		must(t, g.MetaSet(ctx, cr, ref, "vol.a", "replaced"))
+		out, err := e.cl.Admin(ctx, "rbd", "image-meta", "get", ref.String(), "vol.a")
+		if err != nil || strings.TrimSuffix(string(out), "\n") != "replaced" {
+			t.Errorf("%s: rbd image-meta get vol.a: %q, %v", ref, out, err)
+		}
 		m, err := g.MetaList(ctx, cr, ref)
 		must(t, err)
 		if len(m) != 2 || m["vol.a"] != "replaced" || m["vol.b"] != "two words\nand a line" {
@@ -320,15 +330,16 @@ func (e *gocephEnv) testMetadata(t *testing.T) {
 	must(t, g.Remove(ctx, cr, ref))
 }
 
-// testIndexRecreated: the index handle the connection keeps follows the
-// index when it is removed and made again.
+// testIndexRecreated: the index's header, which the connection
+// remembers, is looked up again when the index is removed and made again.
 func (e *gocephEnv) testIndexRecreated(t *testing.T) {
 	g, ctx, cr, idx := e.g, e.ctx, e.cr, e.g.index
 	must(t, g.MetaSet(ctx, cr, idx, "vol.x", "old"))
 	if v, err := g.MetaGet(ctx, cr, idx, "vol.x"); err != nil || v != "old" {
 		t.Fatalf("get: %q, %v", v, err)
 	}
-	// The kept handle is read-only: no watcher, so the index can go.
+	// Records are read and written without opening the index: no
+	// watcher, so it can go.
 	if w, err := g.Watchers(ctx, cr, idx); err != nil || len(w) != 0 {
 		t.Fatalf("index watchers %v, %v; want none", w, err)
 	}
@@ -496,6 +507,13 @@ func (e *gocephEnv) testConnections(t *testing.T) {
 	if n := len(c.conns); n != 2 {
 		t.Errorf("%d connections, want 2", n)
 	}
+	// librbd's wait for a lock owner is bounded as OSD operations are.
+	r := c.conns[e.cr].rados
+	osd, err := r.GetConfigOption("rados_osd_op_timeout")
+	must(t, err)
+	if v, err := r.GetConfigOption("rbd_request_timed_out_seconds"); err != nil || v != osd || v == "0" {
+		t.Errorf("rbd_request_timed_out_seconds %q, %v; want rados_osd_op_timeout, %s", v, err, osd)
+	}
 
 	// A key the monitors refuse.
 	out, err := exec.Command("ceph-authtool", "--gen-print-key").Output()
@@ -597,9 +615,28 @@ func (e *gocephEnv) testMonitorOutage(t *testing.T) {
 	start = time.Now()
 	err = g.Blocklist(ctx, cr, "127.0.0.1:0/1", time.Minute)
 	check("Blocklist", err, time.Since(start), KindTimeout, KindUnreachable)
+	// Calls wait together for one attempt to connect, each no longer
+	// than its context allows.
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	start = time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Go(func() { _, errs[i] = fresh.Info(short, cr, ref) })
+	}
+	wg.Wait()
+	d := time.Since(start)
+	t.Logf("monitor down: 4 calls with 2 s to connect answered after %v: %v", d.Round(time.Millisecond), errs[0])
+	for _, err := range errs {
+		wantKind(t, err, KindTimeout, "rbd info")
+	}
+	if d > 3*time.Second {
+		t.Errorf("4 calls with 2 s took %v", d)
+	}
 	start = time.Now()
 	_, err = fresh.Info(ctx, cr, ref)
-	check("Info on a new connection", err, time.Since(start), KindTimeout, KindUnreachable)
+	check("Info on a new connection", err, time.Since(start), KindUnreachable)
 	// The OSD still serves image operations it has the maps for.
 	start = time.Now()
 	_, err = g.Info(ctx, cr, ref)
@@ -666,6 +703,22 @@ func (e *gocephEnv) testLatency(t *testing.T) {
 		timed("trash rm", func() error { return g.TrashRemove(ctx, cr, e.pool, info.Parent.ID) })
 		timed("df", func() error { _, err := g.PoolAvailable(ctx, cr, e.pool); return err })
 	}
+	// The same through the rbd tool, as the driver ran it before.
+	for i := 0; i < 10; i++ {
+		vol := e.ref(fmt.Sprintf("cli%d", i))
+		cli := func(op string, args ...string) {
+			timed("(cli) "+op, func() error { _, err := e.cl.Admin(ctx, "rbd", args...); return err })
+		}
+		cli("create", "create", "--size", "1024", "--image-feature", "layering,exclusive-lock", vol.String())
+		cli("image-meta set", "image-meta", "set", vol.String(), "k", "v")
+		cli("image-meta get", "image-meta", "get", vol.String(), "k")
+		cli("info", "info", "--format", "json", vol.String())
+		cli("resize", "resize", "--no-progress", "--size", "2048", vol.String())
+		cli("status", "status", "--format", "json", vol.String())
+		cli("snap create", "snap", "create", "--no-progress", vol.String()+"@s")
+		cli("snap rm", "snap", "rm", "--no-progress", vol.String()+"@s")
+		cli("rm", "rm", "--no-progress", vol.String())
+	}
 	ops := make([]string, 0, len(times))
 	for op := range times {
 		ops = append(ops, op)
@@ -678,6 +731,28 @@ func (e *gocephEnv) testLatency(t *testing.T) {
 		fmt.Fprintf(&b, "\n  %-40s p50 %7.2f ms  max %7.2f ms", op, ms(d[len(d)/2]), ms(d[len(d)-1]))
 	}
 	t.Logf("in-process operations, %d runs each:%s", len(times["create"]), b.String())
+}
+
+// rbdCalls is how many rbd calls named call ended with status.
+func rbdCalls(t *testing.T, call, status string) uint64 {
+	t.Helper()
+	fams, err := metrics.Registry.Gather()
+	must(t, err)
+	for _, f := range fams {
+		if f.GetName() != "swarm_csi_backend_call_duration_seconds" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["backend"] == "rbd" && labels["call"] == call && labels["status"] == status {
+				return m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	return 0
 }
 
 // stderrOf returns what f (the C libraries) wrote to file descriptor 2.
