@@ -227,8 +227,9 @@ func (g *goceph) run(ctx context.Context, cr creds, cmd string, f func(*conn) er
 	case err == nil:
 		return nil
 	case errors.As(err, &e):
-		e.Cmd = cmd
-		return e
+		named := *e // a failed dial's error is every waiter's
+		named.Cmd = cmd
+		return &named
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		return ctxError(cmd, err)
 	}

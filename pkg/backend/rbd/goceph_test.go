@@ -182,6 +182,10 @@ func (e *gocephEnv) testImages(t *testing.T) {
 	if info, err = g.Info(ctx, cr, ref); err != nil || info.Size != 128<<20 {
 		t.Errorf("after resize: %+v, %v; want 128 MiB", info, err)
 	}
+	must(t, g.Resize(ctx, cr, ref, 96<<20))
+	if info, err = g.Info(ctx, cr, ref); err != nil || info.Size != 96<<20 {
+		t.Errorf("after a shrink: %+v, %v; want 96 MiB", info, err)
+	}
 
 	missing := e.ref("missing")
 	_, err = g.Info(ctx, cr, missing)
@@ -200,9 +204,8 @@ func (e *gocephEnv) testImages(t *testing.T) {
 	wantKind(t, err, KindNotFound, "rbd info")
 
 	// The user's capabilities: profile rbd on its pool only.
-	out, err := e.cl.Admin(ctx, "ceph", "osd", "pool", "create", "other", "8")
+	_, err = e.cl.Admin(ctx, "ceph", "osd", "pool", "create", "other", "8")
 	must(t, err)
-	_ = out
 	wantKind(t, g.Create(ctx, cr, imageRef{"other", "x"}, 1<<20, imageOptions{}), KindDenied, "rbd create other/x")
 }
 
@@ -564,12 +567,21 @@ func (e *gocephEnv) testConnections(t *testing.T) {
 		t.Errorf("openCluster took %v", d)
 	}
 	defer dead.(*goceph).Close()
-	for i := 0; i < 2; i++ {
+	// Three calls share one attempt, which is not kept: the next call
+	// makes its own.
+	for _, n := range []int{3, 1} {
 		start = time.Now()
-		_, err = dead.Info(ctx, e.cr, e.ref("x"))
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range errs {
+			wg.Go(func() { _, errs[i] = dead.Info(ctx, e.cr, e.ref(fmt.Sprint(i))) })
+		}
+		wg.Wait()
 		d := time.Since(start)
-		wantKind(t, err, KindUnreachable, "rbd info")
-		t.Logf("no monitor: %v after %v", err, d.Round(time.Millisecond))
+		for i, err := range errs {
+			wantKind(t, err, KindUnreachable, "rbd info "+e.ref(fmt.Sprint(i)).String())
+		}
+		t.Logf("no monitor: %d call(s) answered after %v: %v", n, d.Round(time.Millisecond), errs[0])
 		if d > cfg.CallTimeout {
 			t.Errorf("took %v, more than the call timeout %v", d, cfg.CallTimeout)
 		}
