@@ -139,11 +139,14 @@ func (g *goceph) dial(cr creds) (*rados.Conn, error) {
 		}
 	}
 	if err := r.Connect(); err != nil {
-		e := &Error{Kind: KindUnreachable, Msg: "no Ceph monitor answered: " + errnoText(err)}
-		if n := errno(err); n == syscall.EACCES || n == syscall.EPERM {
-			e.Kind, e.Msg = KindAuth, "the monitors refused the cephx key of client."+cr.user+": "+errnoText(err)
+		switch errno(err) {
+		case syscall.EACCES, syscall.EPERM:
+			return nil, &Error{Kind: KindAuth, Msg: "the monitors refused the cephx key of client." + cr.user + ": " + errnoText(err)}
+		case syscall.ETIMEDOUT:
+			return nil, &Error{Kind: KindUnreachable, Msg: "no Ceph monitor answered: " + errnoText(err)}
 		}
-		return nil, e
+		// EIO: among others, a keyring librados cannot read.
+		return nil, &Error{Kind: KindUnreachable, Msg: "cannot connect as client." + cr.user + " with keyring " + cr.keyring + ": " + errnoText(err)}
 	}
 	return r, nil
 }
