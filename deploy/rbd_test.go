@@ -156,9 +156,10 @@ func checkRBDFlavour(t *testing.T, plain, r string) {
 	runInRootfs(t, root, rc, 0, "", append([]string{"rbd"}, append(ceph, "rm", "--no-progress", img)...)...)
 }
 
-// checkDriverServes runs the rootfs's driver, with the plugin's settings
-// and env, as Docker would (a private mount namespace with /proc and
-// /dev), until it serves its socket; then stops it with SIGTERM.
+// checkDriverServes runs the rootfs's driver with the plugin's env and
+// env added, as Docker would (a private mount namespace with /proc and
+// /dev), until it serves its socket, having logged no warning; then stops
+// it with SIGTERM.
 func checkDriverServes(t *testing.T, root string, c *pluginConfig, env []string) {
 	t.Helper()
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-ec",
@@ -189,6 +190,13 @@ func checkDriverServes(t *testing.T, root string, c *pluginConfig, env []string)
 		case <-time.After(100 * time.Millisecond):
 			_, err := os.Stat(sock)
 			served = err == nil && strings.Contains(out.String(), "msg=serving")
+		}
+	}
+	// The node registers with Ceph before serving, through librados in
+	// the driver: a warning would say it could not.
+	for _, bad := range []string{"level=WARN", "level=ERROR"} {
+		if strings.Contains(out.String(), bad) {
+			t.Errorf("the rbd flavour's driver logged a %s:\n%s", bad, out.String())
 		}
 	}
 	// unshare, sh and chroot exec one another: the process is the driver.
