@@ -42,6 +42,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -271,6 +272,19 @@ var built struct {
 	buildTime time.Duration
 }
 
+// buildTags are the go build flags giving this test binary's build tags,
+// e.g. -tags ceph,pacific, with which the driver gets the rbd backend.
+func buildTags() []string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "-tags" && s.Value != "" {
+				return []string{"-tags", s.Value}
+			}
+		}
+	}
+	return nil
+}
+
 func buildDriver(t *testing.T) string {
 	t.Helper()
 	if bin := os.Getenv(envDriverBin); bin != "" {
@@ -289,7 +303,8 @@ func buildDriver(t *testing.T) string {
 		}
 		afterAll = append(afterAll, func() { os.RemoveAll(dir) })
 		bin := filepath.Join(dir, "swarm-csi")
-		args := []string{"build"}
+		// Built as this test binary is: its tags, and -race.
+		args := append([]string{"build"}, buildTags()...)
 		if raceEnabled {
 			args = append(args, "-race")
 		}

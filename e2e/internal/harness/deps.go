@@ -329,13 +329,31 @@ func PluginCaps() string {
 	return "CAP_SYS_ADMIN,CAP_SYS_RESOURCE"
 }
 
-// pluginInputsHash hashes what the plugin is built from: deploy/, the
-// driver's sources, go.mod/go.sum and the capabilities asked for.
-func pluginInputsHash(root, caps string) (string, error) {
+// flavourBuildPackages are the Debian packages a flavour's cgo driver is
+// built against (build-plugin ships their libraries at the same version).
+var flavourBuildPackages = map[string][]string{"rbd": {"librados-dev", "librbd-dev"}}
+
+// pluginInputsHash hashes what the plugin of a flavour is built from:
+// deploy/, the driver's sources, go.mod/go.sum, the Go toolchain, the
+// versions of the packages a cgo driver is built against, and the
+// capabilities asked for.
+func pluginInputsHash(ctx context.Context, root, caps, flavour string) (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "caps=%s\n", caps)
+	fmt.Fprintf(h, "caps=%s\nflavour=%s\n", caps, flavour)
+	goVersion, err := runCmd(ctx, goEnv(), root, "go", "env", "GOVERSION")
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintf(h, "go=%s\n", strings.TrimSpace(goVersion))
+	if pkgs := flavourBuildPackages[flavour]; len(pkgs) > 0 {
+		versions, err := runCmd(ctx, nil, root, "dpkg-query", append([]string{"-W", "-f", "${Package} ${Version}\n"}, pkgs...)...)
+		if err != nil {
+			return "", fmt.Errorf("the %s flavour is built against %s (scripts/install-deps installs them): %w", flavour, strings.Join(pkgs, ", "), err)
+		}
+		h.Write([]byte(versions))
+	}
 	var files []string
-	for _, top := range []string{"deploy", "cmd", "pkg", "go.mod", "go.sum"} {
+	for _, top := range []string{"deploy", "cmd", "pkg", "internal", "go.mod", "go.sum"} {
 		err := filepath.WalkDir(filepath.Join(root, top), func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
@@ -378,7 +396,7 @@ func buildPlugin(ctx context.Context, logf Logf, root, flavour string) (string, 
 		return "", false, fmt.Errorf("%s is missing or not executable: it builds the managed plugin", builder)
 	}
 	caps := PluginCaps()
-	sum, err := pluginInputsHash(root, caps)
+	sum, err := pluginInputsHash(ctx, root, caps, flavour)
 	if err != nil {
 		return "", false, err
 	}
