@@ -45,13 +45,18 @@ func TestQuickRunRBD(t *testing.T) {
 	cfg := defaultConfig()
 	cfg.Backend = "rbd"
 	cfg.applyQuick(nil)
-	cfg.rbdDefaults(nil)
+	cfg.rbdDefaults(nil, true)
 	cfg.Size = 256 * mib
 	rep := quickRun(t, cfg)
 	// Raw: rbd create, rbd-fuse, losetup, mkfs, mount and their undo.
 	checkModes(t, rep, cfg, 8, 9)
-	if rep.RSS != nil {
-		t.Errorf("memory figure %+v: want none for rbd", rep.RSS)
+	if rep.RSS == nil || rep.RSS.IdleKiB <= 0 || rep.RSS.VmRSSKiB <= 0 || rep.RSS.AttachProcesses != cfg.RSSVolumes || rep.RSS.AttachKiB <= 0 {
+		t.Errorf("memory figure: %+v; want the driver's idle and loaded figures and one rbd-fuse per volume", rep.RSS)
+	}
+	for _, m := range rep.Modes {
+		if m.BackendCalls < 5 || m.BackendCallsByName["image-meta set"] == 0 {
+			t.Errorf("%s: Ceph calls per lifecycle %v (%v)", m.Mode, m.BackendCalls, m.BackendCallsByName)
+		}
 	}
 	rep.print(t.Output())
 }

@@ -21,10 +21,15 @@ import (
 
 const nodeID = "bench-node"
 
-// buildDriver builds cmd/swarm-csi into dir (works from anywhere in the module).
-func buildDriver(ctx context.Context, dir string) (string, error) {
+// buildDriver builds cmd/swarm-csi into dir (works from anywhere in the
+// module); for the rbd backend, the Ceph build.
+func buildDriver(ctx context.Context, dir, backend string) (string, error) {
 	bin := filepath.Join(dir, "swarm-csi")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/swarm-csi/swarm-csi/cmd/swarm-csi")
+	args := []string{"build", "-o", bin}
+	if backend == "rbd" {
+		args = append(args, "-tags", "ceph,pacific")
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, "github.com/swarm-csi/swarm-csi/cmd/swarm-csi")...)
 	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("building driver (or pass --driver): %w\n%s", err, out)

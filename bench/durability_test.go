@@ -31,7 +31,7 @@ func TestDurability(t *testing.T) {
 	bin := os.Getenv("SWARM_CSI_DRIVER")
 	if bin == "" {
 		var err error
-		if bin, err = buildDriver(t.Context(), t.TempDir()); err != nil {
+		if bin, err = buildDriver(t.Context(), t.TempDir(), "loop"); err != nil {
 			t.Fatal(err)
 		}
 	}

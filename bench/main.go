@@ -111,11 +111,11 @@ func (c *config) hcloudDefaults(explicit map[string]bool) {
 }
 
 // rbdDefaults adapts the defaults to the rbd backend, keeping explicitly
-// set flags: no memory figure (every staged volume is an rbd-fuse process
-// of its own, which is not the driver's memory).
-func (c *config) rbdDefaults(explicit map[string]bool) {
-	if !explicit["rss-volumes"] {
-		c.RSSVolumes = 0
+// set flags: the memory figure with 20 volumes, each an rbd-fuse process
+// of its own besides the driver.
+func (c *config) rbdDefaults(explicit map[string]bool, quick bool) {
+	if !explicit["rss-volumes"] && !quick {
+		c.RSSVolumes = 20
 	}
 }
 
@@ -183,7 +183,7 @@ func main() {
 	case "hcloud":
 		cfg.hcloudDefaults(explicit)
 	case "rbd":
-		cfg.rbdDefaults(explicit)
+		cfg.rbdDefaults(explicit, quick)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

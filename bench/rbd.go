@@ -3,25 +3,33 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/swarm-csi/swarm-csi/pkg/backend/rbd/cephtest"
 )
 
 // startCeph starts the throwaway Ceph cluster of an rbd run and returns
 // the driver's arguments for it: rbd-fuse attachment, this machine's
-// kernel having neither rbd nor nbd.
-func startCeph(ctx context.Context) (*cephtest.Cluster, []string, error) {
+// kernel having neither rbd nor nbd, and metrics served at metricsAddr,
+// where the bench counts the driver's calls to Ceph.
+func startCeph(ctx context.Context) (cl *cephtest.Cluster, args []string, metricsAddr string, err error) {
 	if why := cephtest.Missing(); why != "" {
-		return nil, nil, fmt.Errorf("--backend rbd %s", why)
+		return nil, nil, "", fmt.Errorf("--backend rbd %s", why)
 	}
-	cl, err := cephtest.Start(ctx)
-	if err != nil {
-		return nil, nil, err
+	if metricsAddr, err = freeAddr(); err != nil {
+		return nil, nil, "", err
+	}
+	if cl, err = cephtest.Start(ctx); err != nil {
+		return nil, nil, "", err
 	}
 	return cl, []string{
 		"--backend", "rbd",
@@ -31,7 +39,76 @@ func startCeph(ctx context.Context) (*cephtest.Cluster, []string, error) {
 		"--rbd-keyring", cl.Keyring,
 		"--rbd-attach", "fuse",
 		"--rbd-prefix", "bench",
-	}, nil
+		"--metrics-addr", metricsAddr,
+	}, metricsAddr, nil
+}
+
+// freeAddr returns a loopback address with a port free a moment ago.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// backendCalls reads from the driver's metrics how many calls to Ceph it
+// has made so far, by operation; nil when the run serves no metrics.
+func (b *bench) backendCalls(ctx context.Context) (map[string]float64, error) {
+	if b.metrics == "" {
+		return nil, nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.metrics+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("driver metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("driver metrics: %w", err)
+	}
+	calls := map[string]float64{}
+	if f := families["swarm_csi_backend_call_duration_seconds"]; f != nil {
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["backend"] == "rbd" {
+				calls[labels["call"]] += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return calls, nil
+}
+
+// attachRSS sums the resident memory of the rbd-fuse processes working
+// under dir.
+func attachRSS(dir string) (n int, kib int64, err error) {
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range cmdlines {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if filepath.Base(args[0]) != "rbd-fuse" || !strings.Contains(string(b), dir+"/") {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		r, err := readRSS(pid, 0)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		n, kib = n+1, kib+r.VmRSSKiB
+	}
+	return n, kib, nil
 }
 
 // rawRBDLifecycle is one rbd volume done by hand, as the driver does it

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -44,6 +46,10 @@ type ModeReport struct {
 	RatioP50     float64    `json:"ratio_p50"`
 	RatioP95     float64    `json:"ratio_p95"`
 	WithinTarget *bool      `json:"within_target,omitempty"` // ext4 only
+	// BackendCalls are the driver's calls to Ceph per lifecycle (rbd), from
+	// its metrics; BackendCallsByName the same by operation.
+	BackendCalls       float64            `json:"backend_calls_per_lifecycle,omitempty"`
+	BackendCallsByName map[string]float64 `json:"backend_calls_by_name,omitempty"`
 }
 
 type SideReport struct {
@@ -62,8 +68,13 @@ type Stat struct {
 
 type RSSReport struct {
 	Volumes  int   `json:"volumes"`
+	IdleKiB  int64 `json:"idle_vm_rss_kib"` // before the volumes
 	VmRSSKiB int64 `json:"vm_rss_kib"`
 	VmHWMKiB int64 `json:"vm_hwm_kib"`
+	// AttachProcesses are the processes the driver started to attach the
+	// volumes (rbd-fuse), AttachKiB their resident memory together.
+	AttachProcesses int   `json:"attach_processes,omitempty"`
+	AttachKiB       int64 `json:"attach_rss_kib,omitempty"`
 }
 
 func newModeReport(mode string, parallel int, cfg config, drv, raw *side) *ModeReport {
@@ -132,14 +143,36 @@ func (r *Report) print(w io.Writer) {
 			m.RatioP50, targetRatio(c.Backend, m.Parallel), verdict, m.RatioP95)
 		fmt.Fprintf(w, "  wall time: driver %.2fs (%.2f volumes/s), raw %.2fs (%.2f volumes/s)\n",
 			m.Driver.WallSeconds, m.Driver.VolumesPerSec, m.Raw.WallSeconds, m.Raw.VolumesPerSec)
+		if m.BackendCalls > 0 {
+			fmt.Fprintf(w, "  driver's Ceph calls per lifecycle: %.1f (%s)\n", m.BackendCalls, formatCalls(m.BackendCallsByName))
+		}
 	}
 	if r.RSS != nil {
-		fmt.Fprintf(w, "\ndriver memory, idle with %d volumes (%s ext4) staged and published: VmRSS %.1f MiB, VmHWM %.1f MiB\n",
-			r.RSS.Volumes, formatSize(c.RSSSize), float64(r.RSS.VmRSSKiB)/1024, float64(r.RSS.VmHWMKiB)/1024)
+		fmt.Fprintf(w, "\ndriver memory: VmRSS %.1f MiB idle; with %d volumes (%s ext4) staged and published: VmRSS %.1f MiB, VmHWM %.1f MiB\n",
+			float64(r.RSS.IdleKiB)/1024, r.RSS.Volumes, formatSize(c.RSSSize), float64(r.RSS.VmRSSKiB)/1024, float64(r.RSS.VmHWMKiB)/1024)
+		if r.RSS.AttachProcesses > 0 {
+			fmt.Fprintf(w, "attach processes: %d, VmRSS %.1f MiB together\n", r.RSS.AttachProcesses, float64(r.RSS.AttachKiB)/1024)
+		}
 	}
 	if len(r.Leftovers) > 0 {
 		fmt.Fprintf(w, "\nWARNING: left behind after teardown, removed by the final sweep: %s\n", strings.Join(r.Leftovers, " "))
 	}
+}
+
+// formatCalls lists calls by name with their counts, most frequent first.
+func formatCalls(calls map[string]float64) string {
+	names := slices.Collect(maps.Keys(calls))
+	slices.SortFunc(names, func(a, b string) int {
+		if c := cmp.Compare(calls[b], calls[a]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = fmt.Sprintf("%s %.1f", n, calls[n])
+	}
+	return strings.Join(parts, ", ")
 }
 
 // byteSize is a flag value: bytes, or a number with a K, M, G or T suffix

@@ -19,8 +19,10 @@ type bench struct {
 	dir string // the run's temp dir: data/, raw/, mnt/, csi.sock
 	drv *driver
 	log io.Writer
-	// ceph is the throwaway cluster of an rbd run.
-	ceph *cephtest.Cluster
+	// ceph is the throwaway cluster of an rbd run, metrics the driver's
+	// metrics address in that run.
+	ceph    *cephtest.Cluster
+	metrics string
 	// retried counts the calls answered Aborted and made again, as a CO
 	// does (hcloud: an action outlasted the driver's wait).
 	retried atomic.Int64
@@ -60,16 +62,17 @@ func run(ctx context.Context, cfg config, log io.Writer) (rep *Report, err error
 	bin := cfg.Driver
 	if bin == "" {
 		fmt.Fprintln(log, "building driver ...")
-		if bin, err = buildDriver(ctx, dir); err != nil {
+		if bin, err = buildDriver(ctx, dir, cfg.Backend); err != nil {
 			return rep, err
 		}
 	}
 	var cloud *fakeCloud
 	var ceph *cephtest.Cluster
 	var args, env []string
+	var metricsAddr string
 	if cfg.Backend == "rbd" {
 		fmt.Fprintln(log, "starting a throwaway Ceph cluster ...")
-		if ceph, args, err = startCeph(ctx); err != nil {
+		if ceph, args, metricsAddr, err = startCeph(ctx); err != nil {
 			return rep, err
 		}
 		defer func() { err = errors.Join(err, ceph.Stop()) }()
@@ -92,7 +95,7 @@ func run(ctx context.Context, cfg config, log io.Writer) (rep *Report, err error
 		err = errors.Join(err, drv.stop())
 	}()
 
-	b := &bench{cfg: cfg, dir: dir, drv: drv, log: log, ceph: ceph}
+	b := &bench{cfg: cfg, dir: dir, drv: drv, log: log, ceph: ceph, metrics: metricsAddr}
 	fmt.Fprintf(log, "driver pid %d, temp dir %s\n", drv.pid(), dir)
 	if cloud != nil {
 		rep.Cloud, err = b.cloudModes(ctx, cloud)
@@ -140,6 +143,10 @@ func (b *bench) sides() []*side {
 // hits both alike.
 func (b *bench) mode(ctx context.Context, name string, batch int) (*ModeReport, error) {
 	sides := b.sides()
+	before, err := b.backendCalls(ctx)
+	if err != nil {
+		return nil, err
+	}
 	for round, start := 0, 0; start < b.cfg.Volumes; round, start = round+1, start+batch {
 		n := min(batch, b.cfg.Volumes-start)
 		for k := range sides {
@@ -153,18 +160,36 @@ func (b *bench) mode(ctx context.Context, name string, batch int) (*ModeReport, 
 			}
 		}
 	}
-	return newModeReport(name, batch, b.cfg, sides[0], sides[1]), nil
+	after, err := b.backendCalls(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := newModeReport(name, batch, b.cfg, sides[0], sides[1])
+	if after != nil {
+		m.BackendCallsByName = map[string]float64{}
+		for call, n := range after {
+			if d := (n - before[call]) / float64(b.cfg.Volumes); d > 0 {
+				m.BackendCallsByName[call] = d
+				m.BackendCalls += d
+			}
+		}
+	}
+	return m, nil
 }
 
 // rss stages and publishes cfg.RSSVolumes volumes, reads the driver's memory
 // once it is idle, and tears them all down.
 func (b *bench) rss(ctx context.Context) (*RSSReport, error) {
 	n := b.cfg.RSSVolumes
+	idle, err := readRSS(b.drv.pid(), 0)
+	if err != nil {
+		return nil, err
+	}
 	ls := make([]*lifecycle, n)
 	up := make([]bool, n)
 	setupCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	err := forEach(n, b.cfg.Parallel, func(i int) error {
+	err = forEach(n, b.cfg.Parallel, func(i int) error {
 		ls[i] = b.driverLifecycle(fmt.Sprintf("rss-%03d", i), "ext4", b.cfg.RSSSize)
 		if _, err := ls[i].up(setupCtx); err != nil {
 			cancel()
@@ -177,7 +202,10 @@ func (b *bench) rss(ctx context.Context) (*RSSReport, error) {
 	if err == nil {
 		select {
 		case <-time.After(2 * time.Second):
-			rep, err = readRSS(b.drv.pid(), n)
+			if rep, err = readRSS(b.drv.pid(), n); err == nil {
+				rep.IdleKiB = idle.VmRSSKiB
+				rep.AttachProcesses, rep.AttachKiB, err = attachRSS(b.dir)
+			}
 		case <-ctx.Done():
 			err = ctx.Err()
 		}

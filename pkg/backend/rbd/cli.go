@@ -192,8 +192,8 @@ func lastLine(s string) string {
 	return ""
 }
 
-// cli runs the rbd and ceph tools against one cluster, each call with its
-// own timeout.
+// cli runs the attach tools (rbd device map/unmap/list) against one
+// cluster, each call with its own timeout.
 type cli struct {
 	run     Runner
 	conf    string // ceph.conf: monitors and client settings
@@ -209,11 +209,6 @@ type creds struct {
 // object acted on, for the error message.
 func (c *cli) rbd(ctx context.Context, cr creds, what string, args ...string) ([]byte, error) {
 	return c.tool(ctx, "rbd", cr, what, args...)
-}
-
-// ceph runs `ceph ARGS...`.
-func (c *cli) ceph(ctx context.Context, cr creds, what string, args ...string) ([]byte, error) {
-	return c.tool(ctx, "ceph", cr, what, args...)
 }
 
 func (c *cli) tool(ctx context.Context, tool string, cr creds, what string, args ...string) ([]byte, error) {

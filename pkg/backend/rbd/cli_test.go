@@ -58,13 +58,26 @@ func (f *fakeRunner) commands() []string {
 
 func exitErr(code int, stderr string) error { return &ExitError{Code: code, Stderr: stderr} }
 
-func newTestBackend(t *testing.T, run Runner) *Backend {
+// newTestBackend is a backend on the cluster cl, whose attach tools run
+// nothing.
+func newTestBackend(t *testing.T, cl cluster) *Backend {
 	t.Helper()
-	dir := t.TempDir()
-	b, err := New(Config{
+	return newBackendWith(t, cl, &fakeRunner{})
+}
+
+// newAttachBackend is a backend whose attach tools run through run, on an
+// empty fake cluster.
+func newAttachBackend(t *testing.T, run Runner) *Backend {
+	t.Helper()
+	return newBackendWith(t, newFakeCeph(), run)
+}
+
+func newBackendWith(t *testing.T, cl cluster, run Runner) *Backend {
+	t.Helper()
+	b, err := newBackend(Config{
 		Monitors: "10.0.0.1:6789", Pool: "rbd", User: "swarm-csi", Key: testKey,
-		Prefix: "test", StateDir: filepath.Join(dir, "rbd"), Runner: run,
-	})
+		Prefix: "test", StateDir: filepath.Join(t.TempDir(), "rbd"), Runner: run,
+	}, func(Config, string) (cluster, error) { return cl, nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +134,7 @@ func TestCommandsCarryNoKey(t *testing.T) {
 	run := &fakeRunner{answers: map[string]func([]string) ([]byte, error){
 		"ls": func([]string) ([]byte, error) { return nil, nil },
 	}}
-	b := newTestBackend(t, run)
+	b := newAttachBackend(t, run)
 	if _, err := b.cli.rbd(context.Background(), b.creds, "rbd", "ls", "rbd"); err != nil {
 		t.Fatal(err)
 	}
@@ -173,8 +186,7 @@ func (f runnerFunc) Run(ctx context.Context, name string, args ...string) ([]byt
 // A CSI secret's key takes precedence over the configured one, and reaches
 // the tools as a keyring file too.
 func TestSecretsTakePrecedence(t *testing.T) {
-	run := &fakeRunner{}
-	b := newTestBackend(t, run)
+	b := newTestBackend(t, newFakeCeph())
 	const other = "AQCDdkJpAAAAABAAbSpeELlbuCc7QdVAFmw3tw=="
 	ctx := backend.WithSecrets(context.Background(), map[string]string{SecretUserKey: other, SecretUserID: "client.tenant"})
 	cr, err := b.credsFor(ctx)
@@ -286,8 +298,8 @@ func TestTopology(t *testing.T) {
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("monitorList = %q", got)
 	}
-	a := newTestBackend(t, &fakeRunner{})
-	b := newTestBackend(t, &fakeRunner{})
+	a := newTestBackend(t, newFakeCeph())
+	b := newTestBackend(t, newFakeCeph())
 	a.cfg.Monitors, b.cfg.Monitors = "10.0.0.1,10.0.0.2", "10.0.0.2,10.0.0.1"
 	if a.Topology()[TopologyKey] != b.Topology()[TopologyKey] {
 		t.Fatal("the monitors' order changes the topology")

@@ -2,13 +2,14 @@ package rbd
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 
@@ -16,20 +17,27 @@ import (
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
-// fakeCeph plays the rbd tool over an in-memory pool, for the commands the
-// controller side runs, with Ceph's refusals (exists, not found, snapshots
-// with clones, clone v2's snapshot trash). failAt makes the n-th command
-// (counting from 1) fail as if the process had died before doing it; down
-// makes every command fail as when no monitor answers.
+// fakeCeph plays a Ceph cluster over in-memory pools, for the operations
+// the controller side asks of it, with Ceph's refusals (exists, not found,
+// watchers, snapshots with clones, clone v2's snapshot trash). failAt makes
+// the n-th call (counting from 1) fail as if the connection had timed out
+// before doing it; down makes every call fail as when no monitor answers;
+// errs queues answers for an operation by name, before it runs. ops records
+// every call's operation name.
 type fakeCeph struct {
-	mu     sync.Mutex
-	images map[string]*fakeImage // "pool/name"
-	trash  map[string]*fakeImage // "pool/id"
-	nextID int
-	calls  int
-	failAt int
-	down   bool
+	mu          sync.Mutex
+	images      map[string]*fakeImage // "pool/name"
+	trash       map[string]*fakeImage // "pool/id"
+	blocklisted map[string]bool
+	nextID      int
+	calls       int
+	failAt      int
+	down        bool
+	errs        map[string][]error
+	ops         []string
 }
+
+var _ cluster = (*fakeCeph)(nil)
 
 type fakeImage struct {
 	id, pool, name string
@@ -38,6 +46,8 @@ type fakeImage struct {
 	snaps          map[string]*fakeSnap
 	parent         *fakeSnap
 	parentImage    *fakeImage
+	watchers       []string
+	lockOwner      string
 }
 
 type fakeSnap struct {
@@ -48,223 +58,376 @@ type fakeSnap struct {
 }
 
 func newFakeCeph() *fakeCeph {
-	return &fakeCeph{images: map[string]*fakeImage{}, trash: map[string]*fakeImage{}}
+	return &fakeCeph{images: map[string]*fakeImage{}, trash: map[string]*fakeImage{}, blocklisted: map[string]bool{}}
 }
 
-var errENOENT = exitErr(2, "rbd: (2) No such file or directory\n")
-
-func (f *fakeCeph) Run(_ context.Context, name string, args ...string) ([]byte, error) {
+// call counts a call of op on what and answers for a failure planned for
+// it; the caller holds f.mu until it returns.
+func (f *fakeCeph) call(op, what string) error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.calls++
-	if f.calls == f.failAt {
-		return nil, exitErr(110, "rbd: (110) Connection timed out\n")
-	}
-	if f.down {
-		return nil, exitErr(110, "rbd: couldn't connect to the cluster!\n")
-	}
-	if name != "rbd" || len(args) < 7 {
-		return nil, fmt.Errorf("fakeCeph: unexpected %s %v", name, args)
-	}
-	a := args[6:]
-	var pos []string // positional arguments after the subcommand
-	for i := 0; i < len(a); i++ {
-		switch {
-		case a[i] == "--":
-			pos = append(pos, a[i+1:]...)
-			i = len(a)
-		case a[i] == "--no-progress" || a[i] == "--all":
-		case strings.HasPrefix(a[i], "--") || a[i] == "-t":
-			i++ // an option with a value
-		default:
-			pos = append(pos, a[i])
-		}
-	}
-	opt := func(name string) string {
-		for i := 0; i+1 < len(a); i++ {
-			if a[i] == name {
-				return a[i+1]
-			}
-		}
-		return ""
-	}
-	jsonOut := func(v any) ([]byte, error) { return json.Marshal(v) }
-	img := func(spec string) (*fakeImage, error) {
-		if i := f.images[spec]; i != nil {
-			return i, nil
-		}
-		return nil, errENOENT
-	}
+	f.ops = append(f.ops, op)
+	cmd := "rbd " + op + " " + what
 	switch {
-	case pos[0] == "create":
-		if f.images[pos[1]] != nil {
-			return nil, exitErr(17, "rbd: create error: (17) File exists\n")
-		}
-		size, _ := strconv.ParseInt(strings.TrimSuffix(opt("--size"), "M"), 10, 64)
-		f.add(pos[1], size<<20, nil, nil)
-	case pos[0] == "clone":
-		pimg, snap := f.snap(pos[1])
-		if snap == nil {
-			return nil, errENOENT
-		}
-		if f.images[pos[2]] != nil {
-			return nil, exitErr(17, "rbd: clone error: (17) File exists\n")
-		}
-		snap.children++
-		f.add(pos[2], snap.size, snap, pimg)
-	case pos[0] == "info":
-		var i *fakeImage
-		if id := opt("--image-id"); id != "" {
-			i = f.trash[opt("--pool")+"/"+id]
-		} else {
-			i = f.images[pos[1]]
-		}
-		if i == nil {
-			return nil, errENOENT
-		}
-		out := map[string]any{"name": i.name, "id": i.id, "size": i.size, "snapshot_count": len(i.snaps)}
-		if i.parent != nil {
-			out["parent"] = map[string]any{"pool": i.parentImage.pool, "image": i.parentImage.name, "id": i.parentImage.id,
-				"snapshot": i.parent.name, "trash": f.trash[i.parentImage.pool+"/"+i.parentImage.id] != nil}
-		}
-		return jsonOut(out)
-	case pos[0] == "resize":
-		i, err := img(pos[1])
-		if err != nil {
-			return nil, err
-		}
-		size, _ := strconv.ParseInt(strings.TrimSuffix(opt("--size"), "M"), 10, 64)
-		i.size = size << 20
-	case pos[0] == "rm":
-		i, err := img(pos[1])
-		if err != nil {
-			return nil, err
-		}
-		if len(i.snaps) > 0 {
-			return nil, exitErr(39, "rbd: image has snapshots\n")
-		}
-		delete(f.images, pos[1])
-		f.detach(i)
-	case pos[0] == "status":
-		if _, err := img(pos[1]); err != nil {
-			return nil, err
-		}
-		return []byte(`{"watchers":[]}`), nil
-	case pos[0] == "image-meta" && pos[1] == "get":
-		i, err := img(pos[2])
-		if err != nil {
-			return nil, err
-		}
-		v, ok := i.meta[pos[3]]
-		if !ok {
-			return nil, errENOENT
-		}
-		return []byte(v + "\n"), nil
-	case pos[0] == "image-meta" && pos[1] == "set":
-		i, err := img(pos[2])
-		if err != nil {
-			return nil, err
-		}
-		i.meta[pos[3]] = pos[4]
-	case pos[0] == "image-meta" && pos[1] == "remove":
-		i, err := img(pos[2])
-		if err != nil {
-			return nil, err
-		}
-		if _, ok := i.meta[pos[3]]; !ok {
-			return nil, errENOENT
-		}
-		delete(i.meta, pos[3])
-	case pos[0] == "image-meta" && pos[1] == "list":
-		i, err := img(pos[2])
-		if err != nil {
-			return nil, err
-		}
-		return jsonOut(i.meta)
-	case pos[0] == "config":
-		if _, err := img(pos[3]); err != nil {
-			return nil, err
-		}
-	case pos[0] == "snap" && pos[1] == "create":
-		spec, snapName, _ := strings.Cut(pos[2], "@")
-		i, err := img(spec)
-		if err != nil {
-			return nil, err
-		}
-		if i.snaps[snapName] != nil {
-			return nil, exitErr(17, "rbd: failed to create snapshot: (17) File exists\n")
-		}
-		i.snaps[snapName] = &fakeSnap{name: snapName, size: i.size}
-	case pos[0] == "snap" && pos[1] == "rm":
-		i, snap := f.snap(pos[2])
-		if snap == nil || snap.trash {
-			return nil, errENOENT
-		}
-		if snap.children > 0 {
-			snap.trash = true // clone v2: waits for its clones
-		} else {
-			delete(i.snaps, snap.name)
-		}
-	case pos[0] == "snap" && pos[1] == "ls":
-		i, err := img(pos[2])
-		if err != nil {
-			return nil, err
-		}
-		var out []map[string]any
-		for _, s := range i.snaps {
-			ns := "user"
-			if s.trash {
-				ns = "trash"
-			}
-			out = append(out, map[string]any{"name": s.name, "size": s.size, "namespace": map[string]string{"type": ns}})
-		}
-		return jsonOut(out)
-	case pos[0] == "trash" && pos[1] == "mv":
-		i, err := img(pos[2])
-		if err != nil {
-			return nil, err
-		}
-		delete(f.images, pos[2])
-		f.trash[i.pool+"/"+i.id] = i
-	case pos[0] == "trash" && pos[1] == "ls":
-		out := []map[string]string{}
-		for _, i := range f.trash {
-			if i.pool == pos[2] {
-				out = append(out, map[string]string{"id": i.id, "name": i.name})
-			}
-		}
-		return jsonOut(out)
-	case pos[0] == "trash" && pos[1] == "rm":
-		key := opt("--pool") + "/" + opt("--image-id")
-		i := f.trash[key]
-		if i == nil {
-			return nil, errENOENT
-		}
-		if len(i.snaps) > 0 {
-			return nil, exitErr(39, "rbd: image has snapshots\n")
-		}
-		delete(f.trash, key)
-		f.detach(i)
-	default:
-		return nil, fmt.Errorf("fakeCeph: unknown command %v", pos)
+	case f.calls == f.failAt:
+		return &Error{Kind: KindTimeout, Cmd: cmd, Msg: "(110) Connection timed out"}
+	case f.down:
+		return &Error{Kind: KindUnreachable, Cmd: cmd, Msg: "no Ceph monitor answered"}
+	case len(f.errs[op]) > 0:
+		err := f.errs[op][0]
+		f.errs[op] = f.errs[op][1:]
+		return err
 	}
-	return nil, nil
+	return nil
 }
 
-func (f *fakeCeph) add(spec string, size int64, parent *fakeSnap, parentImage *fakeImage) {
-	pool, name, _ := strings.Cut(spec, "/")
+func notFound(what string) error {
+	return &Error{Kind: KindNotFound, Cmd: "rbd " + what, Msg: "(2) No such file or directory"}
+}
+
+func (f *fakeCeph) image(ref imageRef) (*fakeImage, error) {
+	if i := f.images[ref.String()]; i != nil {
+		return i, nil
+	}
+	return nil, notFound(ref.String())
+}
+
+func (f *fakeCeph) Create(_ context.Context, _ creds, ref imageRef, size int64, _ imageOptions) error {
+	defer f.mu.Unlock()
+	if err := f.call("create", ref.String()); err != nil {
+		return err
+	}
+	if f.images[ref.String()] != nil {
+		return &Error{Kind: KindExists, Cmd: "rbd create " + ref.String(), Msg: "(17) File exists"}
+	}
+	f.add(ref, (size+backend.MiB-1)/backend.MiB*backend.MiB, nil, nil)
+	return nil
+}
+
+func (f *fakeCeph) Clone(_ context.Context, _ creds, parent snapRef, ref imageRef, _ imageOptions) error {
+	defer f.mu.Unlock()
+	if err := f.call("clone", ref.String()); err != nil {
+		return err
+	}
+	pimg, snap := f.snap(parent)
+	if snap == nil {
+		return notFound(parent.String())
+	}
+	if f.images[ref.String()] != nil {
+		return &Error{Kind: KindExists, Cmd: "rbd clone " + ref.String(), Msg: "(17) File exists"}
+	}
+	snap.children++
+	f.add(ref, snap.size, snap, pimg)
+	return nil
+}
+
+func (f *fakeCeph) describe(i *fakeImage) *imageInfo {
+	info := &imageInfo{Name: i.name, ID: i.id, Size: i.size}
+	if i.parent != nil {
+		info.Parent = &parentInfo{Pool: i.parentImage.pool, Image: i.parentImage.name, ID: i.parentImage.id,
+			Snapshot: i.parent.name, Trash: f.trash[i.parentImage.pool+"/"+i.parentImage.id] != nil}
+	}
+	return info
+}
+
+func (f *fakeCeph) Info(_ context.Context, _ creds, ref imageRef) (*imageInfo, error) {
+	defer f.mu.Unlock()
+	if err := f.call("info", ref.String()); err != nil {
+		return nil, err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return nil, err
+	}
+	return f.describe(i), nil
+}
+
+func (f *fakeCeph) Resize(_ context.Context, _ creds, ref imageRef, size int64) error {
+	defer f.mu.Unlock()
+	if err := f.call("resize", ref.String()); err != nil {
+		return err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return err
+	}
+	i.size = size
+	return nil
+}
+
+func (f *fakeCeph) Remove(_ context.Context, _ creds, ref imageRef) error {
+	defer f.mu.Unlock()
+	if err := f.call("rm", ref.String()); err != nil {
+		return err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return err
+	}
+	if len(i.snaps) > 0 || len(i.watchers) > 0 {
+		return &Error{Kind: KindBusy, Cmd: "rbd rm " + ref.String(), Msg: "image has snapshots or watchers"}
+	}
+	delete(f.images, ref.String())
+	f.detach(i)
+	return nil
+}
+
+func (f *fakeCeph) TrashMove(_ context.Context, _ creds, ref imageRef) error {
+	defer f.mu.Unlock()
+	if err := f.call("trash mv", ref.String()); err != nil {
+		return err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return err
+	}
+	delete(f.images, ref.String())
+	f.trash[i.pool+"/"+i.id] = i
+	return nil
+}
+
+func (f *fakeCeph) Trash(_ context.Context, _ creds, pool string) ([]trashEntry, error) {
+	defer f.mu.Unlock()
+	if err := f.call("trash ls", pool); err != nil {
+		return nil, err
+	}
+	var out []trashEntry
+	for _, i := range f.trash {
+		if i.pool == pool {
+			out = append(out, trashEntry{ID: i.id, Name: i.name})
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeCeph) TrashInfo(_ context.Context, _ creds, pool, id string) (*imageInfo, error) {
+	defer f.mu.Unlock()
+	if err := f.call("info", pool+"/"+id); err != nil {
+		return nil, err
+	}
+	i := f.trash[pool+"/"+id]
+	if i == nil {
+		return nil, notFound(pool + "/" + id)
+	}
+	return f.describe(i), nil
+}
+
+func (f *fakeCeph) TrashRemove(_ context.Context, _ creds, pool, id string) error {
+	defer f.mu.Unlock()
+	if err := f.call("trash rm", pool+"/"+id); err != nil {
+		return err
+	}
+	i := f.trash[pool+"/"+id]
+	if i == nil {
+		return notFound(pool + "/" + id)
+	}
+	if len(i.snaps) > 0 {
+		return &Error{Kind: KindBusy, Cmd: "rbd trash rm " + pool + "/" + id, Msg: "image has snapshots"}
+	}
+	delete(f.trash, pool+"/"+id)
+	f.detach(i)
+	return nil
+}
+
+func (f *fakeCeph) SnapCreate(_ context.Context, _ creds, snap snapRef) error {
+	defer f.mu.Unlock()
+	if err := f.call("snap create", snap.String()); err != nil {
+		return err
+	}
+	i, err := f.image(snap.imageRef)
+	if err != nil {
+		return err
+	}
+	if i.snaps[snap.snap] != nil {
+		return &Error{Kind: KindExists, Cmd: "rbd snap create " + snap.String(), Msg: "(17) File exists"}
+	}
+	i.snaps[snap.snap] = &fakeSnap{name: snap.snap, size: i.size}
+	return nil
+}
+
+func (f *fakeCeph) SnapRemove(_ context.Context, _ creds, snap snapRef) error {
+	defer f.mu.Unlock()
+	if err := f.call("snap rm", snap.String()); err != nil {
+		return err
+	}
+	i, s := f.snap(snap)
+	if s == nil || s.trash {
+		return notFound(snap.String())
+	}
+	if s.children > 0 {
+		s.trash = true // clone v2: waits for its clones
+	} else {
+		delete(i.snaps, s.name)
+	}
+	return nil
+}
+
+func (f *fakeCeph) Snapshots(_ context.Context, _ creds, ref imageRef) ([]snapInfo, error) {
+	defer f.mu.Unlock()
+	if err := f.call("snap ls", ref.String()); err != nil {
+		return nil, err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return nil, err
+	}
+	var out []snapInfo
+	for _, s := range i.snaps {
+		ns := snapUser
+		if s.trash {
+			ns = snapTrash
+		}
+		out = append(out, snapInfo{Name: s.name, Size: s.size, Namespace: ns})
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Name < out[b].Name })
+	return out, nil
+}
+
+func (f *fakeCeph) MetaGet(_ context.Context, _ creds, ref imageRef, key string) (string, error) {
+	defer f.mu.Unlock()
+	if err := f.call("image-meta get", ref.String()); err != nil {
+		return "", err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return "", err
+	}
+	v, ok := i.meta[key]
+	if !ok {
+		return "", notFound(ref.String() + " " + key)
+	}
+	return v, nil
+}
+
+func (f *fakeCeph) MetaSet(_ context.Context, _ creds, ref imageRef, key, value string) error {
+	defer f.mu.Unlock()
+	if err := f.call("image-meta set", ref.String()); err != nil {
+		return err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return err
+	}
+	i.meta[key] = value
+	return nil
+}
+
+func (f *fakeCeph) MetaRemove(_ context.Context, _ creds, ref imageRef, key string) error {
+	defer f.mu.Unlock()
+	if err := f.call("image-meta remove", ref.String()); err != nil {
+		return err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return err
+	}
+	if _, ok := i.meta[key]; !ok {
+		return notFound(ref.String() + " " + key)
+	}
+	delete(i.meta, key)
+	return nil
+}
+
+func (f *fakeCeph) MetaList(_ context.Context, _ creds, ref imageRef) (map[string]string, error) {
+	defer f.mu.Unlock()
+	if err := f.call("image-meta list", ref.String()); err != nil {
+		return nil, err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return nil, err
+	}
+	return maps.Clone(i.meta), nil
+}
+
+// SetOption keeps the option where librbd does: image metadata "conf_".
+func (f *fakeCeph) SetOption(_ context.Context, _ creds, ref imageRef, key, value string) error {
+	defer f.mu.Unlock()
+	if err := f.call("config image set", ref.String()); err != nil {
+		return err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return err
+	}
+	i.meta["conf_"+key] = value
+	return nil
+}
+
+func (f *fakeCeph) Watchers(_ context.Context, _ creds, ref imageRef) ([]string, error) {
+	defer f.mu.Unlock()
+	if err := f.call("status", ref.String()); err != nil {
+		return nil, err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return nil, err
+	}
+	return slices.Clone(i.watchers), nil
+}
+
+// Blocklist fences a client: its watches and locks go, as the OSDs drop
+// them.
+func (f *fakeCeph) Blocklist(_ context.Context, _ creds, addr string, _ time.Duration) error {
+	defer f.mu.Unlock()
+	if err := f.call("blocklist", addr); err != nil {
+		return err
+	}
+	f.blocklisted[addr] = true
+	for _, i := range f.images {
+		i.watchers = slices.DeleteFunc(i.watchers, func(w string) bool { return w == addr })
+	}
+	return nil
+}
+
+func (f *fakeCeph) LockOwners(_ context.Context, _ creds, ref imageRef) ([]string, error) {
+	defer f.mu.Unlock()
+	if err := f.call("lock ls", ref.String()); err != nil {
+		return nil, err
+	}
+	i, err := f.image(ref)
+	if err != nil || i.lockOwner == "" {
+		return nil, err
+	}
+	return []string{i.lockOwner}, nil
+}
+
+func (f *fakeCeph) BreakLock(_ context.Context, _ creds, ref imageRef, owner string) error {
+	defer f.mu.Unlock()
+	if err := f.call("lock break", ref.String()); err != nil {
+		return err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return err
+	}
+	if i.lockOwner != owner {
+		return notFound(ref.String() + " lock of " + owner)
+	}
+	i.lockOwner = ""
+	return nil
+}
+
+func (f *fakeCeph) PoolAvailable(_ context.Context, _ creds, pool string) (int64, error) {
+	defer f.mu.Unlock()
+	if err := f.call("df", pool); err != nil {
+		return 0, err
+	}
+	return 100 * backend.GiB, nil
+}
+
+func (f *fakeCeph) add(ref imageRef, size int64, parent *fakeSnap, parentImage *fakeImage) {
 	f.nextID++
-	f.images[spec] = &fakeImage{id: fmt.Sprintf("id%d", f.nextID), pool: pool, name: name, size: size,
+	f.images[ref.String()] = &fakeImage{id: fmt.Sprintf("id%d", f.nextID), pool: ref.pool, name: ref.image, size: size,
 		meta: map[string]string{}, snaps: map[string]*fakeSnap{}, parent: parent, parentImage: parentImage}
 }
 
-func (f *fakeCeph) snap(spec string) (*fakeImage, *fakeSnap) {
-	img, snap, _ := strings.Cut(spec, "@")
-	i := f.images[img]
-	if i == nil || i.snaps[snap] == nil {
+func (f *fakeCeph) snap(ref snapRef) (*fakeImage, *fakeSnap) {
+	i := f.images[ref.imageRef.String()]
+	if i == nil || i.snaps[ref.snap] == nil {
 		return nil, nil
 	}
-	return i, i.snaps[snap]
+	return i, i.snaps[ref.snap]
 }
 
 // detach is a removed clone letting go of its parent's snapshot, which
@@ -277,6 +440,13 @@ func (f *fakeCeph) detach(i *fakeImage) {
 	if i.parent.trash && i.parent.children == 0 {
 		delete(i.parentImage.snaps, i.parent.name)
 	}
+}
+
+// opsDone returns the operations called so far, in order.
+func (f *fakeCeph) opsDone() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.ops)
 }
 
 // state describes the pool: images with their snapshots and metadata keys,

@@ -10,7 +10,7 @@ import (
 // The fuse mode's paths come from parsed ids only: <state>/fuse/<node
 // tag>/<pool>/<image>, and a loop tag that fits lo_file_name.
 func TestFusePaths(t *testing.T) {
-	b := newTestBackend(t, &fakeRunner{})
+	b := newAttachBackend(t, &fakeRunner{})
 	n, err := b.ForNode("node-1", ModeFuse)
 	if err != nil {
 		t.Fatal(err)

@@ -14,9 +14,9 @@ import (
 // The index keeps the driver's records in Ceph itself, as the image
 // metadata of one small image (<prefix>-index, size 0) in the default pool:
 // one key per volume, snapshot and node. Each record is replaced whole by
-// one `rbd image-meta set`, which Ceph applies atomically, and a listing is
-// one `rbd image-meta list`, however many volumes there are. The records
-// hold no secrets.
+// one metadata set, which Ceph applies atomically, and a listing is one
+// metadata list, however many volumes there are. The records hold no
+// secrets.
 //
 //	vol.<hash>   volumeRecord of the volume named by hash
 //	snap.<hash>  snapshotRecord
@@ -43,17 +43,17 @@ type snapshotRecord struct {
 }
 
 type index struct {
-	cli   *cli
+	cl    cluster
 	image imageRef
 }
 
 // get reads one record into v; a missing key (or index) is KindNotFound.
 func (x *index) get(ctx context.Context, cr creds, key string, v any) error {
-	out, err := x.cli.rbd(ctx, cr, x.image.String()+" "+key, "image-meta", "get", x.image.String(), key)
+	out, err := x.cl.MetaGet(ctx, cr, x.image, key)
 	if err != nil {
 		return err
 	}
-	if err := json.Unmarshal(out, v); err != nil {
+	if err := json.Unmarshal([]byte(out), v); err != nil {
 		return fmt.Errorf("record %s in %s is corrupt: %w", key, x.image, err)
 	}
 	return nil
@@ -65,13 +65,12 @@ func (x *index) set(ctx context.Context, cr creds, key string, v any) error {
 	if err != nil {
 		return err
 	}
-	args := []string{"image-meta", "set", x.image.String(), key, "--", string(b)}
-	_, err = x.cli.rbd(ctx, cr, x.image.String()+" "+key, args...)
+	err = x.cl.MetaSet(ctx, cr, x.image, key, string(b))
 	if errors.Is(err, KindNotFound) {
 		if err := x.create(ctx, cr); err != nil {
 			return err
 		}
-		_, err = x.cli.rbd(ctx, cr, x.image.String()+" "+key, args...)
+		err = x.cl.MetaSet(ctx, cr, x.image, key, string(b))
 	}
 	return err
 }
@@ -79,7 +78,7 @@ func (x *index) set(ctx context.Context, cr creds, key string, v any) error {
 // create makes the index image: size 0, no features, so that no lock is
 // ever taken on it.
 func (x *index) create(ctx context.Context, cr creds) error {
-	_, err := x.cli.rbd(ctx, cr, x.image.String(), "create", "--size", "0", "--image-feature", "layering", x.image.String())
+	err := x.cl.Create(ctx, cr, x.image, 0, imageOptions{Features: "layering"})
 	if errors.Is(err, KindExists) {
 		return nil
 	}
@@ -88,7 +87,7 @@ func (x *index) create(ctx context.Context, cr creds) error {
 
 // remove deletes a record; a missing one is no error.
 func (x *index) remove(ctx context.Context, cr creds, key string) error {
-	_, err := x.cli.rbd(ctx, cr, x.image.String()+" "+key, "image-meta", "remove", x.image.String(), key)
+	err := x.cl.MetaRemove(ctx, cr, x.image, key)
 	if errors.Is(err, KindNotFound) {
 		return nil
 	}
@@ -97,8 +96,7 @@ func (x *index) remove(ctx context.Context, cr creds, key string) error {
 
 // list returns every record whose key starts with prefix, raw, by key.
 func (x *index) list(ctx context.Context, cr creds, prefix string) (map[string]string, error) {
-	var all map[string]string
-	err := x.cli.rbdJSON(ctx, cr, x.image.String(), &all, "image-meta", "list", x.image.String())
+	all, err := x.cl.MetaList(ctx, cr, x.image)
 	if errors.Is(err, KindNotFound) {
 		return nil, nil // no index yet: nothing recorded
 	}

@@ -54,7 +54,7 @@ func TestMapperCommands(t *testing.T) {
 					return nil, exitErr(22, "rbd: unmap failed: (22) Invalid argument\n")
 				},
 			}}
-			b := newTestBackend(t, run)
+			b := newAttachBackend(t, run)
 			n, err := b.ForNode("node-1", mode)
 			if err != nil {
 				t.Fatal(err)
@@ -120,7 +120,7 @@ func TestMapperErrors(t *testing.T) {
 			return nil, exitErr(16, "rbd: sysfs write failed\nrbd: unmap failed: (16) Device or resource busy\n")
 		},
 	}}
-	b := newTestBackend(t, run)
+	b := newAttachBackend(t, run)
 	n, _ := b.ForNode("node-1", ModeKRBD)
 	_, err := n.Attach(ctx, &backend.Volume{ID: "rbd/" + b.names.volumeImage(nameHash("new"))}, nil)
 	if err == nil || !strings.Contains(err.Error(), "map failed") || !strings.Contains(err.Error(), "krbd") {

@@ -1,8 +1,9 @@
 // Package rbd is the Ceph RBD backend: each volume is an RBD image, its
-// snapshots are RBD snapshots and its copies clone v2 images. The
-// controller side drives the rbd and ceph command-line tools (the only
-// Ceph client this project can build with); the node side attaches images
-// with the kernel's rbd driver, rbd-nbd, or rbd-fuse and a loop device.
+// snapshots are RBD snapshots and its copies clone v2 images. Control
+// operations run in process through librados and librbd (cluster.go: the
+// build with the tags ceph and pacific); the node side attaches images
+// with the kernel's rbd driver, rbd-nbd, or rbd-fuse and a loop device,
+// each a process of its own.
 //
 // Everything the driver records lives in Ceph (see index.go), so any
 // manager can take over and any node can find a volume from its id alone.
@@ -13,7 +14,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -39,8 +39,8 @@ const (
 	// MinSize keeps volumes large enough for an ext4 journal.
 	MinSize = 16 * backend.MiB
 
-	// DefaultCallTimeout bounds one rbd or ceph command. Swarm allows an
-	// RPC about 15 s, and most RPCs need one to five commands that take
+	// DefaultCallTimeout bounds one call to Ceph. Swarm allows an
+	// RPC about 15 s, and most RPCs need one to five calls that take
 	// well under a second each on a healthy cluster.
 	DefaultCallTimeout = 10 * time.Second
 
@@ -113,7 +113,8 @@ type Config struct {
 // node side).
 type Backend struct {
 	cfg   Config
-	cli   *cli
+	cli   *cli    // the attach tools (rbd device map)
+	cl    cluster // every control operation
 	names names
 	index *index
 	creds creds // the configured identity
@@ -128,6 +129,11 @@ var _ backend.Complete = (*Backend)(nil)
 // It does not contact Ceph: the driver must answer Probe at once, even
 // while the cluster is unreachable.
 func New(cfg Config) (*Backend, error) {
+	return newBackend(cfg, openCluster)
+}
+
+// newBackend is New with the cluster open gives.
+func newBackend(cfg Config, open func(Config, string) (cluster, error)) (*Backend, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
@@ -150,9 +156,13 @@ func New(cfg Config) (*Backend, error) {
 	if err := fsutil.WriteFileAtomic(conf, []byte(cephConf(cfg)), 0o600); err != nil {
 		return nil, fmt.Errorf("write %s: %w", conf, err)
 	}
-	b := &Backend{cfg: cfg, names: names{prefix: cfg.Prefix}, now: time.Now}
+	cl, err := open(cfg, conf)
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{cfg: cfg, cl: cl, names: names{prefix: cfg.Prefix}, now: time.Now}
 	b.cli = &cli{run: cfg.Runner, conf: conf, timeout: cfg.CallTimeout}
-	b.index = &index{cli: b.cli, image: imageRef{cfg.Pool, b.names.index()}}
+	b.index = &index{cl: cl, image: imageRef{cfg.Pool, b.names.index()}}
 	b.creds = creds{user: cfg.User, keyring: cfg.Keyring}
 	if cfg.Key != "" {
 		k, err := b.keyring(cfg.User, cfg.Key)
@@ -328,27 +338,7 @@ func (b *Backend) Capacity(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	out, err := b.cli.ceph(ctx, cr, "", "df", "--format", "json")
-	if err != nil {
-		return 0, err
-	}
-	var df struct {
-		Pools []struct {
-			Name  string `json:"name"`
-			Stats struct {
-				MaxAvail int64 `json:"max_avail"`
-			} `json:"stats"`
-		} `json:"pools"`
-	}
-	if err := json.Unmarshal(out, &df); err != nil {
-		return 0, fmt.Errorf("ceph df: unexpected output: %w", err)
-	}
-	for _, p := range df.Pools {
-		if p.Name == b.cfg.Pool {
-			return p.Stats.MaxAvail, nil
-		}
-	}
-	return 0, csierr.NotFound("pool %s does not exist", b.cfg.Pool)
+	return b.cl.PoolAvailable(ctx, cr, b.cfg.Pool)
 }
 
 // NodeKnown implements backend.Controller: nodes register in the index.
@@ -398,50 +388,13 @@ func (b *Backend) Condition(ctx context.Context, v *backend.Volume) backend.Cond
 	if info.Size < v.CapacityBytes {
 		return backend.Condition{Abnormal: true, Message: fmt.Sprintf("image %s is %d bytes, the volume %d", ref, info.Size, v.CapacityBytes)}
 	}
-	w, err := b.watchers(ctx, cr, ref)
+	w, err := b.cl.Watchers(ctx, cr, ref)
 	if err != nil {
 		return backend.Condition{Abnormal: true, Message: fmt.Sprintf("image %s: %v", ref, err)}
 	}
 	return backend.Condition{Message: fmt.Sprintf("image %s present, %d watcher(s)", ref, len(w))}
 }
 
-// imageInfo is what rbd info says of an image.
-type imageInfo struct {
-	Name          string   `json:"name"`
-	ID            string   `json:"id"`
-	Size          int64    `json:"size"`
-	SnapshotCount int      `json:"snapshot_count"`
-	Features      []string `json:"features"`
-	Parent        *struct {
-		Pool     string `json:"pool"`
-		Image    string `json:"image"`
-		ID       string `json:"id"`
-		Snapshot string `json:"snapshot"`
-		Trash    bool   `json:"trash"`
-	} `json:"parent"`
-}
-
 func (b *Backend) info(ctx context.Context, cr creds, ref imageRef) (*imageInfo, error) {
-	var info imageInfo
-	if err := b.cli.rbdJSON(ctx, cr, ref.String(), &info, "info", ref.String()); err != nil {
-		return nil, err
-	}
-	return &info, nil
-}
-
-// watchers returns the addresses of the clients that have the image open.
-func (b *Backend) watchers(ctx context.Context, cr creds, ref imageRef) ([]string, error) {
-	var st struct {
-		Watchers []struct {
-			Address string `json:"address"`
-		} `json:"watchers"`
-	}
-	if err := b.cli.rbdJSON(ctx, cr, ref.String(), &st, "status", ref.String()); err != nil {
-		return nil, err
-	}
-	out := make([]string, 0, len(st.Watchers))
-	for _, w := range st.Watchers {
-		out = append(out, w.Address)
-	}
-	return out, nil
+	return b.cl.Info(ctx, cr, ref)
 }

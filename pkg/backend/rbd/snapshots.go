@@ -31,7 +31,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, spec backend.SnapshotSpec)
 		return nil, err
 	}
 	ref := snapRef{imageRef{src.Pool, src.Image}, b.names.snapshotName(hash)}
-	_, err = b.cli.rbd(ctx, cr, ref.String(), "snap", "create", "--no-progress", ref.String())
+	err = b.cl.SnapCreate(ctx, cr, ref)
 	if err != nil && !errors.Is(err, KindExists) {
 		return nil, err
 	}
@@ -65,7 +65,7 @@ func (b *Backend) DeleteSnapshot(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	_, err = b.cli.rbd(ctx, cr, ref.String(), "snap", "rm", "--no-progress", ref.String())
+	err = b.cl.SnapRemove(ctx, cr, ref)
 	if err != nil && !errors.Is(err, KindNotFound) {
 		return err
 	}

@@ -60,7 +60,7 @@ func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*b
 		return nil, err
 	}
 	quoted, _ := json.Marshal(spec.Name)
-	if _, err := b.cli.rbd(ctx, cr, ref.String(), "image-meta", "set", ref.String(), metaName, "--", string(quoted)); err != nil {
+	if err := b.cl.MetaSet(ctx, cr, ref, metaName, string(quoted)); err != nil {
 		return nil, err
 	}
 	rec = volumeRecord{
@@ -134,18 +134,11 @@ func (b *Backend) makeImage(ctx context.Context, cr creds, ref imageRef, spec ba
 
 // createImage makes a volume's image: empty, or a clone of parent.
 func (b *Backend) createImage(ctx context.Context, cr creds, ref imageRef, spec backend.VolumeSpec, features string, parent *snapRef) error {
-	args := []string{}
-	if features != "" {
-		args = append(args, "--image-feature", features)
-	}
-	if b.cfg.DataPool != "" {
-		args = append(args, "--data-pool", b.cfg.DataPool)
-	}
+	o := imageOptions{Features: features, DataPool: b.cfg.DataPool}
 	if parent == nil {
-		_, err := b.cli.rbd(ctx, cr, ref.String(), append(append([]string{"create", "--size", mib(spec.CapacityBytes)}, args...), ref.String())...)
-		return err
+		return b.cl.Create(ctx, cr, ref, spec.CapacityBytes, o)
 	}
-	_, err := b.cli.rbd(ctx, cr, ref.String(), append(append([]string{"clone"}, args...), parent.String(), ref.String())...)
+	err := b.cl.Clone(ctx, cr, *parent, ref, o)
 	if errors.Is(err, KindNotFound) {
 		return csierr.NotFound("content source %s no longer exists", parent)
 	}
@@ -175,12 +168,12 @@ func (b *Backend) leftoverMatches(ctx context.Context, cr creds, ref imageRef, i
 		// may have gone to the trash under another name already.
 		return false
 	}
-	out, err := b.cli.rbd(ctx, cr, ref.String(), "image-meta", "get", ref.String(), metaName)
+	out, err := b.cl.MetaGet(ctx, cr, ref, metaName)
 	if errors.Is(err, KindNotFound) {
 		return true // made, not labelled yet
 	}
 	var name string
-	return err == nil && json.Unmarshal(out, &name) == nil && name == spec.Name
+	return err == nil && json.Unmarshal([]byte(out), &name) == nil && name == spec.Name
 }
 
 // finishSource completes a copy: the clone grows to the requested size
@@ -191,14 +184,14 @@ func (b *Backend) finishSource(ctx context.Context, cr creds, ref imageRef, spec
 		return nil
 	}
 	if size < spec.CapacityBytes {
-		if _, err := b.cli.rbd(ctx, cr, ref.String(), "resize", "--no-progress", "--size", mib(spec.CapacityBytes), ref.String()); err != nil {
+		if err := b.cl.Resize(ctx, cr, ref, spec.CapacityBytes); err != nil {
 			return err
 		}
 	}
 	if spec.Source.VolumeID != "" {
 		src, _, _ := b.names.parseVolumeID(spec.Source.VolumeID)
 		snap := snapRef{src, b.names.cloneSnapshot(nameHash(spec.Name))}
-		if _, err := b.cli.rbd(ctx, cr, snap.String(), "snap", "rm", "--no-progress", snap.String()); err != nil && !errors.Is(err, KindNotFound) {
+		if err := b.cl.SnapRemove(ctx, cr, snap); err != nil && !errors.Is(err, KindNotFound) {
 			return err
 		}
 	}
@@ -211,7 +204,7 @@ func (b *Backend) dropCloneSnapshot(ctx context.Context, cr creds, snap *snapRef
 	if snap == nil {
 		return
 	}
-	if _, err := b.cli.rbd(ctx, cr, snap.String(), "snap", "rm", "--no-progress", snap.String()); err != nil && !errors.Is(err, KindNotFound) {
+	if err := b.cl.SnapRemove(ctx, cr, *snap); err != nil && !errors.Is(err, KindNotFound) {
 		b.cfg.Log.Warn("removing a clone's temporary snapshot failed", "snapshot", snap.String(), "error", err)
 	}
 }
@@ -238,7 +231,7 @@ func (b *Backend) sourceSnapshot(ctx context.Context, cr creds, spec backend.Vol
 			return nil, 0, err
 		}
 		snap := snapRef{imageRef{src.Pool, src.Image}, b.names.cloneSnapshot(nameHash(spec.Name))}
-		_, err = b.cli.rbd(ctx, cr, snap.String(), "snap", "create", "--no-progress", snap.String())
+		err = b.cl.SnapCreate(ctx, cr, snap)
 		if err != nil && !errors.Is(err, KindExists) {
 			return nil, 0, err
 		}
@@ -254,8 +247,6 @@ func notFoundAs(err error, format string, args ...any) error {
 	}
 	return err
 }
-
-func mib(bytes int64) string { return strconv.FormatInt((bytes+backend.MiB-1)/backend.MiB, 10) + "M" }
 
 // record returns the record of a volume id, or a NotFound error.
 func (b *Backend) record(ctx context.Context, cr creds, id string) (*volumeRecord, error) {
@@ -344,35 +335,35 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 // snapshots that only clones still need (in the trash namespace) send the
 // image to the trash, until its last clone is gone (purgeTrashed).
 func (b *Backend) removeImage(ctx context.Context, cr creds, ref imageRef) error {
-	_, err := b.cli.rbd(ctx, cr, ref.String(), "rm", "--no-progress", ref.String())
+	err := b.cl.Remove(ctx, cr, ref)
 	if err == nil || errors.Is(err, KindNotFound) {
 		return nil
 	}
 	if !errors.Is(err, KindBusy) {
 		return err
 	}
-	w, werr := b.watchers(ctx, cr, ref)
+	w, werr := b.cl.Watchers(ctx, cr, ref)
 	if werr != nil {
 		return werr
 	}
 	if len(w) > 0 {
 		return fmt.Errorf("%w: image %s is still open on %d client(s) (%v): a node has it attached", csierr.ErrInUse, ref, len(w), w)
 	}
-	snaps, serr := b.snapshotsOf(ctx, cr, ref)
+	snaps, serr := b.cl.Snapshots(ctx, cr, ref)
 	if serr != nil {
 		return serr
 	}
 	var user []string
 	droppedTemp := false
 	for _, s := range snaps {
-		if s.Namespace.Type != "user" && s.Namespace.Type != "" {
+		if s.Namespace != snapUser {
 			continue
 		}
 		if strings.HasPrefix(s.Name, b.names.cloneSnapshot("")) {
 			droppedTemp = true
 			// A clone's temporary snapshot that a failed attempt left.
 			snap := snapRef{ref, s.Name}
-			if _, err := b.cli.rbd(ctx, cr, snap.String(), "snap", "rm", "--no-progress", snap.String()); err != nil && !errors.Is(err, KindNotFound) {
+			if err := b.cl.SnapRemove(ctx, cr, snap); err != nil && !errors.Is(err, KindNotFound) {
 				return err
 			}
 			continue
@@ -383,7 +374,7 @@ func (b *Backend) removeImage(ctx context.Context, cr creds, ref imageRef) error
 		return csierr.Precondition("volume %s has snapshots (%v): delete them first", ref, user)
 	}
 	if droppedTemp {
-		_, err = b.cli.rbd(ctx, cr, ref.String(), "rm", "--no-progress", ref.String())
+		err = b.cl.Remove(ctx, cr, ref)
 		if err == nil || errors.Is(err, KindNotFound) {
 			return nil
 		}
@@ -393,25 +384,11 @@ func (b *Backend) removeImage(ctx context.Context, cr creds, ref imageRef) error
 	} else if len(snaps) == 0 {
 		return err // busy for another reason: say what rbd said
 	}
-	_, err = b.cli.rbd(ctx, cr, ref.String(), "trash", "mv", ref.String())
+	err = b.cl.TrashMove(ctx, cr, ref)
 	if errors.Is(err, KindNotFound) {
 		return nil
 	}
 	return err
-}
-
-type snapInfo struct {
-	Name      string `json:"name"`
-	Size      int64  `json:"size"`
-	Namespace struct {
-		Type string `json:"type"`
-	} `json:"namespace"`
-}
-
-func (b *Backend) snapshotsOf(ctx context.Context, cr creds, ref imageRef) ([]snapInfo, error) {
-	var snaps []snapInfo
-	err := b.cli.rbdJSON(ctx, cr, ref.String(), &snaps, "snap", "ls", "--all", ref.String())
-	return snaps, err
 }
 
 // parentOf returns the image a volume was cloned from, if any.
@@ -439,11 +416,8 @@ func (b *Backend) purgeTrashed(ctx context.Context, cr creds, parent imageRef) e
 		if !b.names.ours(parent.image) || !poolPattern.MatchString(parent.pool) {
 			return nil
 		}
-		var entries []struct {
-			ID   string `json:"id"`
-			Name string `json:"name"`
-		}
-		if err := b.cli.rbdJSON(ctx, cr, parent.pool, &entries, "trash", "ls", parent.pool); err != nil {
+		entries, err := b.cl.Trash(ctx, cr, parent.pool)
+		if err != nil {
 			return err
 		}
 		id := ""
@@ -456,11 +430,11 @@ func (b *Backend) purgeTrashed(ctx context.Context, cr creds, parent imageRef) e
 			return nil // not in the trash: still a volume, or gone
 		}
 		// Its own parent, before it goes.
-		var info imageInfo
-		if err := b.cli.rbdJSON(ctx, cr, parent.String(), &info, "info", "--pool", parent.pool, "--image-id", id); err != nil {
+		info, err := b.cl.TrashInfo(ctx, cr, parent.pool, id)
+		if err != nil {
 			return err
 		}
-		_, err := b.cli.rbd(ctx, cr, parent.String(), "trash", "rm", "--no-progress", "--pool", parent.pool, "--image-id", id)
+		err = b.cl.TrashRemove(ctx, cr, parent.pool, id)
 		if errors.Is(err, KindBusy) {
 			return nil // other clones still need it
 		}
@@ -550,7 +524,7 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, size int64) (int6
 		return 0, err
 	}
 	if info.Size < size {
-		if _, err := b.cli.rbd(ctx, cr, ref.String(), "resize", "--no-progress", "--size", mib(size), ref.String()); err != nil {
+		if err := b.cl.Resize(ctx, cr, ref, size); err != nil {
 			return 0, err
 		}
 	}
@@ -586,7 +560,7 @@ func (b *Backend) applyMutable(ctx context.Context, cr creds, ref imageRef, para
 	}
 	slices.Sort(keys) // the same order on every retry
 	for _, k := range keys {
-		if _, err := b.cli.rbd(ctx, cr, ref.String(), "config", "image", "set", ref.String(), qosOptions[k], params[k]); err != nil {
+		if err := b.cl.SetOption(ctx, cr, ref, qosOptions[k], params[k]); err != nil {
 			return err
 		}
 	}

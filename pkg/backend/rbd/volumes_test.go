@@ -2,7 +2,6 @@ package rbd
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"testing"
 
@@ -12,88 +11,66 @@ import (
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
-// deleteRunner answers index reads with one volume record, the rm calls
-// with rmErrs in turn (then success), and status and snap ls with the
-// given watchers and snapshots.
-func deleteRunner(b func() *Backend, rmErrs []error, watchers, snaps string) *fakeRunner {
-	return &fakeRunner{answers: map[string]func([]string) ([]byte, error){
-		"image-meta get": func(args []string) ([]byte, error) {
-			id := "rbd/" + b().names.volumeImage(nameHash("v"))
-			rec, _ := json.Marshal(volumeRecord{Volume: backend.Volume{ID: id}, Pool: "rbd", Image: b().names.volumeImage(nameHash("v"))})
-			return rec, nil
-		},
-		"rm": func([]string) ([]byte, error) {
-			if len(rmErrs) == 0 {
-				return nil, nil
-			}
-			err := rmErrs[0]
-			rmErrs = rmErrs[1:]
-			return nil, err
-		},
-		"status":   func([]string) ([]byte, error) { return []byte(`{"watchers":` + watchers + `}`), nil },
-		"snap ls":  func([]string) ([]byte, error) { return []byte(snaps), nil },
-		"trash mv": func([]string) ([]byte, error) { return nil, nil },
-	}}
-}
-
-// rbd rm refuses an image that is open or has snapshots and changes
+// Remove refuses an image that is open or has snapshots and changes
 // nothing; DeleteVolume then says why, removes what a failed clone left,
 // or sends an image that only clones still need to the trash.
 func TestDeleteVolumeDecisions(t *testing.T) {
-	hasSnaps := exitErr(39, "rbd: image has snapshots - these must be deleted with 'rbd snap purge' before the image can be removed.\n")
-	watched := exitErr(16, "rbd: error: image still has watchers\n")
+	busy := &Error{Kind: KindBusy, Cmd: "rbd rm", Msg: "(16) Device or resource busy"}
 	temp := (names{"test"}).cloneSnapshot(nameHash("c"))
 	tests := []struct {
-		name            string
-		rmErrs          []error
-		watchers, snaps string
-		code            codes.Code
-		want            string // the subcommands run, in order
+		name     string
+		rmErrs   []error
+		watchers []string
+		snaps    map[string]string // name: namespace
+		code     codes.Code
+		want     string // the operations, in order
 	}{
-		{"removed", nil, "[]", "[]", codes.OK, "image-meta get,rm,image-meta remove"},
-		{"gone already", []error{exitErr(2, "rbd: delete error: (2) No such file or directory\n")}, "[]", "[]", codes.OK,
-			"image-meta get,rm,image-meta remove"},
-		{"attached somewhere", []error{watched}, `[{"address":"10.0.0.7:0/1"}]`, "[]", codes.FailedPrecondition, "image-meta get,rm,status"},
-		{"user snapshots", []error{hasSnaps}, "[]", `[{"name":"test-snap-1","namespace":{"type":"user"}}]`, codes.FailedPrecondition,
+		{"removed", nil, nil, nil, codes.OK, "image-meta get,rm,image-meta remove"},
+		{"gone already", []error{notFound("rbd/x")}, nil, nil, codes.OK, "image-meta get,rm,image-meta remove"},
+		{"attached somewhere", []error{busy}, []string{"10.0.0.7:0/1"}, nil, codes.FailedPrecondition, "image-meta get,rm,status"},
+		{"user snapshots", []error{busy}, nil, map[string]string{"test-snap-1": snapUser}, codes.FailedPrecondition,
 			"image-meta get,rm,status,snap ls"},
-		{"clones only", []error{hasSnaps}, "[]", `[{"name":"0f1e","namespace":{"type":"trash"}}]`, codes.OK,
+		{"clones only", []error{busy}, nil, map[string]string{"0f1e": snapTrash}, codes.OK,
 			"image-meta get,rm,status,snap ls,trash mv,image-meta remove"},
-		{"a failed clone's snapshot", []error{hasSnaps}, "[]", `[{"name":"` + temp + `","namespace":{"type":"user"}}]`, codes.OK,
+		{"a failed clone's snapshot", []error{busy}, nil, map[string]string{temp: snapUser}, codes.OK,
 			"image-meta get,rm,status,snap ls,snap rm,rm,image-meta remove"},
-		{"busy otherwise", []error{exitErr(16, "rbd: error: (16) Device or resource busy\n")}, "[]", "[]", codes.FailedPrecondition,
-			"image-meta get,rm,status,snap ls"},
+		{"busy otherwise", []error{busy}, nil, nil, codes.FailedPrecondition, "image-meta get,rm,status,snap ls"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var b *Backend
-			run := deleteRunner(func() *Backend { return b }, tt.rmErrs, tt.watchers, tt.snaps)
-			b = newTestBackend(t, run)
-			id := "rbd/" + b.names.volumeImage(nameHash("v"))
-			err := b.DeleteVolume(context.Background(), id)
+			ctx := context.Background()
+			f := newFakeCeph()
+			b := newTestBackend(t, f)
+			v, err := b.CreateVolume(ctx, backend.VolumeSpec{Name: "v", CapacityBytes: 32 * backend.MiB})
+			if err != nil {
+				t.Fatal(err)
+			}
+			img := f.images[v.ID]
+			img.watchers = tt.watchers
+			for name, ns := range tt.snaps {
+				s := &fakeSnap{name: name}
+				if ns == snapTrash {
+					s.trash, s.children = true, 1 // a clone still needs it
+				}
+				img.snaps[name] = s
+			}
+			f.ops, f.errs = nil, map[string][]error{"rm": tt.rmErrs}
+			err = b.DeleteVolume(ctx, v.ID)
 			if csierr.Code(err) != tt.code {
 				t.Fatalf("DeleteVolume: %v, want %v", err, tt.code)
 			}
-			var subs []string
-			for _, c := range run.commands() {
-				f := strings.Fields(c)[7:] // after rbd -c C --id U --keyring K
-				n := 2
-				if f[0] == "rm" || f[0] == "status" {
-					n = 1
-				}
-				subs = append(subs, strings.Join(f[:n], " "))
-			}
-			if got := strings.Join(subs, ","); got != tt.want {
+			if got := strings.Join(f.opsDone(), ","); got != tt.want {
 				t.Fatalf("ran %s\nwant %s", got, tt.want)
 			}
 		})
 	}
 }
 
-// Ids that are not this cluster's volumes are never touched: no command
-// runs for them.
+// Ids that are not this cluster's volumes are never touched: nothing is
+// asked of Ceph for them.
 func TestForeignIDsRunNothing(t *testing.T) {
-	run := &fakeRunner{}
-	b := newTestBackend(t, run)
+	f := newFakeCeph()
+	b := newTestBackend(t, f)
 	ctx := context.Background()
 	for _, id := range []string{"rbd/important", "rbd/other-vol-" + nameHash("x"), "../../etc", ""} {
 		if err := b.DeleteVolume(ctx, id); err != nil {
@@ -106,8 +83,8 @@ func TestForeignIDsRunNothing(t *testing.T) {
 			t.Errorf("DeleteSnapshot(%q): %v", id, err)
 		}
 	}
-	if cmds := run.commands(); len(cmds) != 0 {
-		t.Fatalf("commands ran: %v", cmds)
+	if ops := f.opsDone(); len(ops) != 0 {
+		t.Fatalf("operations: %v", ops)
 	}
 }
 
@@ -120,15 +97,16 @@ func TestMutableParameters(t *testing.T) {
 			t.Errorf("%v: %v", bad, err)
 		}
 	}
-	run := &fakeRunner{}
-	b := newTestBackend(t, run)
+	f := newFakeCeph()
+	b := newTestBackend(t, f)
 	ref := imageRef{"rbd", b.names.volumeImage(nameHash("q"))}
+	if err := f.Create(context.Background(), b.creds, ref, backend.MiB, imageOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	if err := b.applyMutable(context.Background(), b.creds, ref, map[string]string{ParamQoSIOPS: "500", ParamQoSBPS: "0"}); err != nil {
 		t.Fatal(err)
 	}
-	cmds := run.commands()
-	if len(cmds) != 2 || !strings.HasSuffix(cmds[0], "config image set "+ref.String()+" rbd_qos_bps_limit 0") ||
-		!strings.HasSuffix(cmds[1], "config image set "+ref.String()+" rbd_qos_iops_limit 500") {
-		t.Fatalf("commands %v", cmds)
+	if m := f.images[ref.String()].meta; len(m) != 2 || m["conf_rbd_qos_bps_limit"] != "0" || m["conf_rbd_qos_iops_limit"] != "500" {
+		t.Fatalf("image options %v", m)
 	}
 }
