@@ -21,10 +21,13 @@ import (
 // Fencing after node loss, on three nodes with the rbd flavour: a
 // single-writer volume's task runs on worker X and writes; X's Engine is
 // killed (SIGKILL) while its plugin and rbd-fuse go on running, and
-// reaching Ceph; `docker node rm --force` X. The task starts on the other
-// worker with X's data, the manager's plugin logs that it fenced X's
-// client, and a write through X's still-running client fails. Data the
-// new node writes survives the old client's attempt and a remount.
+// reaching Ceph; `docker node rm --force` X. Swarm never unpublishes the
+// volume from a removed node, so the operator releases it (`swarm-csi
+// volume release`, refused while X is in the swarm). The task starts on
+// the other worker with X's data, the manager's plugin logs that it
+// fenced X's client, and a write through X's still-running client fails.
+// Data the new node writes survives the old client's attempt and a
+// remount.
 func TestRBDFenceAfterNodeLoss(t *testing.T) {
 	requireSwarm(t)
 	testenv.Require(t, cephtest.Missing())
@@ -34,6 +37,7 @@ func TestRBDFenceAfterNodeLoss(t *testing.T) {
 	c, cl := startRBDSwarm(t, ctx, 3)
 	t.Logf("three-node rbd swarm up in %s (ceph on %s)", time.Since(start).Round(time.Millisecond), cl.MonHost)
 	e := newEnv(t, c)
+	o := newOperatorCLI(t, e)
 
 	e.createVolume("fence-vol", "--type", "mount", "--scope", "single", "--sharing", "none")
 	v, _ := e.waitCreated("fence-vol", 60*time.Second)
@@ -97,15 +101,21 @@ func TestRBDFenceAfterNodeLoss(t *testing.T) {
 	if err := syscall.Kill(xFuse, 0); err != nil {
 		t.Fatalf("%s's rbd-fuse (pid %d) is gone with its Engine: %v", x.Name, xFuse, err)
 	}
-	removed := time.Now()
+	// The plugin's node id is the node's name.
+	o.want(1, "lets go of its volumes itself", "volume", "release", "fence-vol", x.Name)
 	e.docker("node", "rm", "--force", x.Name)
-	tk2 := e.waitNewTask("fence-app", tk.ID, 180*time.Second)
+	if _, ok := e.tryNewTask("fence-app", tk.ID, 5*time.Second); ok {
+		t.Fatalf("the volume moved from the removed %s by itself:\n%s", x.Name, e.servicePS("fence-app"))
+	}
+	released := time.Now()
+	o.want(0, "released fence-vol from "+x.Name, "volume", "release", "fence-vol", x.Name)
+	tk2 := e.waitNewTask("fence-app", tk.ID, 120*time.Second)
 	y := ids[tk2.NodeID]
-	moved := time.Since(removed)
+	moved := time.Since(released)
 	if y == nil || y == x {
 		t.Fatalf("after %s's removal the task runs on node %s", x.Name, tk2.NodeID)
 	}
-	t.Logf("%s seen down %s after its Engine was killed; after node rm the task runs on %s %s later",
+	t.Logf("%s seen down %s after its Engine was killed; after node rm and volume release the task runs on %s %s later",
 		x.Name, down.Round(time.Millisecond), y.Name, moved.Round(time.Millisecond))
 	execY := func(script string) string {
 		t.Helper()
@@ -144,9 +154,25 @@ func TestRBDFenceAfterNodeLoss(t *testing.T) {
 		t.Logf("a write through %s's client fails in %s: %v", x.Name, time.Since(wstart).Round(time.Millisecond), err)
 	}
 
+	// Swarm keeps the removed node's publish status for good: "unpublished"
+	// is from every node of the swarm.
+	unpublished := func() {
+		t.Helper()
+		e.waitVolume("fence-vol", 60*time.Second, "unpublished from the swarm's nodes", func(v *harness.Volume) bool {
+			if v.ClusterVolume == nil {
+				return false
+			}
+			for _, p := range v.ClusterVolume.PublishStatus {
+				if p.NodeID != tk.NodeID {
+					return false
+				}
+			}
+			return true
+		})
+	}
 	// Remounted on the new node: both files are whole.
 	e.docker("service", "rm", "fence-app")
-	e.waitUnpublished("fence-vol", 60*time.Second)
+	unpublished()
 	e.service("fence-read", "sha256sum /data/blob /data/after > /tmp/sums", "--mount", "type=cluster,src=fence-vol,dst=/data",
 		"--constraint", "node.role==worker")
 	tk3 := e.waitRunning("fence-read", 120*time.Second)
@@ -159,7 +185,15 @@ func TestRBDFenceAfterNodeLoss(t *testing.T) {
 		t.Errorf("after a remount the volume holds:\n%s\nwant blob %s and after %s", sums, sum, after)
 	}
 	e.docker("service", "rm", "fence-read")
-	e.waitUnpublished("fence-vol", 60*time.Second)
+	unpublished()
+	// That publish status keeps docker volume rm refusing the volume as
+	// in use: --force, then the orphaned image goes with rm-orphan.
+	e.docker("volume", "rm", "--force", "fence-vol")
+	e.mu.Lock()
+	e.volumes = slices.DeleteFunc(e.volumes, func(n string) bool { return n == "fence-vol" })
+	e.mu.Unlock()
+	e.waitVolumeGone("fence-vol", 30*time.Second)
+	o.want(0, "deleted "+vid, "volume", "rm-orphan", vid)
 	t.Logf("fencing scenario done %s after the start", time.Since(start).Round(time.Millisecond))
 }
 
