@@ -404,6 +404,10 @@ func (f *fakeCeph) BreakLock(_ context.Context, _ creds, ref imageRef, owner str
 	if i.lockOwner != owner {
 		return notFound(ref.String() + " lock of " + owner)
 	}
+	// librbd blocklists the owner it breaks (rbd_blocklist_on_break_lock)
+	// for the monitors' default, an hour, in place of a longer entry.
+	f.blocklisted[owner] = time.Hour
+	i.watchers = slices.DeleteFunc(i.watchers, func(w string) bool { return w == owner })
 	i.lockOwner = ""
 	return nil
 }

@@ -103,6 +103,13 @@ func (e *fenceEnv) image() ([]string, string) {
 	return slices.Clone(i.watchers), i.lockOwner
 }
 
+// note is the image's note of a fence under way.
+func (e *fenceEnv) note() string {
+	e.f.mu.Lock()
+	defer e.f.mu.Unlock()
+	return e.f.images[e.ref.String()].meta[metaFenced]
+}
+
 func (e *fenceEnv) blocklisted() map[string]bool {
 	e.f.mu.Lock()
 	defer e.f.mu.Unlock()
@@ -138,6 +145,9 @@ func TestFenceAfterNodeLoss(t *testing.T) {
 			}
 			if got := e.attachedTo(); !slices.Equal(got, []string{"n2"}) {
 				t.Errorf("attached to %v, want [n2]", got)
+			}
+			if n := e.note(); n != "" {
+				t.Errorf("the fence's note is left: %s", n)
 			}
 			log := e.log.String()
 			if !strings.Contains(log, "level=WARN") || !strings.Contains(log, "fenced") || !strings.Contains(log, client1) ||
@@ -213,6 +223,14 @@ func TestNoSelfFence(t *testing.T) {
 	if e.log.Len() > 0 {
 		t.Errorf("a normal move logged:\n%s", e.log)
 	}
+	before = len(e.f.opsDone())
+	e.unpublish("n2")
+	e.mustPublish("n1")
+	if ops := e.f.opsDone()[before:]; slices.ContainsFunc(ops, func(op string) bool {
+		return op == "blocklist" || op == "lock break" || op == "image-meta remove"
+	}) || e.note() != "" {
+		t.Errorf("a publish with nothing to fence asked Ceph %v, noted %q", ops, e.note())
+	}
 }
 
 // A client on the controller's own host (maybe this very process, another
@@ -257,8 +275,9 @@ func TestFenceRetryAfterCrashConverges(t *testing.T) {
 	start := clean.f.calls
 	clean.mustPublish("n2")
 	calls := clean.f.calls - start
-	if calls < 6 {
-		t.Fatalf("the fencing publish made %d calls to Ceph; want the record's read, status, lock owners, two blocklists, the break, the record's write", calls)
+	if calls < 11 {
+		t.Fatalf("the fencing publish made %d calls to Ceph; want the record's read, the note's read, status, lock owners, the note, "+
+			"two blocklists, the break, the owner's blocklist, the record's write, the note's removal", calls)
 	}
 	for n := 1; n <= calls; n++ {
 		e := setup()

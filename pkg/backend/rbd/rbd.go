@@ -242,10 +242,6 @@ func cephConf(c Config) string {
 	// Copies are clone v2 images: no protected snapshot is needed, and a
 	// snapshot with clones can be deleted (it waits in the trash).
 	fmt.Fprintf(&b, "rbd default clone format = 2\n")
-	// A client whose exclusive lock librbd breaks (the driver's fencing,
-	// or a node's client taking the lock of a dead one) is blocklisted as
-	// long as one the driver fences.
-	fmt.Fprintf(&b, "rbd blocklist expire seconds = %d\n", int(FenceExpiry/time.Second))
 	fmt.Fprintf(&b, "admin socket =\nlog file =\nlog to stderr = true\nerr to stderr = true\n")
 	// Every tool makes its run directory at start and aborts if it cannot
 	// (the default, /var/run/ceph, is missing in the plugin's rootfs);

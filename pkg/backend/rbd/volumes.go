@@ -465,14 +465,20 @@ func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Atta
 	}
 	rec := &volumeRecord{Volume: *v, Pool: ref.pool, Image: ref.image}
 	if cur, ok := rec.AttachedTo(a.NodeID); !ok || cur != a {
+		fenced := false
 		if fences(v) {
-			if err := b.fence(ctx, cr, ref, v, a.NodeID); err != nil {
+			if fenced, err = b.fence(ctx, cr, ref, v, a.NodeID); err != nil {
 				return nil, err
 			}
 		}
 		rec.SetAttachment(a) // a new slice: v's stays as it was
 		if err := b.index.set(ctx, cr, volumeKeyPrefix+hash, rec); err != nil {
 			return nil, err
+		}
+		if fenced {
+			if err := b.forget(ctx, cr, ref); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return publishContext(rec), nil
