@@ -219,9 +219,11 @@ func (f *fuseAttacher) releaseLoop(ctx context.Context, hash string, ref imageRe
 	if err := f.loops.Detach(dev); err != nil {
 		return err
 	}
+	// That device let go, or went to another file: not a look through
+	// every device (see attach).
 	return f.waitFor(ctx, func() bool {
-		d, err := f.loops.Find(f.file(ref), f.loopTag(hash))
-		return err == nil && d == ""
+		info, err := f.loops.Status(dev)
+		return err != nil || loopdev.CString(info.File_name[:]) != f.loopTag(hash)
 	})
 }
 
