@@ -87,6 +87,7 @@ func TestRBDFenceAfterNodeLoss(t *testing.T) {
 	if err := x.KillDaemon(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { endClient(t, xFuse, xLoop, path.Base(vid)) })
 	for {
 		out, _ := c.Manager().Docker(e.ctx, "node", "inspect", "--format", "{{.Status.State}}", x.Name)
 		if strings.TrimSpace(out) == "down" {
@@ -257,4 +258,27 @@ func rbdFusePIDs(t *testing.T, n *harness.Node, image string) []int {
 		}
 	}
 	return out
+}
+
+// endClient ends a lost node's rbd-fuse and detaches its loop device. The
+// harness ends the node's processes, but the loop device's file is then
+// on no mount of the run's, and it would stay attached. The rbd-fuse goes
+// first: blocklisted, it never answers a query of its file.
+func endClient(t *testing.T, pid int, loop, image string) {
+	cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if slices.Contains(strings.Split(string(cmd), "\x00"), image) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		for deadline := time.Now().Add(10 * time.Second); syscall.Kill(pid, 0) == nil && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	file, err := os.ReadFile(filepath.Join("/sys/block", path.Base(loop), "loop", "backing_file"))
+	if err != nil || !strings.Contains(string(file), image) {
+		return // detached already
+	}
+	// Still in use by the node's filesystem, the device goes when that
+	// does (autoclear), as the harness ends the node's plugin.
+	if out, err := exec.Command("losetup", "-d", loop).CombinedOutput(); err != nil {
+		t.Errorf("detach %s of the lost node's client: %v: %s", loop, err, out)
+	}
 }
