@@ -24,9 +24,9 @@ const FenceExpiry = 24 * time.Hour
 // after a crash fences them again even once Ceph no longer shows them.
 const metaFenced = "swarm-csi.fenced"
 
-// fences reports whether publishing v as a to a record whose attachments
-// are those of v must first fence the image's clients: the volume is
-// confined to one node, and no node has it. Its image is then open on no
+// fences reports whether a new attachment of v (as just read) must first
+// fence the clients of its image: the volume is confined to one node, and
+// no node has it. Its image is then open on no
 // client that the driver knows of: Swarm publishes to a node before the
 // node stages the volume, and a node lets go of the image (its last
 // NodeUnpublishVolume waits for the attach process to end) before Swarm
