@@ -65,6 +65,11 @@ func (d docker) Node(ctx context.Context, id string) (swarm.Node, error) {
 	return r.Node, err
 }
 
+func (d docker) Nodes(ctx context.Context) ([]swarm.Node, error) {
+	r, err := d.c.NodeList(ctx, client.NodeListOptions{})
+	return r.Items, err
+}
+
 func (d docker) ThisNode(ctx context.Context) (string, error) {
 	r, err := d.c.Info(ctx, client.InfoOptions{})
 	if err != nil {

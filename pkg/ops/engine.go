@@ -21,6 +21,8 @@ type Engine interface {
 	Plugin(ctx context.Context, name string) (*plugin.Plugin, error)
 	// Node is docker node inspect ID.
 	Node(ctx context.Context, id string) (swarm.Node, error)
+	// Nodes is docker node ls.
+	Nodes(ctx context.Context) ([]swarm.Node, error)
 	// ThisNode is the Swarm node id of the Engine itself.
 	ThisNode(ctx context.Context) (string, error)
 	Close() error

@@ -77,6 +77,10 @@ func (e *fakeEngine) Node(_ context.Context, id string) (swarm.Node, error) {
 	return swarm.Node{}, fmt.Errorf("node %s not found", id)
 }
 
+func (e *fakeEngine) Nodes(context.Context) ([]swarm.Node, error) {
+	return slices.Collect(maps.Values(e.nodes)), nil
+}
+
 func (e *fakeEngine) ThisNode(context.Context) (string, error) { return e.here, nil }
 
 func (e *fakeEngine) Close() error { return nil }
@@ -168,6 +172,12 @@ func (f *fakeCSI) DeleteVolume(_ context.Context, r *csi.DeleteVolumeRequest) (*
 	delete(f.vols, r.GetVolumeId())
 	f.changed("DeleteVolume", r.GetVolumeId())
 	return &csi.DeleteVolumeResponse{}, nil
+}
+
+func (f *fakeCSI) ControllerUnpublishVolume(_ context.Context, r *csi.ControllerUnpublishVolumeRequest) (*csi.ControllerUnpublishVolumeResponse, error) {
+	f.nodes[r.GetVolumeId()] = slices.DeleteFunc(f.nodes[r.GetVolumeId()], func(n string) bool { return n == r.GetNodeId() })
+	f.changed("ControllerUnpublishVolume", r.GetVolumeId()+" "+r.GetNodeId())
+	return &csi.ControllerUnpublishVolumeResponse{}, nil
 }
 
 func (f *fakeCSI) ControllerExpandVolume(_ context.Context, r *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {

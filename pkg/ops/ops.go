@@ -32,6 +32,11 @@ const Usage = `usage: swarm-csi [options] COMMAND
                                 on every node it is published on (other nodes
                                 through their plugin's METRICS_ADDR)
   volume rm-orphan ID           delete a disk no Swarm volume refers to
+  volume release NAME NODE      let a volume go from a node removed from the swarm
+                                (docker node rm) while it had it: Swarm never
+                                unpublishes it there; NODE is the plugin's node id
+                                (volume inspect); the next publish fences the
+                                clients the node left (rbd)
   snapshot create VOLUME NAME   snapshot a volume
   snapshot ls [VOLUME]          list snapshots
   snapshot rm NAME              delete a snapshot
@@ -125,7 +130,7 @@ func (c *CLI) run(ctx context.Context, args []string) error {
 		return errUsage
 	}
 	want := map[string]int{"volume ls": 0, "volume inspect": 1, "volume expand": 2, "volume stats": 1,
-		"volume rm-orphan": 1, "snapshot create": 2, "snapshot ls": -1, "snapshot rm": 1}
+		"volume rm-orphan": 1, "volume release": 2, "snapshot create": 2, "snapshot ls": -1, "snapshot rm": 1}
 	cmd := args[0] + " " + args[1]
 	n, ok := want[cmd]
 	rest := args[2:]
@@ -157,6 +162,8 @@ func (c *CLI) run(ctx context.Context, args []string) error {
 		return o.volumeStats(ctx, rest[0])
 	case "volume rm-orphan":
 		return o.volumeRmOrphan(ctx, rest[0])
+	case "volume release":
+		return o.volumeRelease(ctx, rest[0], rest[1])
 	case "snapshot create":
 		return o.snapshotCreate(ctx, rest[0], rest[1])
 	case "snapshot ls":

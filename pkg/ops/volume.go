@@ -3,6 +3,7 @@ package ops
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -132,6 +133,43 @@ func (o *op) volumeRmOrphan(ctx context.Context, id string) error {
 		return fmt.Errorf("delete %s: %w", id, err)
 	}
 	fmt.Fprintf(o.out, "deleted %s\n", id)
+	return nil
+}
+
+// volumeRelease unpublishes a volume from a node that is no longer in the
+// swarm. Swarm unpublishes a volume from a node only once that node's
+// agent has reported it unpublished, so a node removed while it had the
+// volume (docker node rm --force of a lost node) keeps it for good, and a
+// single-writer volume never moves. A node of the swarm is refused: it
+// lets go of its volumes itself.
+func (o *op) volumeRelease(ctx context.Context, name, node string) error {
+	_, id, err := o.swarmVolume(ctx, name)
+	if err != nil {
+		return err
+	}
+	nodes, err := o.engine.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		for _, c := range n.Description.CSIInfo {
+			if c.PluginName == o.plugin && c.NodeID == node {
+				return fmt.Errorf("%s is the plugin's node id of swarm node %s (%s), which lets go of its volumes itself: "+
+					"drain it, or docker node rm it if it is lost", node, n.Description.Hostname, n.ID)
+			}
+		}
+	}
+	r, err := o.ctrl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id})
+	if err != nil {
+		return fmt.Errorf("volume %s (%s): %w", name, id, err)
+	}
+	if !slices.Contains(r.GetStatus().GetPublishedNodeIds(), node) {
+		return fmt.Errorf("volume %s is not published to %s (it is to: %s)", name, node, strings.Join(r.GetStatus().GetPublishedNodeIds(), ", "))
+	}
+	if _, err := o.ctrl.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: id, NodeId: node}); err != nil {
+		return fmt.Errorf("unpublish %s from %s: %w", name, node, err)
+	}
+	fmt.Fprintf(o.out, "released %s from %s\n", name, node)
 	return nil
 }
 

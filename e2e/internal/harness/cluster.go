@@ -384,6 +384,22 @@ func (n *Node) StopDaemon() error {
 	}
 }
 
+// KillDaemon kills the node's dockerd with SIGKILL, as a crash would. What
+// it started in its own sessions goes on running: the containerd shims,
+// and below them the plugin, its attach processes and the containers.
+// Stop cleans them up.
+func (n *Node) KillDaemon() error {
+	if n.wait == nil {
+		return fmt.Errorf("%s: dockerd is not running", n.Name)
+	}
+	if err := syscall.Kill(n.proc.Pid, syscall.SIGKILL); err != nil {
+		return err
+	}
+	<-n.wait
+	n.wait = nil
+	return nil
+}
+
 // RestartDaemon stops and starts the node's dockerd with the same flags.
 func (n *Node) RestartDaemon(ctx context.Context) error {
 	if err := n.StopDaemon(); err != nil {

@@ -26,9 +26,9 @@ import (
 // every call's operation name.
 type fakeCeph struct {
 	mu          sync.Mutex
-	images      map[string]*fakeImage // "pool/name"
-	trash       map[string]*fakeImage // "pool/id"
-	blocklisted map[string]bool
+	images      map[string]*fakeImage    // "pool/name"
+	trash       map[string]*fakeImage    // "pool/id"
+	blocklisted map[string]time.Duration // client address: expiry
 	nextID      int
 	calls       int
 	failAt      int
@@ -58,7 +58,7 @@ type fakeSnap struct {
 }
 
 func newFakeCeph() *fakeCeph {
-	return &fakeCeph{images: map[string]*fakeImage{}, trash: map[string]*fakeImage{}, blocklisted: map[string]bool{}}
+	return &fakeCeph{images: map[string]*fakeImage{}, trash: map[string]*fakeImage{}, blocklisted: map[string]time.Duration{}}
 }
 
 // call counts a call of op on what and answers for a failure planned for
@@ -366,14 +366,14 @@ func (f *fakeCeph) Watchers(_ context.Context, _ creds, ref imageRef) ([]string,
 	return slices.Clone(i.watchers), nil
 }
 
-// Blocklist fences a client: its watches and locks go, as the OSDs drop
-// them.
-func (f *fakeCeph) Blocklist(_ context.Context, _ creds, addr string, _ time.Duration) error {
+// Blocklist fences a client: its watches go, as the OSDs drop them; the
+// exclusive lock it holds stays until someone breaks it, as in Ceph.
+func (f *fakeCeph) Blocklist(_ context.Context, _ creds, addr string, d time.Duration) error {
 	defer f.mu.Unlock()
 	if err := f.call("blocklist", addr); err != nil {
 		return err
 	}
-	f.blocklisted[addr] = true
+	f.blocklisted[addr] = d
 	for _, i := range f.images {
 		i.watchers = slices.DeleteFunc(i.watchers, func(w string) bool { return w == addr })
 	}
@@ -404,8 +404,44 @@ func (f *fakeCeph) BreakLock(_ context.Context, _ creds, ref imageRef, owner str
 	if i.lockOwner != owner {
 		return notFound(ref.String() + " lock of " + owner)
 	}
+	// librbd blocklists the owner it breaks (rbd_blocklist_on_break_lock)
+	// for the monitors' default, an hour, in place of a longer entry.
+	f.blocklisted[owner] = time.Hour
+	i.watchers = slices.DeleteFunc(i.watchers, func(w string) bool { return w == owner })
 	i.lockOwner = ""
 	return nil
+}
+
+// openBy has the client addr open an image, as a node's mapping does; with
+// owner it holds the exclusive lock too (it has written). A blocklisted
+// client can do neither.
+func (f *fakeCeph) openBy(ref imageRef, addr string, owner bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i, err := f.image(ref)
+	if err != nil {
+		return err
+	}
+	if _, ok := f.blocklisted[addr]; ok {
+		return &Error{Kind: KindOther, Msg: addr + ": (108) Cannot send after transport endpoint shutdown"}
+	}
+	i.watchers = append(i.watchers, addr)
+	if owner {
+		i.lockOwner = addr
+	}
+	return nil
+}
+
+// closeBy is the client addr closing an image: its watch and lock go.
+func (f *fakeCeph) closeBy(ref imageRef, addr string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if i := f.images[ref.String()]; i != nil {
+		i.watchers = slices.DeleteFunc(i.watchers, func(w string) bool { return w == addr })
+		if i.lockOwner == addr {
+			i.lockOwner = ""
+		}
+	}
 }
 
 func (f *fakeCeph) PoolAvailable(_ context.Context, _ creds, pool string) (int64, error) {

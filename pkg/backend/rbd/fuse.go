@@ -106,7 +106,8 @@ func (f *fuseAttacher) attach(ctx context.Context, cr creds, ref imageRef, hash 
 		}
 		st = fuseAbsent
 	}
-	if st == fuseAbsent {
+	fresh := st == fuseAbsent
+	if fresh {
 		if err := f.mount(ctx, cr, ref); err != nil {
 			return "", err
 		}
@@ -119,9 +120,15 @@ func (f *fuseAttacher) attach(ctx context.Context, cr creds, ref imageRef, hash 
 	}); err != nil {
 		return "", fmt.Errorf("rbd-fuse did not show %s at %d bytes: %w", ref, size, err)
 	}
-	dev, err := f.loops.Find(file, f.loopTag(hash))
-	if err != nil {
-		return "", err
+	// A file just mounted has no loop device yet: no need to look through
+	// every device for one. That look asks each device's file for its
+	// inode, and a blocklisted rbd-fuse never answers (a fenced client of
+	// another node of a test swarm sharing this kernel).
+	dev := ""
+	if !fresh {
+		if dev, err = f.loops.Find(file, f.loopTag(hash)); err != nil {
+			return "", err
+		}
 	}
 	if dev == "" {
 		return f.loops.Attach(file, f.loopTag(hash), true)
@@ -212,9 +219,11 @@ func (f *fuseAttacher) releaseLoop(ctx context.Context, hash string, ref imageRe
 	if err := f.loops.Detach(dev); err != nil {
 		return err
 	}
+	// That device let go, or went to another file: not a look through
+	// every device (see attach).
 	return f.waitFor(ctx, func() bool {
-		d, err := f.loops.Find(f.file(ref), f.loopTag(hash))
-		return err == nil && d == ""
+		info, err := f.loops.Status(dev)
+		return err != nil || loopdev.CString(info.File_name[:]) != f.loopTag(hash)
 	})
 }
 

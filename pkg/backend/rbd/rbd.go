@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -121,6 +122,9 @@ type Backend struct {
 	now   func() time.Time
 	// known caches the nodes found registered: nodes never unregister.
 	known sync.Map
+	// localIP reports whether an IP is this host's (hostHasIP): its
+	// clients are never fenced.
+	localIP func(net.IP) bool
 }
 
 var _ backend.Complete = (*Backend)(nil)
@@ -160,7 +164,7 @@ func newBackend(cfg Config, open func(Config, string) (cluster, error)) (*Backen
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{cfg: cfg, cl: cl, names: names{prefix: cfg.Prefix}, now: time.Now}
+	b := &Backend{cfg: cfg, cl: cl, names: names{prefix: cfg.Prefix}, now: time.Now, localIP: hostHasIP}
 	b.cli = &cli{run: cfg.Runner, conf: conf, timeout: cfg.CallTimeout}
 	b.index = &index{cl: cl, image: imageRef{cfg.Pool, b.names.index()}}
 	b.creds = creds{user: cfg.User, keyring: cfg.Keyring}

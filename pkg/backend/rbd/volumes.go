@@ -451,7 +451,9 @@ func (b *Backend) purgeTrashed(ctx context.Context, cr creds, parent imageRef) e
 
 // Publish implements backend.Controller: the attachment is recorded in the
 // volume's record; the node maps the image itself. v is the record as the
-// controller has just read it: it is not read again.
+// controller has just read it: it is not read again. A single-node volume
+// that no node has is first taken from the clients a lost node left on it
+// (fence).
 func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Attachment) (map[string]string, error) {
 	cr, err := b.credsFor(ctx)
 	if err != nil {
@@ -463,9 +465,20 @@ func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Atta
 	}
 	rec := &volumeRecord{Volume: *v, Pool: ref.pool, Image: ref.image}
 	if cur, ok := rec.AttachedTo(a.NodeID); !ok || cur != a {
+		fenced := false
+		if fences(v) {
+			if fenced, err = b.fence(ctx, cr, ref, v, a.NodeID); err != nil {
+				return nil, err
+			}
+		}
 		rec.SetAttachment(a) // a new slice: v's stays as it was
 		if err := b.index.set(ctx, cr, volumeKeyPrefix+hash, rec); err != nil {
 			return nil, err
+		}
+		if fenced {
+			if err := b.forget(ctx, cr, ref); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return publishContext(rec), nil

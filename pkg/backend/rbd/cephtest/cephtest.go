@@ -69,7 +69,12 @@ func Start(ctx context.Context) (*Cluster, error) { return StartIn(ctx, "") }
 // StartIn is Start with the cluster's daemons, and every command run on
 // it, in the network namespace netns (an `ip netns` name; "" for this
 // one): its 127.0.0.1 is then the namespace's.
-func StartIn(ctx context.Context, netns string) (*Cluster, error) {
+func StartIn(ctx context.Context, netns string) (*Cluster, error) { return StartAt(ctx, netns, "") }
+
+// StartAt is StartIn with the daemons listening on addr, an IPv4 address
+// of netns ("" for 127.0.0.1), so that other namespaces routed to it
+// reach the cluster too.
+func StartAt(ctx context.Context, netns, addr string) (*Cluster, error) {
 	// Short: the monitor's and daemons' unix sockets live under it.
 	dir, err := os.MkdirTemp("", "swarm-csi-ceph-")
 	if err != nil {
@@ -92,6 +97,9 @@ func StartIn(ctx context.Context, netns string) (*Cluster, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	cmd := c.command(ctx, "bash", Script(), "up", dir, "rbd")
+	if addr != "" {
+		cmd.Env = append(os.Environ(), "CEPH_ADDR="+addr)
+	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
