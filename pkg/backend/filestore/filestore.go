@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -30,6 +31,7 @@ import (
 //
 //	names/<prefix><sha256>  symlink from a name to its id
 //	nodes/<node-id>/        one directory per registered node
+//	attachments/            the attachments by node (IndexAttachments)
 //	store-id                symlink to the random id naming this directory
 const (
 	NamesDir = "names"
@@ -242,37 +244,64 @@ func ReadAll[T any](s *Store, dir string, valid func(string) bool, read func(str
 	return out, nil
 }
 
-// SetAttachment records a in the volume record v read from path, unless it
-// is there already.
-func SetAttachment(path string, v *backend.Volume, a backend.Attachment) error {
-	if cur, ok := v.AttachedTo(a.NodeID); ok && cur == a {
-		return nil
+// ReadPage reads, in id order, the records of dir whose ids sort after
+// after and that keep accepts (nil: all), at most max of them (0: no
+// limit), and reports whether more follow. The directory is listed once,
+// by name; only the records from after on are read, until the page is full
+// and one more is found. Those deleted meanwhile are left out.
+func ReadPage[T any](s *Store, dir string, valid func(string) bool, read func(string) (*T, error), after string, max int, keep func(*T) bool) ([]*T, bool, error) {
+	ids, err := s.recordIDs(dir)
+	if err != nil {
+		return nil, false, err
 	}
-	v.SetAttachment(a)
-	return WriteJSON(path, v, fsutil.Durable)
-}
-
-// RemoveAttachment removes the node's attachment from the volume record v
-// read from path, if it has one.
-func RemoveAttachment(path string, v *backend.Volume, nodeID string) error {
-	if _, ok := v.AttachedTo(nodeID); !ok {
-		return nil
+	var out []*T
+	for _, id := range ids[sort.SearchStrings(ids, after+"\x00"):] {
+		if !valid(id) {
+			continue
+		}
+		r, err := read(id)
+		if errors.Is(err, csierr.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if keep != nil && !keep(r) {
+			continue
+		}
+		if max > 0 && len(out) == max {
+			return out, true, nil
+		}
+		out = append(out, r)
 	}
-	v.RemoveAttachment(nodeID)
-	return WriteJSON(path, v, fsutil.Durable)
+	return out, false, nil
 }
 
 // ListIDs returns the ids of the records (<id>.json) in dir that are
 // valid, sorted.
 func (s *Store) ListIDs(dir string, valid func(string) bool) ([]string, error) {
-	entries, err := os.ReadDir(s.Path(dir))
+	ids, err := s.recordIDs(dir)
 	if err != nil {
 		return nil, err
 	}
-	var ids []string
-	for _, e := range entries {
-		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if ok && valid(id) {
+	return slices.DeleteFunc(ids, func(id string) bool { return !valid(id) }), nil
+}
+
+// recordIDs returns the names of the records (<id>.json) in dir without
+// their suffix, sorted, from one listing of the directory by name.
+func (s *Store) recordIDs(dir string) ([]string, error) {
+	d, err := os.Open(s.Path(dir))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	ids := names[:0]
+	for _, n := range names {
+		if id, ok := strings.CutSuffix(n, ".json"); ok {
 			ids = append(ids, id)
 		}
 	}

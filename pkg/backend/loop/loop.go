@@ -42,7 +42,12 @@ type Backend struct {
 	now   func() time.Time
 }
 
-var _ backend.Complete = (*Backend)(nil)
+var (
+	_ backend.Complete          = (*Backend)(nil)
+	_ backend.AttachmentCounter = (*Backend)(nil)
+	_ backend.VolumePager       = (*Backend)(nil)
+	_ backend.SnapshotPager     = (*Backend)(nil)
+)
 
 // New opens (creating it if needed) the data directory at dataDir.
 func New(dataDir string) (*Backend, error) {
