@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 
@@ -303,5 +304,58 @@ func TestReadPage(t *testing.T) {
 	page, more, err = ReadPage(s, "things", valid, read, ids[20], 0, even)
 	if err != nil || more || len(page) != 2 || page[1].ID != ids[24] {
 		t.Fatalf("last filtered page without a limit: %v, more %t, %v", page, more, err)
+	}
+}
+
+// The listing of a directory that has settled is kept, and given up as soon
+// as an entry of the directory changes.
+func TestListingKeptWhileUnchanged(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "data"), "things")
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := func(i int) {
+		id := fmt.Sprintf("x-%032d", i)
+		if err := s.AddRecord(s.Path("things", id+".json"), rec{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settle := func() { // as if the last change were long ago
+		old := time.Now().Add(-time.Hour)
+		if err := os.Chtimes(s.Path("things"), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := func() []string {
+		got, err := s.ListIDs("things", valid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	add(1)
+	add(2)
+	if got := ids(); len(got) != 2 || s.listings["things"] != nil {
+		t.Fatalf("ids %v, kept %v: a directory just changed must not be kept", got, s.listings["things"])
+	}
+	settle()
+	if got := ids(); len(got) != 2 || s.listings["things"] == nil {
+		t.Fatalf("ids %v, kept %v: a settled directory is kept", got, s.listings["things"])
+	}
+	kept := s.listings["things"]
+	if got := ids(); len(got) != 2 || s.listings["things"] != kept {
+		t.Fatalf("ids %v: listed again though unchanged", got)
+	}
+	add(3) // changes the directory: listed anew
+	if got := ids(); len(got) != 3 {
+		t.Fatalf("ids %v after a third record", got)
+	}
+	settle()
+	ids()
+	if err := os.Remove(s.Path("things", fmt.Sprintf("x-%032d", 1)+".json")); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(); len(got) != 2 || got[0] != fmt.Sprintf("x-%032d", 2) {
+		t.Fatalf("ids %v after a record was removed", got)
 	}
 }

@@ -19,6 +19,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -49,6 +51,9 @@ type Store struct {
 	// ID names the data directory; nodes that share it report it as
 	// their topology.
 	ID string
+
+	mu       sync.Mutex
+	listings map[string]*listing // by directory, see recordIDs
 }
 
 // Open opens the data directory at root, creating it, its names and nodes
@@ -284,13 +289,69 @@ func (s *Store) ListIDs(dir string, valid func(string) bool) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return slices.DeleteFunc(ids, func(id string) bool { return !valid(id) }), nil
+	return slices.DeleteFunc(slices.Clone(ids), func(id string) bool { return !valid(id) }), nil
 }
 
 // recordIDs returns the names of the records (<id>.json) in dir without
-// their suffix, sorted, from one listing of the directory by name.
+// their suffix, sorted, from one listing of the directory by name. The
+// listing is kept while the directory stays unchanged, so that paging
+// through a large one reads it once; the result must not be modified.
 func (s *Store) recordIDs(dir string) ([]string, error) {
-	d, err := os.Open(s.Path(dir))
+	path := s.Path(dir)
+	before, mtime, err := stampOf(path)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	l := s.listings[dir]
+	s.mu.Unlock()
+	if l != nil && l.stamp == before {
+		return l.ids, nil
+	}
+	ids, err := listRecordIDs(path)
+	if err != nil {
+		return nil, err
+	}
+	// A change within the granularity of the timestamps after the stamp
+	// was taken would leave it as it is: only a directory that has not
+	// changed for a while is kept.
+	if time.Since(mtime) > settled {
+		s.mu.Lock()
+		if s.listings == nil {
+			s.listings = map[string]*listing{}
+		}
+		s.listings[dir] = &listing{stamp: before, ids: ids}
+		s.mu.Unlock()
+	}
+	return ids, nil
+}
+
+// settled is how long a directory must have been unchanged for its listing
+// to be kept: far beyond the granularity of file timestamps.
+const settled = 2 * time.Second
+
+// listing is a directory's record ids, listed when it had stamp.
+type listing struct {
+	stamp dirStamp
+	ids   []string
+}
+
+// dirStamp changes whenever an entry of the directory does.
+type dirStamp struct {
+	dev, ino     uint64
+	mtime, ctime unix.Timespec
+}
+
+func stampOf(path string) (dirStamp, time.Time, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return dirStamp{}, time.Time{}, &fs.PathError{Op: "stat", Path: path, Err: err}
+	}
+	return dirStamp{dev: st.Dev, ino: st.Ino, mtime: st.Mtim, ctime: st.Ctim}, time.Unix(st.Mtim.Unix()), nil
+}
+
+func listRecordIDs(path string) ([]string, error) {
+	d, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
