@@ -293,3 +293,13 @@ type SnapshotPager interface {
 	// (0: all), and whether more follow.
 	SnapshotsPage(ctx context.Context, after string, max int, keep func(*Snapshot) bool) ([]*Snapshot, bool, error)
 }
+
+// NameFinder is a Controller that finds a volume or a snapshot by the name
+// it was created with without listing them all.
+type NameFinder interface {
+	// VolumeNamed returns the volume named name, or an ErrNotFound error.
+	VolumeNamed(ctx context.Context, name string) (*Volume, error)
+	// SnapshotNamed returns the snapshot named name, or an ErrNotFound
+	// error.
+	SnapshotNamed(ctx context.Context, name string) (*Snapshot, error)
+}

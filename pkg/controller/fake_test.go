@@ -352,13 +352,15 @@ func (f *fakeBackend) volume(id string) *backend.Volume {
 	return nil
 }
 
-// pagingBackend reads pages of volumes and snapshots itself, as a backend
-// whose listings are costly does: the controller then never lists them all.
+// pagingBackend reads pages of volumes and snapshots and looks names up
+// itself, as a backend whose listings are costly does: the controller then
+// never lists them all.
 type pagingBackend struct{ *fakeBackend }
 
 var (
 	_ backend.VolumePager   = pagingBackend{}
 	_ backend.SnapshotPager = pagingBackend{}
+	_ backend.NameFinder    = pagingBackend{}
 )
 
 func (p pagingBackend) VolumesPage(_ context.Context, after string, max int) ([]*backend.Volume, bool, error) {
@@ -389,4 +391,22 @@ func cutPage[T any](items map[string]*T, copyOf func(*T) *T, after string, max i
 		out = append(out, copyOf(items[id]))
 	}
 	return out, false, nil
+}
+
+func (p pagingBackend) VolumeNamed(_ context.Context, name string) (*backend.Volume, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if v, ok := p.vols[p.volNames[name]]; ok {
+		return copyVolume(v), nil
+	}
+	return nil, csierr.NotFound("fake: no volume named %q", name)
+}
+
+func (p pagingBackend) SnapshotNamed(_ context.Context, name string) (*backend.Snapshot, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if sn, ok := p.snaps[p.snapNames[name]]; ok {
+		return copySnapshot(sn), nil
+	}
+	return nil, csierr.NotFound("fake: no snapshot named %q", name)
 }

@@ -104,6 +104,7 @@ var _ interface {
 	backend.AttachmentCounter
 	backend.VolumePager
 	backend.SnapshotPager
+	backend.NameFinder
 } = (*Backend)(nil)
 
 // New opens the data directory, creating its layout and its marker (the

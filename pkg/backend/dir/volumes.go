@@ -215,6 +215,14 @@ func (b *Backend) ListVolumes(context.Context) ([]*backend.Volume, error) {
 	return filestore.ReadAll(b.store, volumesDir, ValidVolumeID, b.readVolume)
 }
 
+// VolumeNamed implements backend.NameFinder.
+func (b *Backend) VolumeNamed(_ context.Context, name string) (*backend.Volume, error) {
+	if err := b.guard(); err != nil {
+		return nil, err
+	}
+	return filestore.Named(b.store, volumeName, name, ValidVolumeID, b.readVolume)
+}
+
 // VolumesPage implements backend.VolumePager.
 func (b *Backend) VolumesPage(_ context.Context, after string, max int) ([]*backend.Volume, bool, error) {
 	if err := b.guard(); err != nil {

@@ -214,6 +214,16 @@ func Find[T any](s *Store, prefix, name string, valid func(string) bool, read fu
 	return id, r, err
 }
 
+// Named returns the record a name maps to, or an ErrNotFound error: for a
+// name never claimed, and for one whose creation has not finished.
+func Named[T any](s *Store, prefix, name string, valid func(string) bool, read func(string) (*T, error)) (*T, error) {
+	_, r, err := Find(s, prefix, name, valid, read)
+	if err == nil && r == nil {
+		err = csierr.NotFound("nothing is named %q", name)
+	}
+	return r, err
+}
+
 // ClaimNew maps name to a new id made of idPrefix and random digits, and
 // returns it; an id found by Find already is returned as it is. Of two
 // concurrent claims, both get the winner's id.

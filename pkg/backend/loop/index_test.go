@@ -180,3 +180,36 @@ func TestPages(t *testing.T) {
 		t.Fatalf("second page of the snapshots of %s: %v, more %t, %v", want[0], snaps, more, err)
 	}
 }
+
+// Names are looked up in the names index, without a listing; a name whose
+// creation has not finished names nothing yet.
+func TestNamed(t *testing.T) {
+	ctx := context.Background()
+	b, _ := newBackend(t)
+	v := mustCreate(t, b, volSpec("db", 16*backend.MiB))
+	if got, err := b.VolumeNamed(ctx, "db"); err != nil || got.ID != v.ID {
+		t.Fatalf("VolumeNamed(db) = %v, %v; want %s", got, err, v.ID)
+	}
+	sn, err := b.CreateSnapshot(ctx, backend.SnapshotSpec{Name: "before", SourceVolumeID: v.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.SnapshotNamed(ctx, "before"); err != nil || got.ID != sn.ID {
+		t.Fatalf("SnapshotNamed(before) = %v, %v; want %s", got, err, sn.ID)
+	}
+	id, err := filestore.NewID(volumePrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.ClaimName(volumePrefix, "half-made", id, ValidVolumeID); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"nope", "half-made", "before"} {
+		if _, err := b.VolumeNamed(ctx, name); !isNotFound(err) {
+			t.Errorf("VolumeNamed(%s): %v, want NotFound", name, err)
+		}
+	}
+	if _, err := b.SnapshotNamed(ctx, "db"); !isNotFound(err) {
+		t.Errorf("SnapshotNamed(db): %v, want NotFound", err)
+	}
+}

@@ -47,6 +47,7 @@ var (
 	_ backend.AttachmentCounter = (*Backend)(nil)
 	_ backend.VolumePager       = (*Backend)(nil)
 	_ backend.SnapshotPager     = (*Backend)(nil)
+	_ backend.NameFinder        = (*Backend)(nil)
 )
 
 // New opens (creating it if needed) the data directory at dataDir.

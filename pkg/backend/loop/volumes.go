@@ -146,6 +146,11 @@ func (b *Backend) ListVolumes(context.Context) ([]*backend.Volume, error) {
 	return filestore.ReadAll(b.store.Store, volumesDir, ValidVolumeID, b.readVolume)
 }
 
+// VolumeNamed implements backend.NameFinder.
+func (b *Backend) VolumeNamed(_ context.Context, name string) (*backend.Volume, error) {
+	return filestore.Named(b.store.Store, volumePrefix, name, ValidVolumeID, b.readVolume)
+}
+
 // VolumesPage implements backend.VolumePager.
 func (b *Backend) VolumesPage(_ context.Context, after string, max int) ([]*backend.Volume, bool, error) {
 	return filestore.ReadPage(b.store.Store, volumesDir, ValidVolumeID, b.readVolume, after, max, nil)
