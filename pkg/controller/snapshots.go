@@ -113,11 +113,11 @@ func (s *Server) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 		// An id, or the name the snapshot was created with: CSI has no
 		// name in a listing, and operators name snapshots (swarm-csi
 		// snapshot rm NAME).
-		id, err := s.snapshotIDOf(ctx, req.GetSnapshotId())
+		snapID, err := s.snapshotIDOf(ctx, req.GetSnapshotId())
 		if err != nil {
 			return &csi.ListSnapshotsResponse{}, ignoreNotFound(err)
 		}
-		sn, err := s.snaps.Snapshot(ctx, id)
+		sn, err := s.snaps.Snapshot(ctx, snapID)
 		if err != nil {
 			return &csi.ListSnapshotsResponse{}, ignoreNotFound(err)
 		}

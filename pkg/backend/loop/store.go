@@ -8,8 +8,9 @@ import (
 )
 
 // Layout of the data directory, beside what every filestore.Store keeps
-// (names, nodes, attachments, store-id). Everything about a volume lives here, so a data
-// directory on a filesystem shared by all nodes lets volumes move.
+// (names, nodes, attachments, store-id). Everything about a volume lives
+// here, so a data directory on a filesystem shared by all nodes lets
+// volumes move.
 //
 //	volumes/<id>.json    volume record (written atomically)
 //	volumes/<id>.img     sparse image file
