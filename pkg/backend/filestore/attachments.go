@@ -2,7 +2,6 @@ package filestore
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -60,7 +59,7 @@ func (s *Store) IndexAttachments(volumesDir string, valid func(string) bool) err
 		}
 		for _, a := range v.Attachments {
 			if !backend.ValidNodeID(a.NodeID) {
-				return fmt.Errorf("volume %s is published to %q, which cannot name a node", id, a.NodeID)
+				continue // counted for no node, and never a path
 			}
 			if !nodes[a.NodeID] {
 				if err := os.Mkdir(filepath.Join(tmp, a.NodeID), 0o700); err != nil {
