@@ -37,6 +37,34 @@ func TestQuickRun(t *testing.T) {
 	rep.print(t.Output())
 }
 
+// TestQuickRunStore runs the benchmark with --store on a small store: the
+// filler volumes are created and timed, the driver restarted on them, the
+// calls beside the lifecycle timed, and the usual tables follow. It
+// asserts no timings.
+func TestQuickRunStore(t *testing.T) {
+	requireSystem(t)
+	cfg := defaultConfig()
+	cfg.applyQuick(nil)
+	cfg.Volumes, cfg.RSSVolumes = 2, 0
+	n := 30
+	cfg.Store = &n
+	rep := quickRun(t, cfg)
+	checkModes(t, rep, cfg, 8, 7)
+	st := rep.Store
+	if st == nil || st.Volumes != n || st.Create.Samples != n || st.Create.P50ms <= 0 || st.FillSeconds <= 0 || st.RestartMs <= 0 {
+		t.Fatalf("store figures: %+v", st)
+	}
+	if len(st.Calls) != 6 {
+		t.Fatalf("%d calls timed beside the lifecycle, want 6: %+v", len(st.Calls), st.Calls)
+	}
+	for _, c := range st.Calls {
+		if c.Samples != cfg.Volumes || c.P50ms <= 0 {
+			t.Errorf("%s: %+v, want %d samples and positive figures", c.Step, c, cfg.Volumes)
+		}
+	}
+	rep.print(t.Output())
+}
+
 // TestQuickRunRBD runs the rbd benchmark in --quick mode against a
 // throwaway Ceph cluster: figures for both sides, nothing left behind.
 func TestQuickRunRBD(t *testing.T) {

@@ -6,6 +6,7 @@
 //	go run ./bench [--volumes 20] [--size 1GiB] [--fs ext4] [--parallel 8] [--json] [--quick]
 //	go run ./bench --backend hcloud [--action-delay 0s,1s] [--other-volumes 1000] [--volumes 20] ...
 //	go run ./bench --backend rbd [--volumes 20] ...
+//	go run ./bench --store 20000 [--volumes 20] ...
 //	go run ./bench --io [--backend loop|rbd] [--fs ext4] [--runtime 4s] [--rounds 5] [--direct-io true,false]
 //
 // Driver and raw rounds alternate (per volume, or per batch of --parallel
@@ -40,6 +41,14 @@
 // median of the rounds' ratios). With --direct-io true,false the loop
 // backend's volumes are measured with each setting of their directIO
 // parameter.
+//
+// With --store N it first fills the store with N volumes, created through
+// the driver one at a time (each CreateVolume timed), restarts the driver
+// on them (timed until it serves), times the per-volume calls the
+// lifecycle has not (expand, snapshot create and delete) with the
+// listings and GetCapacity, and then measures as usual: the per-step
+// tables with N other volumes in the store. The filler volumes are 16MiB
+// sparse images, never staged.
 //
 // It needs root and loop devices. Everything it creates lives in one temp
 // dir (under --dir) and is removed at the end, also on error or Ctrl-C.
@@ -81,6 +90,9 @@ type config struct {
 	// OtherVolumes are the volumes of the cluster in the project during
 	// the crowded round (hcloud).
 	OtherVolumes int `json:"other_volumes,omitempty"`
+	// Store is how many volumes fill the store before measuring (--store;
+	// nil: none, and no store figures).
+	Store *int `json:"store,omitempty"`
 }
 
 func defaultConfig() config {
@@ -139,6 +151,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("--action-delay: want at least one duration")
 	case slices.ContainsFunc(c.ActionDelays, func(d time.Duration) bool { return d < 0 }):
 		return fmt.Errorf("--action-delay %s: want 0 or more", c.ActionDelays)
+	case c.Store != nil && c.Backend == "hcloud":
+		return fmt.Errorf("--store: for hcloud, use --other-volumes")
 	case c.OtherVolumes < 0:
 		return fmt.Errorf("--other-volumes %d: want 0 or more", c.OtherVolumes)
 	case c.FS != "ext4" && c.FS != "xfs":
@@ -159,6 +173,7 @@ func main() {
 	flag.StringVar(&cfg.Backend, "backend", cfg.Backend, "loop or rbd (against the raw tools), or hcloud (on the fake Hetzner Cloud API)")
 	flag.Var(&cfg.ActionDelays, "action-delay", "hcloud: how long the fake cloud's actions take, comma-separated for a round each (default 0s,1s)")
 	flag.IntVar(&cfg.OtherVolumes, "other-volumes", cfg.OtherVolumes, "hcloud: volumes of the cluster in the project during the crowded round (default 1000; 0 skips it)")
+	flag.Var(storeFlag{&cfg.Store}, "store", "fill the store with N volumes through the driver before measuring, and time that, a restart on them and the calls beside the lifecycle")
 	flag.StringVar(&cfg.Driver, "driver", "", "driver binary (default: build ./cmd/swarm-csi)")
 	flag.StringVar(&cfg.Dir, "dir", cfg.Dir, "parent of the run's temp dir, which holds the driver data dir, raw files and mounts")
 	flag.IntVar(&cfg.Volumes, "volumes", cfg.Volumes, "volumes per mode and side")

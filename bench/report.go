@@ -35,6 +35,7 @@ type Report struct {
 	Cloud     []CloudModeReport `json:"cloud,omitempty"` // --backend hcloud
 	RSS       *RSSReport        `json:"rss,omitempty"`
 	IO        []IOReport        `json:"io,omitempty"`        // --io
+	Store     *StoreReport      `json:"store,omitempty"`     // --store
 	Leftovers []string          `json:"leftovers,omitempty"` // mounts and loop devices the final sweep removed
 }
 
@@ -118,6 +119,7 @@ func (r *Report) print(w io.Writer) {
 	c := r.Config
 	printCloud(w, c, r.Cloud)
 	printIO(w, c, r.IO)
+	r.Store.print(w)
 	for _, m := range r.Modes {
 		fmt.Fprintf(w, "\n%s: %d volumes of %s %s per side, up to %d at a time\n",
 			m.Mode, c.Volumes, formatSize(c.Size), c.FS, m.Parallel)

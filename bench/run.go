@@ -97,6 +97,22 @@ func run(ctx context.Context, cfg config, log io.Writer) (rep *Report, err error
 
 	b := &bench{cfg: cfg, dir: dir, drv: drv, log: log, ceph: ceph, metrics: metricsAddr}
 	fmt.Fprintf(log, "driver pid %d, temp dir %s\n", drv.pid(), dir)
+	if cfg.Store != nil {
+		restart := func() (*driver, time.Duration, error) {
+			if err := drv.stop(); err != nil {
+				return nil, 0, err
+			}
+			start := time.Now()
+			d, err := startDriver(ctx, bin, dir, args, env)
+			if err == nil {
+				drv = d
+			}
+			return d, time.Since(start), err
+		}
+		if rep.Store, err = b.store(ctx, restart); err != nil {
+			return rep, fmt.Errorf("store: %w", err)
+		}
+	}
 	if cloud != nil {
 		rep.Cloud, err = b.cloudModes(ctx, cloud)
 		return rep, err

@@ -276,3 +276,30 @@ type FilesystemNode interface {
 type AttachmentCounter interface {
 	NodeAttachments(ctx context.Context, nodeID string) (int64, error)
 }
+
+// VolumePager is a Controller that reads a page of its volumes without
+// reading the others: ListVolumes then costs the page, not the store.
+type VolumePager interface {
+	// VolumesPage returns, sorted by id, the volumes whose ids sort after
+	// after, at most max of them (0: all), and whether more follow.
+	VolumesPage(ctx context.Context, after string, max int) ([]*Volume, bool, error)
+}
+
+// SnapshotPager is a Snapshotter that reads a page of its snapshots
+// without reading the others.
+type SnapshotPager interface {
+	// SnapshotsPage returns, sorted by id, the snapshots whose ids sort
+	// after after and that keep accepts (nil: all), at most max of them
+	// (0: all), and whether more follow.
+	SnapshotsPage(ctx context.Context, after string, max int, keep func(*Snapshot) bool) ([]*Snapshot, bool, error)
+}
+
+// NameFinder is a Controller that finds a volume or a snapshot by the name
+// it was created with without listing them all.
+type NameFinder interface {
+	// VolumeNamed returns the volume named name, or an ErrNotFound error.
+	VolumeNamed(ctx context.Context, name string) (*Volume, error)
+	// SnapshotNamed returns the snapshot named name, or an ErrNotFound
+	// error.
+	SnapshotNamed(ctx context.Context, name string) (*Snapshot, error)
+}

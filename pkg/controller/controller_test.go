@@ -984,7 +984,20 @@ func listAllVolumes(t *testing.T, s *Server, max int32) (ids []string, pages int
 }
 
 func TestListVolumes(t *testing.T) {
-	s, fb := newServer(t, 0, "node-a")
+	for _, paged := range []bool{false, true} {
+		t.Run(fmt.Sprintf("paged=%t", paged), func(t *testing.T) { testListVolumes(t, paged) })
+	}
+}
+
+// testListVolumes lists the volumes of a backend that reads pages itself
+// (paged) or of one that lists them all.
+func testListVolumes(t *testing.T, paged bool) {
+	fb := newFakeBackend("node-a")
+	var be backend.Controller = fb
+	if paged {
+		be = pagingBackend{fb}
+	}
+	s := New(be, 0)
 	var want []string
 	for i := range 5 {
 		want = append(want, mustCreate(t, s, mountReq(fmt.Sprint("v", i))).GetVolumeId())
@@ -1029,6 +1042,9 @@ func TestListVolumes(t *testing.T) {
 	}
 	if !slices.Equal(ids, want[2:4]) {
 		t.Fatalf("next page %v, want %v", ids, want[2:4])
+	}
+	if n := fb.callCount("ListVolumes"); paged && n != 0 {
+		t.Errorf("%d listings of every volume, want none", n)
 	}
 }
 
@@ -1205,8 +1221,21 @@ func TestCreateSnapshot(t *testing.T) {
 }
 
 func TestListSnapshots(t *testing.T) {
+	for _, paged := range []bool{false, true} {
+		t.Run(fmt.Sprintf("paged=%t", paged), func(t *testing.T) { testListSnapshots(t, paged) })
+	}
+}
+
+// testListSnapshots lists the snapshots of a backend that reads pages
+// itself (paged) or of one that lists them all.
+func testListSnapshots(t *testing.T, paged bool) {
 	ctx := context.Background()
-	s, _ := newServer(t, 0)
+	fb := newFakeBackend()
+	var be backend.Controller = fb
+	if paged {
+		be = pagingBackend{fb}
+	}
+	s := New(be, 0)
 	va := mustCreate(t, s, mountReq("a")).GetVolumeId()
 	vb := mustCreate(t, s, mountReq("b")).GetVolumeId()
 	snap := func(name, vol string) string {
@@ -1250,14 +1279,21 @@ func TestListSnapshots(t *testing.T) {
 		})
 	}
 	// The source filter must not disturb a later unfiltered listing.
+	lists := fb.callCount("ListSnapshots")
 	resp, err := s.ListSnapshots(ctx, &csi.ListSnapshotsRequest{})
 	if err != nil || len(resp.GetEntries()) != 3 {
 		t.Fatalf("unfiltered listing after filtered ones: %v, %v", resp, err)
+	}
+	if n := fb.callCount("ListSnapshots") - lists; paged && n > 0 {
+		t.Errorf("a paged listing listed every snapshot %d times", n)
 	}
 	_, err = s.ListSnapshots(ctx, &csi.ListSnapshotsRequest{StartingToken: "bogus"})
 	wantCode(t, err, codes.Aborted)
 	_, err = s.ListSnapshots(ctx, &csi.ListSnapshotsRequest{MaxEntries: -3})
 	wantCode(t, err, codes.InvalidArgument)
+	if pages, lists := fb.callCount("SnapshotsPage"), fb.callCount("ListSnapshots"); paged != (pages > 0) || paged && lists > 0 {
+		t.Errorf("%d pages read by the backend, %d listings of every snapshot", pages, lists)
+	}
 }
 
 func TestControllerExpandVolume(t *testing.T) {

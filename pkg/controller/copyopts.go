@@ -52,36 +52,55 @@ func (s *Server) copyOption(ctx context.Context, params map[string]string) (*csi
 
 // volumeIDOf resolves a volume id or name to its id.
 func (s *Server) volumeIDOf(ctx context.Context, ref string) (string, error) {
-	return resolve(ctx, ref, s.be.Volume, s.be.ListVolumes, func(v *backend.Volume) (string, string) { return v.ID, v.Name },
+	byName := listed(s.be.ListVolumes, func(v *backend.Volume) string { return v.Name })
+	if f, ok := s.be.(backend.NameFinder); ok {
+		byName = f.VolumeNamed
+	}
+	return resolve(ctx, ref, s.be.Volume, byName, func(v *backend.Volume) string { return v.ID },
 		csierr.NotFound("%s=%s: no volume of the %s backend has that name or id (a volume of another driver cannot be copied)", paramCloneFrom, ref, s.info.Name))
 }
 
 // snapshotIDOf resolves a snapshot id or name to its id.
 func (s *Server) snapshotIDOf(ctx context.Context, ref string) (string, error) {
-	return resolve(ctx, ref, s.snaps.Snapshot, s.snaps.ListSnapshots, func(sn *backend.Snapshot) (string, string) { return sn.ID, sn.Name },
+	byName := listed(s.snaps.ListSnapshots, func(sn *backend.Snapshot) string { return sn.Name })
+	if f, ok := s.be.(backend.NameFinder); ok {
+		byName = f.SnapshotNamed
+	}
+	return resolve(ctx, ref, s.snaps.Snapshot, byName, func(sn *backend.Snapshot) string { return sn.ID },
 		csierr.NotFound("%s=%s: no snapshot of the %s backend has that name or id", paramFromSnapshot, ref, s.info.Name))
 }
 
-// resolve finds ref as an id (get), else as a name among all (list);
-// notFound is the error when neither knows it.
-func resolve[T any](ctx context.Context, ref string, get func(context.Context, string) (T, error),
-	list func(context.Context) ([]T, error), idName func(T) (string, string), notFound error) (string, error) {
+// resolve finds ref as an id (get), else as a name (byName); notFound is
+// the error when neither knows it.
+func resolve[T any](ctx context.Context, ref string, get, byName func(context.Context, string) (T, error),
+	id func(T) string, notFound error) (string, error) {
 	x, err := get(ctx, ref)
-	if err == nil {
-		id, _ := idName(x)
-		return id, nil
+	if errors.Is(err, csierr.ErrNotFound) {
+		x, err = byName(ctx, ref)
+		if errors.Is(err, csierr.ErrNotFound) {
+			return "", notFound
+		}
 	}
-	if !errors.Is(err, csierr.ErrNotFound) {
-		return "", err
-	}
-	all, err := list(ctx)
 	if err != nil {
 		return "", err
 	}
-	for _, x := range all {
-		if id, name := idName(x); name == ref {
-			return id, nil
+	return id(x), nil
+}
+
+// listed finds by name among all that list returns: for a backend that
+// cannot look a name up.
+func listed[T any](list func(context.Context) ([]T, error), name func(T) string) func(context.Context, string) (T, error) {
+	return func(ctx context.Context, ref string) (T, error) {
+		var none T
+		all, err := list(ctx)
+		if err != nil {
+			return none, err
 		}
+		for _, x := range all {
+			if name(x) == ref {
+				return x, nil
+			}
+		}
+		return none, csierr.NotFound("nothing is named %q", ref)
 	}
-	return "", notFound
 }

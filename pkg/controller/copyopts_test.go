@@ -2,18 +2,34 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 )
 
 // cloneFrom and fromSnapshot name their source by Swarm name or by id and
 // become the content source Swarm never sends.
 func TestCopyOptions(t *testing.T) {
+	for _, paged := range []bool{false, true} {
+		t.Run(fmt.Sprintf("paged=%t", paged), func(t *testing.T) { testCopyOptions(t, paged) })
+	}
+}
+
+// testCopyOptions resolves the options' names with a backend that looks
+// names up (paged) or by listing every volume and snapshot.
+func testCopyOptions(t *testing.T, paged bool) {
 	ctx := context.Background()
-	s, fb := newServer(t, 0)
+	fb := newFakeBackend()
+	var be backend.Controller = fb
+	if paged {
+		be = pagingBackend{fb}
+	}
+	s := New(be, 0)
 	src := mustCreate(t, s, mountReq("db-1"))
 	snap, err := s.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "before-upgrade", SourceVolumeId: src.GetVolumeId()})
 	if err != nil {
@@ -74,6 +90,10 @@ func TestCopyOptions(t *testing.T) {
 	}
 	if n := fb.callCount("CreateVolume"); n != before {
 		t.Errorf("bad copy options reached the backend's CreateVolume %d times", n-before)
+	}
+
+	if lists := fb.callCount("ListVolumes") + fb.callCount("ListSnapshots"); paged && lists > 0 {
+		t.Errorf("names resolved with %d listings of every volume or snapshot", lists)
 	}
 
 	// A backend that cannot copy says so, naming the option and itself.

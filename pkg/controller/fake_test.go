@@ -311,6 +311,7 @@ func (f *fakeBackend) Snapshot(_ context.Context, id string) (*backend.Snapshot,
 }
 
 func (f *fakeBackend) ListSnapshots(context.Context) ([]*backend.Snapshot, error) {
+	f.count("ListSnapshots")
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := make([]*backend.Snapshot, 0, len(f.snaps))
@@ -349,4 +350,63 @@ func (f *fakeBackend) volume(id string) *backend.Volume {
 		return copyVolume(v)
 	}
 	return nil
+}
+
+// pagingBackend reads pages of volumes and snapshots and looks names up
+// itself, as a backend whose listings are costly does: the controller then
+// never lists them all.
+type pagingBackend struct{ *fakeBackend }
+
+var (
+	_ backend.VolumePager   = pagingBackend{}
+	_ backend.SnapshotPager = pagingBackend{}
+	_ backend.NameFinder    = pagingBackend{}
+)
+
+func (p pagingBackend) VolumesPage(_ context.Context, after string, max int) ([]*backend.Volume, bool, error) {
+	p.count("VolumesPage")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return cutPage(p.vols, copyVolume, after, max, nil)
+}
+
+func (p pagingBackend) SnapshotsPage(_ context.Context, after string, max int, keep func(*backend.Snapshot) bool) ([]*backend.Snapshot, bool, error) {
+	p.count("SnapshotsPage")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return cutPage(p.snaps, copySnapshot, after, max, keep)
+}
+
+// cutPage is a page of items by id, as VolumePager and SnapshotPager
+// define it.
+func cutPage[T any](items map[string]*T, copyOf func(*T) *T, after string, max int, keep func(*T) bool) ([]*T, bool, error) {
+	var out []*T
+	for _, id := range slices.Sorted(maps.Keys(items)) {
+		if id <= after || keep != nil && !keep(items[id]) {
+			continue
+		}
+		if max > 0 && len(out) == max {
+			return out, true, nil
+		}
+		out = append(out, copyOf(items[id]))
+	}
+	return out, false, nil
+}
+
+func (p pagingBackend) VolumeNamed(_ context.Context, name string) (*backend.Volume, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if v, ok := p.vols[p.volNames[name]]; ok {
+		return copyVolume(v), nil
+	}
+	return nil, csierr.NotFound("fake: no volume named %q", name)
+}
+
+func (p pagingBackend) SnapshotNamed(_ context.Context, name string) (*backend.Snapshot, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if sn, ok := p.snaps[p.snapNames[name]]; ok {
+		return copySnapshot(sn), nil
+	}
+	return nil, csierr.NotFound("fake: no snapshot named %q", name)
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -97,46 +98,53 @@ func (s *Server) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
 		return nil, err
 	}
-	if _, err := pageStart(req.GetStartingToken()); err != nil {
+	after, err := pageArgs(req.GetStartingToken(), req.GetMaxEntries())
+	if err != nil {
 		return nil, err
 	}
+	keep := func(*backend.Snapshot) bool { return true }
+	if src := req.GetSourceVolumeId(); src != "" {
+		keep = func(sn *backend.Snapshot) bool { return sn.SourceVolumeID == src }
+	}
+	id := func(sn *backend.Snapshot) string { return sn.ID }
 	var snaps []*backend.Snapshot
-	if ref := req.GetSnapshotId(); ref != "" {
+	switch p, paged := s.snaps.(backend.SnapshotPager); {
+	case req.GetSnapshotId() != "":
 		// An id, or the name the snapshot was created with: CSI has no
 		// name in a listing, and operators name snapshots (swarm-csi
 		// snapshot rm NAME).
-		id, err := s.snapshotIDOf(ctx, ref)
+		snapID, err := s.snapshotIDOf(ctx, req.GetSnapshotId())
 		if err != nil {
 			return &csi.ListSnapshotsResponse{}, ignoreNotFound(err)
 		}
-		sn, err := s.snaps.Snapshot(ctx, id)
+		sn, err := s.snaps.Snapshot(ctx, snapID)
 		if err != nil {
 			return &csi.ListSnapshotsResponse{}, ignoreNotFound(err)
 		}
 		snaps = []*backend.Snapshot{sn}
-	} else {
-		all, err := s.snaps.ListSnapshots(ctx)
+	case paged:
+		page, more, err := p.SnapshotsPage(ctx, after, int(req.GetMaxEntries()), keep)
 		if err != nil {
 			return nil, err
 		}
-		snaps = all
-	}
-	if src := req.GetSourceVolumeId(); src != "" {
-		kept := snaps[:0]
-		for _, sn := range snaps {
-			if sn.SourceVolumeID == src {
-				kept = append(kept, sn)
-			}
+		return snapshotsResponse(page, nextToken(page, more, id)), nil
+	default:
+		if snaps, err = s.snaps.ListSnapshots(ctx); err != nil {
+			return nil, err
 		}
-		snaps = kept
 	}
-	snaps, next, err := page(snaps, func(sn *backend.Snapshot) string { return sn.ID }, req.GetStartingToken(), req.GetMaxEntries())
+	snaps = slices.DeleteFunc(snaps, func(sn *backend.Snapshot) bool { return !keep(sn) })
+	snaps, next, err := page(snaps, id, req.GetStartingToken(), req.GetMaxEntries())
 	if err != nil {
 		return nil, err
 	}
+	return snapshotsResponse(snaps, next), nil
+}
+
+func snapshotsResponse(snaps []*backend.Snapshot, next string) *csi.ListSnapshotsResponse {
 	resp := &csi.ListSnapshotsResponse{NextToken: next}
 	for _, sn := range snaps {
 		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(sn)})
 	}
-	return resp, nil
+	return resp
 }

@@ -229,13 +229,27 @@ func pageStart(token string) (string, error) {
 	return after, nil
 }
 
+// pageArgs checks a page's arguments and returns the id the page starts
+// after.
+func pageArgs(token string, maxEntries int32) (string, error) {
+	if maxEntries < 0 {
+		return "", csierr.Invalid("max_entries must not be negative")
+	}
+	return pageStart(token)
+}
+
+// nextToken is the token of the page after items, "" when none follows.
+func nextToken[T any](items []T, more bool, id func(T) string) string {
+	if !more || len(items) == 0 {
+		return ""
+	}
+	return tokenPrefix + id(items[len(items)-1])
+}
+
 // page returns the items after token, at most maxEntries of them (0: all),
 // and the token of the next page. items are sorted by id.
 func page[T any](items []T, id func(T) string, token string, maxEntries int32) ([]T, string, error) {
-	if maxEntries < 0 {
-		return nil, "", csierr.Invalid("max_entries must not be negative")
-	}
-	after, err := pageStart(token)
+	after, err := pageArgs(token, maxEntries)
 	if err != nil {
 		return nil, "", err
 	}
@@ -245,9 +259,9 @@ func page[T any](items []T, id func(T) string, token string, maxEntries int32) (
 		start = sort.Search(len(items), func(i int) bool { return id(items[i]) > after })
 	}
 	items = items[start:]
-	if maxEntries > 0 && int(maxEntries) < len(items) {
+	more := maxEntries > 0 && int(maxEntries) < len(items)
+	if more {
 		items = items[:maxEntries]
-		return items, tokenPrefix + id(items[len(items)-1]), nil
 	}
-	return items, "", nil
+	return items, nextToken(items, more, id), nil
 }

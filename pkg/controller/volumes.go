@@ -205,16 +205,23 @@ func (s *Server) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 	return resp, nil
 }
 
-// pageVolumes returns one page of the backend's volumes.
+// pageVolumes returns one page of the backend's volumes: read alone where
+// the backend can, else cut from a listing of them all.
 func (s *Server) pageVolumes(ctx context.Context, token string, maxEntries int32) ([]*backend.Volume, string, error) {
-	if _, err := pageStart(token); err != nil {
-		return nil, "", err // before listing: a bad token costs nothing
+	after, err := pageArgs(token, maxEntries)
+	if err != nil {
+		return nil, "", err // before listing: bad arguments cost nothing
+	}
+	id := func(v *backend.Volume) string { return v.ID }
+	if p, ok := s.be.(backend.VolumePager); ok {
+		vols, more, err := p.VolumesPage(ctx, after, int(maxEntries))
+		return vols, nextToken(vols, more, id), err
 	}
 	vols, err := s.be.ListVolumes(ctx)
 	if err != nil {
 		return nil, "", err
 	}
-	return page(vols, func(v *backend.Volume) string { return v.ID }, token, maxEntries)
+	return page(vols, id, token, maxEntries)
 }
 
 // ControllerGetVolume implements csi.ControllerServer.

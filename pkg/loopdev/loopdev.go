@@ -74,8 +74,8 @@ func (l *Devices) Find(image, tag string) (string, error) {
 	return dev, err
 }
 
-// scan looks through every attached loop device for the one holding the
-// file want under tag.
+// scan looks through the attached loop devices for the one holding the
+// file want under tag, and remembers the others' tags.
 func (l *Devices) scan(tag string, want *unix.Stat_t) (string, error) {
 	dir, err := os.Open(l.sysBlock)
 	if err != nil {
@@ -95,8 +95,18 @@ func (l *Devices) scan(tag string, want *unix.Stat_t) (string, error) {
 		if unix.Fstatat(int(dir.Fd()), name+"/loop", &st, 0) != nil {
 			continue
 		}
-		if dev := filepath.Join(l.dev, name); l.holds(dev, tag, want) {
+		dev := filepath.Join(l.dev, name)
+		info, err := l.Status(dev)
+		if err != nil {
+			continue // detached meanwhile, or not ours to read
+		}
+		switch t := CString(info.File_name[:]); {
+		case t == tag && info.Inode == want.Ino && info.Device == want.Dev:
 			return dev, nil
+		case t != "":
+			// Remembered for the Find of that tag, which checks it: after
+			// a restart, finding every device costs one scan, not one each.
+			l.remember(t, dev)
 		}
 	}
 	return "", nil

@@ -127,6 +127,45 @@ func TestFindRechecksRememberedDevice(t *testing.T) {
 	}
 }
 
+// One scan is enough to find every device after a restart: the scan
+// remembers the tags of the devices it passes.
+func TestScanRemembersEveryTag(t *testing.T) {
+	testenv.RequireRoot(t)
+	l := New()
+	dir := t.TempDir()
+	var files []string
+	for _, name := range []string{"a", "b", "c"} {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(f, 8<<20); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	devs := map[string]string{}
+	for _, name := range []string{"a", "b"} {
+		dev, err := l.Attach(filepath.Join(dir, name), Tag("vol-"+name, "node"), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = l.Detach(dev) })
+		devs[name] = dev
+	}
+	restarted := New()
+	// c is attached nowhere: its Find scans every device.
+	if got, err := restarted.Find(files[2], Tag("vol-c", "node")); got != "" || err != nil {
+		t.Fatalf("Find of a file not attached = %q, %v", got, err)
+	}
+	restarted.sysBlock = t.TempDir() // no scan from here on
+	for i, name := range []string{"a", "b"} {
+		if got, err := restarted.Find(files[i], Tag("vol-"+name, "node")); got != devs[name] || err != nil {
+			t.Fatalf("Find of %s without a scan = %q, %v; want %q", name, got, err, devs[name])
+		}
+	}
+}
+
 // A free device whose node devtmpfs has not made yet is waited for.
 func TestAttachWaitsForDeviceNode(t *testing.T) {
 	testenv.RequireRoot(t)

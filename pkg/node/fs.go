@@ -67,3 +67,46 @@ func filesystemSize(f *os.File, fsType string) (int64, error) {
 	}
 	return 0, fmt.Errorf("filesystem %q is not supported", fsType)
 }
+
+// readyToMount reports whether dev holds an fsType filesystem that fsck -a
+// would leave as it is: for ext4 one marked clean, with no journal to
+// replay, no orphans and no check due; an xfs one (fsck does nothing to
+// xfs). It reads the superblock itself, in place of the blkid and fsck
+// processes mount-utils starts to find that out.
+func readyToMount(dev, fsType string) (bool, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	sb := make([]byte, 2048)
+	if _, err := f.ReadAt(sb, 0); err != nil {
+		return false, fmt.Errorf("read superblock: %w", err)
+	}
+	switch fsType {
+	case "ext4":
+		return ext4Clean(sb[1024:]), nil
+	case "xfs":
+		return string(sb[:4]) == "XFSB", nil
+	}
+	return false, nil
+}
+
+// ext4Clean reads an ext4 superblock as e2fsck -p decides whether to check
+// the filesystem.
+func ext4Clean(sb []byte) bool {
+	le := binary.LittleEndian
+	const (
+		validFS     = 0x1 // s_state: unmounted cleanly
+		errorFS     = 0x2 // s_state: errors detected
+		needsReplay = 0x4 // s_feature_incompat RECOVER: a journal to replay
+	)
+	state := le.Uint16(sb[0x3a:])
+	maxMounts := int16(le.Uint16(sb[0x36:]))
+	return le.Uint16(sb[0x38:]) == 0xEF53 &&
+		state&validFS != 0 && state&errorFS == 0 &&
+		le.Uint32(sb[0x60:])&needsReplay == 0 &&
+		le.Uint32(sb[0xe8:]) == 0 && // s_last_orphan
+		(maxMounts <= 0 || int16(le.Uint16(sb[0x34:])) < maxMounts) &&
+		le.Uint32(sb[0x44:]) == 0 // s_checkinterval: no check by time
+}

@@ -67,6 +67,15 @@ type realMounter struct {
 }
 
 func (m *realMounter) FormatAndMount(device, target, fsType string, mkfsArgs, options []string) error {
+	if fsType == "" {
+		fsType = "ext4"
+	}
+	// A filesystem that fsck would leave as it is is mounted as
+	// SafeFormatAndMount mounts it, less the blkid and fsck processes
+	// (most of the time a restart's restore of many volumes takes).
+	if ready, err := readyToMount(device, fsType); err == nil && ready {
+		return m.sys.Mount(device, target, fsType, append(slices.Clone(options), "defaults"))
+	}
 	return m.safe.FormatAndMountSensitiveWithFormatOptions(device, target, fsType, options, nil, mkfsArgs)
 }
 

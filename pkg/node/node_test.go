@@ -2,10 +2,13 @@ package node
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -542,6 +545,42 @@ func TestRestoreRemountsLostMounts(t *testing.T) {
 	h.must(restarted.Restore(context.Background()))
 	if len(h.m.mounts) != 3 {
 		t.Fatalf("%d mounts after a second restore, want 3", len(h.m.mounts))
+	}
+}
+
+// Volumes are restored several at a time: each waits mostly on the tools
+// that check and mount it.
+func TestRestoreRunsVolumesAtOnce(t *testing.T) {
+	h := newHarness(t, mountVolume())
+	second := mountVolume()
+	second.ID = "vol-2"
+	h.be.volumes[second.ID] = second
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	h.must(h.stage(c, nil))
+	_, err := h.srv.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{
+		VolumeId: second.ID, StagingTargetPath: filepath.Join(h.root, "data/staged/swarm-vol-2"), VolumeCapability: c})
+	h.must(err)
+
+	h.m.mu.Lock()
+	h.m.mounts = map[string]fakeMount{} // the plugin was disabled
+	h.m.mu.Unlock()
+	// Each attach waits for the other to have begun.
+	var arrived sync.WaitGroup
+	arrived.Add(2)
+	h.be.attachFn = func(*backend.Volume) error {
+		arrived.Done()
+		done := make(chan struct{})
+		go func() { arrived.Wait(); close(done) }()
+		select {
+		case <-done:
+			return nil
+		case <-time.After(5 * time.Second):
+			return errors.New("the other volume's restore never began")
+		}
+	}
+	h.must(h.srv.Restore(context.Background()))
+	if len(h.m.mounts) != 2 {
+		t.Fatalf("%d mounts restored, want 2", len(h.m.mounts))
 	}
 }
 

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"sync"
 
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
@@ -14,26 +15,39 @@ import (
 // and sends no new NodeStage or NodePublish: without this, a new task would
 // get the empty directory instead of its volume. Mounts that are still there
 // are left as they are. Each volume is restored under its lock, so a CO call
-// for it meanwhile gets Aborted and is retried. Errors are logged per volume
-// and the first one returned.
+// for it meanwhile gets Aborted and is retried; restoreParallel volumes at
+// a time, since each waits mostly on the tools it runs (blkid, fsck). Errors
+// are logged per volume and the first one returned.
 func (s *Server) Restore(ctx context.Context) error {
 	all, err := s.state.list()
 	if err != nil {
 		return err
 	}
-	var first error
-	for _, st := range all {
-		if err := s.restore(ctx, st); err != nil {
-			s.cfg.Log.Error("volume not restored", "volume", st.VolumeID, "error", err)
-			if first == nil {
-				first = err
+	errs := make([]error, len(all))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, restoreParallel)
+	for i, st := range all {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if errs[i] = s.restore(ctx, st); errs[i] != nil {
+				s.cfg.Log.Error("volume not restored", "volume", st.VolumeID, "error", errs[i])
+				return
 			}
-			continue
-		}
-		s.cfg.Log.Info("volume restored", "volume", st.VolumeID, "staging", st.StagingPath, "targets", st.Targets)
+			s.cfg.Log.Info("volume restored", "volume", st.VolumeID, "staging", st.StagingPath, "targets", st.Targets)
+		})
 	}
-	return first
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
+
+// restoreParallel is how many volumes Restore restores at once.
+const restoreParallel = 8
 
 func (s *Server) restore(ctx context.Context, st *staged) error {
 	release, err := s.lock(st.VolumeID)

@@ -101,6 +101,10 @@ var _ interface {
 	backend.CapacityReporter
 	backend.Snapshotter
 	backend.Cloner
+	backend.AttachmentCounter
+	backend.VolumePager
+	backend.SnapshotPager
+	backend.NameFinder
 } = (*Backend)(nil)
 
 // New opens the data directory, creating its layout and its marker (the
@@ -123,6 +127,9 @@ func New(o Options) (*Backend, error) {
 	s, err := filestore.Open(o.DataDir, volumesDir, snapshotsDir, tmpDir, retainedDir)
 	if err != nil {
 		return nil, err
+	}
+	if err := s.IndexAttachments(volumesDir, ValidVolumeID); err != nil {
+		return nil, fmt.Errorf("attachment index: %w", err)
 	}
 	b.store = s
 	if b.dev, err = deviceOf(s.Root); err != nil {

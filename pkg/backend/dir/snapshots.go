@@ -86,3 +86,19 @@ func (b *Backend) ListSnapshots(context.Context) ([]*backend.Snapshot, error) {
 	}
 	return filestore.ReadAll(b.store, snapshotsDir, ValidSnapshotID, b.readSnapshot)
 }
+
+// SnapshotNamed implements backend.NameFinder.
+func (b *Backend) SnapshotNamed(_ context.Context, name string) (*backend.Snapshot, error) {
+	if err := b.guard(); err != nil {
+		return nil, err
+	}
+	return filestore.Named(b.store, snapshotName, name, ValidSnapshotID, b.readSnapshot)
+}
+
+// SnapshotsPage implements backend.SnapshotPager.
+func (b *Backend) SnapshotsPage(_ context.Context, after string, max int, keep func(*backend.Snapshot) bool) ([]*backend.Snapshot, bool, error) {
+	if err := b.guard(); err != nil {
+		return nil, false, err
+	}
+	return filestore.ReadPage(b.store, snapshotsDir, ValidSnapshotID, b.readSnapshot, after, max, keep)
+}

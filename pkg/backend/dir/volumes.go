@@ -215,6 +215,31 @@ func (b *Backend) ListVolumes(context.Context) ([]*backend.Volume, error) {
 	return filestore.ReadAll(b.store, volumesDir, ValidVolumeID, b.readVolume)
 }
 
+// VolumeNamed implements backend.NameFinder.
+func (b *Backend) VolumeNamed(_ context.Context, name string) (*backend.Volume, error) {
+	if err := b.guard(); err != nil {
+		return nil, err
+	}
+	return filestore.Named(b.store, volumeName, name, ValidVolumeID, b.readVolume)
+}
+
+// VolumesPage implements backend.VolumePager.
+func (b *Backend) VolumesPage(_ context.Context, after string, max int) ([]*backend.Volume, bool, error) {
+	if err := b.guard(); err != nil {
+		return nil, false, err
+	}
+	return filestore.ReadPage(b.store, volumesDir, ValidVolumeID, b.readVolume, after, max, nil)
+}
+
+// NodeAttachments implements backend.AttachmentCounter from the index of
+// attachments by node.
+func (b *Backend) NodeAttachments(_ context.Context, nodeID string) (int64, error) {
+	if err := b.guard(); err != nil {
+		return 0, err
+	}
+	return b.store.NodeAttachments(volumesDir, nodeID, ValidVolumeID)
+}
+
 // Publish implements backend.Controller: the attachment is recorded; the
 // node mounts the directory itself, from the volume id alone.
 func (b *Backend) Publish(_ context.Context, cur *backend.Volume, a backend.Attachment) (map[string]string, error) {
@@ -225,7 +250,7 @@ func (b *Backend) Publish(_ context.Context, cur *backend.Volume, a backend.Atta
 	if err != nil {
 		return nil, err
 	}
-	if err := filestore.SetAttachment(b.volumeRecord(v.ID), v, a); err != nil {
+	if err := b.store.SetAttachment(b.volumeRecord(v.ID), v, a); err != nil {
 		return nil, err
 	}
 	return map[string]string{"accessType": "mount"}, nil
@@ -243,5 +268,5 @@ func (b *Backend) Unpublish(_ context.Context, id, nodeID string) error {
 	if err != nil {
 		return err
 	}
-	return filestore.RemoveAttachment(b.volumeRecord(id), v, nodeID)
+	return b.store.RemoveAttachment(b.volumeRecord(id), v, nodeID)
 }

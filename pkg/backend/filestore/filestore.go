@@ -16,8 +16,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -30,6 +33,7 @@ import (
 //
 //	names/<prefix><sha256>  symlink from a name to its id
 //	nodes/<node-id>/        one directory per registered node
+//	attachments/            the attachments by node (IndexAttachments)
 //	store-id                symlink to the random id naming this directory
 const (
 	NamesDir = "names"
@@ -47,6 +51,9 @@ type Store struct {
 	// ID names the data directory; nodes that share it report it as
 	// their topology.
 	ID string
+
+	mu       sync.Mutex
+	listings map[string]*listing // by directory, see recordIDs
 }
 
 // Open opens the data directory at root, creating it, its names and nodes
@@ -207,6 +214,16 @@ func Find[T any](s *Store, prefix, name string, valid func(string) bool, read fu
 	return id, r, err
 }
 
+// Named returns the record a name maps to, or an ErrNotFound error: for a
+// name never claimed, and for one whose creation has not finished.
+func Named[T any](s *Store, prefix, name string, valid func(string) bool, read func(string) (*T, error)) (*T, error) {
+	_, r, err := Find(s, prefix, name, valid, read)
+	if err == nil && r == nil {
+		err = csierr.NotFound("nothing is named %q", name)
+	}
+	return r, err
+}
+
 // ClaimNew maps name to a new id made of idPrefix and random digits, and
 // returns it; an id found by Find already is returned as it is. Of two
 // concurrent claims, both get the winner's id.
@@ -242,37 +259,120 @@ func ReadAll[T any](s *Store, dir string, valid func(string) bool, read func(str
 	return out, nil
 }
 
-// SetAttachment records a in the volume record v read from path, unless it
-// is there already.
-func SetAttachment(path string, v *backend.Volume, a backend.Attachment) error {
-	if cur, ok := v.AttachedTo(a.NodeID); ok && cur == a {
-		return nil
+// ReadPage reads, in id order, the records of dir whose ids sort after
+// after and that keep accepts (nil: all), at most max of them (0: no
+// limit), and reports whether more follow. The directory is listed once,
+// by name; only the records from after on are read, until the page is full
+// and one more is found. Those deleted meanwhile are left out.
+func ReadPage[T any](s *Store, dir string, valid func(string) bool, read func(string) (*T, error), after string, max int, keep func(*T) bool) ([]*T, bool, error) {
+	ids, err := s.recordIDs(dir)
+	if err != nil {
+		return nil, false, err
 	}
-	v.SetAttachment(a)
-	return WriteJSON(path, v, fsutil.Durable)
-}
-
-// RemoveAttachment removes the node's attachment from the volume record v
-// read from path, if it has one.
-func RemoveAttachment(path string, v *backend.Volume, nodeID string) error {
-	if _, ok := v.AttachedTo(nodeID); !ok {
-		return nil
+	var out []*T
+	for _, id := range ids[sort.SearchStrings(ids, after+"\x00"):] {
+		if !valid(id) {
+			continue
+		}
+		r, err := read(id)
+		if errors.Is(err, csierr.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if keep != nil && !keep(r) {
+			continue
+		}
+		if max > 0 && len(out) == max {
+			return out, true, nil
+		}
+		out = append(out, r)
 	}
-	v.RemoveAttachment(nodeID)
-	return WriteJSON(path, v, fsutil.Durable)
+	return out, false, nil
 }
 
 // ListIDs returns the ids of the records (<id>.json) in dir that are
 // valid, sorted.
 func (s *Store) ListIDs(dir string, valid func(string) bool) ([]string, error) {
-	entries, err := os.ReadDir(s.Path(dir))
+	ids, err := s.recordIDs(dir)
 	if err != nil {
 		return nil, err
 	}
-	var ids []string
-	for _, e := range entries {
-		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if ok && valid(id) {
+	return slices.DeleteFunc(slices.Clone(ids), func(id string) bool { return !valid(id) }), nil
+}
+
+// recordIDs returns the names of the records (<id>.json) in dir without
+// their suffix, sorted, from one listing of the directory by name. The
+// listing is kept while the directory stays unchanged, so that paging
+// through a large one reads it once; the result must not be modified.
+func (s *Store) recordIDs(dir string) ([]string, error) {
+	path := s.Path(dir)
+	before, mtime, err := stampOf(path)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	l := s.listings[dir]
+	s.mu.Unlock()
+	if l != nil && l.stamp == before {
+		return l.ids, nil
+	}
+	ids, err := listRecordIDs(path)
+	if err != nil {
+		return nil, err
+	}
+	// A change within the granularity of the timestamps after the stamp
+	// was taken would leave it as it is: only a directory that has not
+	// changed for a while is kept.
+	if time.Since(mtime) > settled {
+		s.mu.Lock()
+		if s.listings == nil {
+			s.listings = map[string]*listing{}
+		}
+		s.listings[dir] = &listing{stamp: before, ids: ids}
+		s.mu.Unlock()
+	}
+	return ids, nil
+}
+
+// settled is how long a directory must have been unchanged for its listing
+// to be kept: far beyond the granularity of file timestamps.
+const settled = 2 * time.Second
+
+// listing is a directory's record ids, listed when it had stamp.
+type listing struct {
+	stamp dirStamp
+	ids   []string
+}
+
+// dirStamp changes whenever an entry of the directory does.
+type dirStamp struct {
+	dev, ino     uint64
+	mtime, ctime unix.Timespec
+}
+
+func stampOf(path string) (dirStamp, time.Time, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return dirStamp{}, time.Time{}, &fs.PathError{Op: "stat", Path: path, Err: err}
+	}
+	return dirStamp{dev: st.Dev, ino: st.Ino, mtime: st.Mtim, ctime: st.Ctim}, time.Unix(st.Mtim.Unix()), nil
+}
+
+func listRecordIDs(path string) ([]string, error) {
+	d, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	ids := names[:0]
+	for _, n := range names {
+		if id, ok := strings.CutSuffix(n, ".json"); ok {
 			ids = append(ids, id)
 		}
 	}

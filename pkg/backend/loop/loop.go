@@ -42,7 +42,13 @@ type Backend struct {
 	now   func() time.Time
 }
 
-var _ backend.Complete = (*Backend)(nil)
+var (
+	_ backend.Complete          = (*Backend)(nil)
+	_ backend.AttachmentCounter = (*Backend)(nil)
+	_ backend.VolumePager       = (*Backend)(nil)
+	_ backend.SnapshotPager     = (*Backend)(nil)
+	_ backend.NameFinder        = (*Backend)(nil)
+)
 
 // New opens (creating it if needed) the data directory at dataDir.
 func New(dataDir string) (*Backend, error) {

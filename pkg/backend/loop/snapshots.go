@@ -84,3 +84,13 @@ func (b *Backend) readSnapshot(id string) (*backend.Snapshot, error) {
 func (b *Backend) ListSnapshots(context.Context) ([]*backend.Snapshot, error) {
 	return filestore.ReadAll(b.store.Store, snapshotsDir, ValidSnapshotID, b.readSnapshot)
 }
+
+// SnapshotNamed implements backend.NameFinder.
+func (b *Backend) SnapshotNamed(_ context.Context, name string) (*backend.Snapshot, error) {
+	return filestore.Named(b.store.Store, snapshotPrefix, name, ValidSnapshotID, b.readSnapshot)
+}
+
+// SnapshotsPage implements backend.SnapshotPager.
+func (b *Backend) SnapshotsPage(_ context.Context, after string, max int, keep func(*backend.Snapshot) bool) ([]*backend.Snapshot, bool, error) {
+	return filestore.ReadPage(b.store.Store, snapshotsDir, ValidSnapshotID, b.readSnapshot, after, max, keep)
+}

@@ -1,14 +1,16 @@
 package loop
 
 import (
+	"fmt"
 	"regexp"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend/filestore"
 )
 
 // Layout of the data directory, beside what every filestore.Store keeps
-// (names, nodes, store-id). Everything about a volume lives here, so a data
-// directory on a filesystem shared by all nodes lets volumes move.
+// (names, nodes, attachments, store-id). Everything about a volume lives
+// here, so a data directory on a filesystem shared by all nodes lets
+// volumes move.
 //
 //	volumes/<id>.json    volume record (written atomically)
 //	volumes/<id>.img     sparse image file
@@ -43,6 +45,9 @@ func openStore(root string) (*store, error) {
 	s, err := filestore.Open(root, volumesDir, snapshotsDir)
 	if err != nil {
 		return nil, err
+	}
+	if err := s.IndexAttachments(volumesDir, ValidVolumeID); err != nil {
+		return nil, fmt.Errorf("attachment index: %w", err)
 	}
 	return &store{s}, nil
 }

@@ -146,6 +146,22 @@ func (b *Backend) ListVolumes(context.Context) ([]*backend.Volume, error) {
 	return filestore.ReadAll(b.store.Store, volumesDir, ValidVolumeID, b.readVolume)
 }
 
+// VolumeNamed implements backend.NameFinder.
+func (b *Backend) VolumeNamed(_ context.Context, name string) (*backend.Volume, error) {
+	return filestore.Named(b.store.Store, volumePrefix, name, ValidVolumeID, b.readVolume)
+}
+
+// VolumesPage implements backend.VolumePager.
+func (b *Backend) VolumesPage(_ context.Context, after string, max int) ([]*backend.Volume, bool, error) {
+	return filestore.ReadPage(b.store.Store, volumesDir, ValidVolumeID, b.readVolume, after, max, nil)
+}
+
+// NodeAttachments implements backend.AttachmentCounter from the index of
+// attachments by node.
+func (b *Backend) NodeAttachments(_ context.Context, nodeID string) (int64, error) {
+	return b.store.NodeAttachments(volumesDir, nodeID, ValidVolumeID)
+}
+
 // Publish implements backend.Controller: the attachment is recorded; the
 // node attaches the image itself.
 func (b *Backend) Publish(_ context.Context, cur *backend.Volume, a backend.Attachment) (map[string]string, error) {
@@ -154,7 +170,7 @@ func (b *Backend) Publish(_ context.Context, cur *backend.Volume, a backend.Atta
 	if err != nil {
 		return nil, err
 	}
-	if err := filestore.SetAttachment(b.store.volumeRecord(id), v, a); err != nil {
+	if err := b.store.SetAttachment(b.store.volumeRecord(id), v, a); err != nil {
 		return nil, err
 	}
 	return publishContext(v), nil
@@ -178,7 +194,7 @@ func (b *Backend) Unpublish(_ context.Context, id, nodeID string) error {
 	if err != nil {
 		return err
 	}
-	return filestore.RemoveAttachment(b.store.volumeRecord(id), v, nodeID)
+	return b.store.RemoveAttachment(b.store.volumeRecord(id), v, nodeID)
 }
 
 // ModifyVolume implements backend.Modifier.
