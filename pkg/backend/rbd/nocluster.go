@@ -6,7 +6,7 @@ import "errors"
 
 // ErrNoCeph is what New answers in a build without librados and librbd.
 var ErrNoCeph = errors.New("this swarm-csi is built without Ceph support: " +
-	"install the rbd flavour of the plugin (swarm-csi:rbd, deploy/build-plugin rbd) " +
+	"install the rbd flavour of the plugin (swarm-csi:rbd, deploy/build-plugin --with rbd) " +
 	"or build with cgo and -tags ceph,pacific")
 
 // CephSupport reports whether this build can reach Ceph.
