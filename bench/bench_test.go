@@ -82,7 +82,7 @@ func TestQuickRunRBD(t *testing.T) {
 		t.Errorf("memory figure: %+v; want the driver's idle and loaded figures and one rbd-fuse per volume", rep.RSS)
 	}
 	for _, m := range rep.Modes {
-		if m.BackendCalls < 5 || m.BackendCallsByName["image-meta set"] == 0 {
+		if m.BackendCalls < 5 || m.BackendCallsByName["rbd image-meta set"] == 0 {
 			t.Errorf("%s: Ceph calls per lifecycle %v (%v)", m.Mode, m.BackendCalls, m.BackendCallsByName)
 		}
 	}
