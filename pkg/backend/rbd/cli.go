@@ -143,37 +143,43 @@ func classify(cmd string, err error) error {
 		return fmt.Errorf("%s: %w", cmd, err)
 	}
 	msg := lastLine(ee.Stderr)
-	e := &Error{Kind: KindOther, Cmd: cmd, Msg: msg}
+	e := &Error{Kind: kindOf(syscall.Errno(ee.Code)), Cmd: cmd, Msg: msg}
 	noCluster := strings.Contains(ee.Stderr, "couldn't connect to the cluster") ||
 		strings.Contains(ee.Stderr, "failed to fetch mon config")
-	switch syscall.Errno(ee.Code) {
-	case syscall.ENOENT:
-		e.Kind = KindNotFound
-	case syscall.EEXIST:
-		e.Kind = KindExists
-	case syscall.EBUSY, syscall.ENOTEMPTY:
-		e.Kind = KindBusy
-	case syscall.ETIMEDOUT:
-		e.Kind = KindTimeout
-		if noCluster {
-			e.Kind = KindUnreachable
-			e.Msg = "no Ceph monitor answered: " + msg
-		}
-	case syscall.EACCES, syscall.EPERM:
-		e.Kind = KindDenied
-		if noCluster {
-			e.Kind = KindAuth
-			e.Msg = "the monitors refused the cephx key: " + msg
-		}
-	case syscall.ENOSPC, syscall.EDQUOT:
-		e.Kind = KindNoSpace
-	case syscall.EINVAL, syscall.ERANGE:
-		e.Kind = KindInvalid
-	}
-	if e.Kind == KindOther && noCluster {
+	switch {
+	case !noCluster:
+	case e.Kind == KindTimeout:
+		e.Kind = KindUnreachable
+		e.Msg = "no Ceph monitor answered: " + msg
+	case e.Kind == KindDenied:
+		e.Kind = KindAuth
+		e.Msg = "the monitors refused the cephx key: " + msg
+	case e.Kind == KindOther:
 		e.Kind = KindUnreachable
 	}
 	return e
+}
+
+// kindOf is the kind of failure an errno names, whether a tool exited with
+// it or librados or librbd answered it.
+func kindOf(errno syscall.Errno) Kind {
+	switch errno {
+	case syscall.ENOENT:
+		return KindNotFound
+	case syscall.EEXIST:
+		return KindExists
+	case syscall.EBUSY, syscall.ENOTEMPTY:
+		return KindBusy
+	case syscall.ETIMEDOUT:
+		return KindTimeout
+	case syscall.EACCES, syscall.EPERM:
+		return KindDenied
+	case syscall.ENOSPC, syscall.EDQUOT:
+		return KindNoSpace
+	case syscall.EINVAL, syscall.ERANGE:
+		return KindInvalid
+	}
+	return KindOther
 }
 
 // lastLine returns the last line of a tool's error output that is not a

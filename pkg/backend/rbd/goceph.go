@@ -251,24 +251,7 @@ func ctxError(cmd string, err error) error {
 // cephError classifies what librados or librbd answered by its errno, as
 // classify does with the tools' exit codes.
 func cephError(cmd string, err error) error {
-	e := &Error{Kind: KindOther, Cmd: cmd, Msg: errnoText(err)}
-	switch errno(err) {
-	case syscall.ENOENT:
-		e.Kind = KindNotFound
-	case syscall.EEXIST:
-		e.Kind = KindExists
-	case syscall.EBUSY, syscall.ENOTEMPTY:
-		e.Kind = KindBusy
-	case syscall.ETIMEDOUT:
-		e.Kind = KindTimeout
-	case syscall.EACCES, syscall.EPERM:
-		e.Kind = KindDenied
-	case syscall.ENOSPC, syscall.EDQUOT:
-		e.Kind = KindNoSpace
-	case syscall.EINVAL, syscall.ERANGE:
-		e.Kind = KindInvalid
-	}
-	return e
+	return &Error{Kind: kindOf(errno(err)), Cmd: cmd, Msg: errnoText(err)}
 }
 
 // errno is the error number of a librados or librbd error, 0 for another
