@@ -141,7 +141,7 @@ func parseArgs(driver *flag.FlagSet, opts *ops.Options, args []string, stderr io
 	}
 	command := fs.Args()
 	if len(command) > 0 && !ops.IsCommand(command[0]) {
-		return nil, fmt.Errorf("unexpected argument %q: the commands are volume, snapshot and stack", command[0])
+		return nil, fmt.Errorf("unexpected argument %q: the commands are volume, snapshot, stack and doctor", command[0])
 	}
 	var misplaced error
 	fs.Visit(func(f *flag.Flag) {
@@ -254,6 +254,7 @@ func run(cfg *config, log *slog.Logger) error {
 		GroupController: ctrl,
 		Node:            nodeSrv,
 	})
+	controller.RegisterDiagnostics(srv, ctrl) // swarm-csi doctor reads the last CreateVolume errors
 	var metricsDone <-chan error
 	if cfg.metricsAddr != "" {
 		metrics.Registry.MustRegister(&metrics.VolumeCollector{Counts: ctrl.VolumeCounts, Usage: nodeSrv.VolumeUsage})
