@@ -23,5 +23,11 @@ type Engine interface {
 	Node(ctx context.Context, id string) (swarm.Node, error)
 	// ThisNode is the Swarm node id of the Engine itself.
 	ThisNode(ctx context.Context) (string, error)
+	// Nodes is docker node ls: every node of the swarm.
+	Nodes(ctx context.Context) ([]swarm.Node, error)
+	// Services is docker service ls: every service of the swarm.
+	Services(ctx context.Context) ([]swarm.Service, error)
+	// Remove is docker volume rm [--force] NAME.
+	Remove(ctx context.Context, name string, force bool) error
 	Close() error
 }

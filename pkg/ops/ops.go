@@ -32,12 +32,17 @@ const Usage = `usage: swarm-csi [options] COMMAND
                                 on every node it is published on (other nodes
                                 through their plugin's METRICS_ADDR)
   volume rm-orphan ID           delete a disk no Swarm volume refers to
+  volume release NAME           a volume Swarm counts as published to nodes whose
+                                plugins hold nothing of it: free it (README,
+                                "When something is stuck")
   snapshot create VOLUME NAME   snapshot a volume
   snapshot ls [VOLUME]          list snapshots
   snapshot rm NAME              delete a snapshot
   stack volumes -c FILE --namespace STACK
                                 create the cluster volumes a compose file declares
-options (before a volume or snapshot COMMAND):
+  doctor                        what is wrong with the plugin and its volumes on
+                                this swarm, each with its fix; exit 1 if anything
+options (before a volume, snapshot or doctor COMMAND):
   --plugin NAME      the plugin (default swarm-csi:latest)
   --socket PATH      the plugin's CSI socket, instead of finding it
   --format table|json
@@ -45,7 +50,7 @@ Exit status: 0 done, 1 failed (nothing changed unless it says so), 2 bad usage.`
 
 // IsCommand tells whether word is the first word of a command.
 func IsCommand(word string) bool {
-	return slices.Contains([]string{"volume", "snapshot", "stack"}, word)
+	return slices.Contains([]string{"volume", "snapshot", "stack", "doctor"}, word)
 }
 
 // Options come before a command; the zero value is the default of each.
@@ -92,6 +97,9 @@ func (c *CLI) Run(ctx context.Context, args []string) int {
 	if len(args) > 0 && args[0] == "stack" {
 		return c.stack(ctx, args[1:])
 	}
+	if len(args) > 0 && args[0] == "doctor" {
+		return c.doctor(ctx, args[1:])
+	}
 	err := c.run(ctx, args)
 	switch {
 	case err == nil:
@@ -125,7 +133,7 @@ func (c *CLI) run(ctx context.Context, args []string) error {
 		return errUsage
 	}
 	want := map[string]int{"volume ls": 0, "volume inspect": 1, "volume expand": 2, "volume stats": 1,
-		"volume rm-orphan": 1, "snapshot create": 2, "snapshot ls": -1, "snapshot rm": 1}
+		"volume rm-orphan": 1, "volume release": 1, "snapshot create": 2, "snapshot ls": -1, "snapshot rm": 1}
 	cmd := args[0] + " " + args[1]
 	n, ok := want[cmd]
 	rest := args[2:]
@@ -157,6 +165,8 @@ func (c *CLI) run(ctx context.Context, args []string) error {
 		return o.volumeStats(ctx, rest[0])
 	case "volume rm-orphan":
 		return o.volumeRmOrphan(ctx, rest[0])
+	case "volume release":
+		return o.volumeRelease(ctx, rest[0])
 	case "snapshot create":
 		return o.snapshotCreate(ctx, rest[0], rest[1])
 	case "snapshot ls":

@@ -1,0 +1,202 @@
+package ops
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/api/types/volume"
+
+	"github.com/swarm-csi/swarm-csi/pkg/stackvol"
+)
+
+// volume release: a volume Swarm counts as published to nodes whose
+// plugins do not hold it stays "in use" for ever (docker volume rm
+// refuses it). Swarm's API cannot unpublish it from one node; what it
+// allows is docker volume rm --force, which forgets the volume without
+// calling the plugin, and creating it again under the same name, which
+// the driver answers with the same volume (CreateVolume is idempotent by
+// name). release does that once every such node's plugin has said that it
+// holds nothing of the volume, and after the controller has let go of it
+// for those nodes; anything else it refuses, with the reason and the
+// steps that are left to the operator.
+
+// recreateTimeout bounds the wait for Swarm to create the volume again.
+var recreateTimeout = 60 * time.Second
+
+func (o *op) volumeRelease(ctx context.Context, name string) error {
+	v, id, err := o.swarmVolume(ctx, name)
+	if err != nil {
+		return err
+	}
+	pubs := v.ClusterVolume.PublishStatus
+	if len(pubs) == 0 {
+		fmt.Fprintf(o.out, "volume %s is not published anywhere: nothing to release (docker volume rm %s removes it)\n", name, name)
+		return nil
+	}
+	if users := o.servicesUsing(ctx, v); len(users) > 0 {
+		return fmt.Errorf("refused: service %s still mounts volume %s; remove it (docker service rm %s) or scale it to 0, and Swarm unpublishes the volume by itself",
+			strings.Join(users, ", "), name, strings.Join(users, " "))
+	}
+	nodes, err := o.engine.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	held := o.newHolders(ctx)
+	var csiIDs []string
+	for _, p := range pubs {
+		n, ok := nodeByID(nodes, p.NodeID)
+		switch {
+		case !ok:
+			return fmt.Errorf("refused: Swarm counts volume %s as published to node %s, which is not in the swarm any more; "+
+				"the manager unpublishes it once it has processed the removal: wait, and see README, \"When something is stuck\"", name, p.NodeID)
+		case n.Status.State != swarm.NodeStateReady:
+			host := n.Description.Hostname
+			return fmt.Errorf("refused: volume %s is published to %s, which is %s, so its plugin cannot be asked whether a container there still writes to it. "+
+				"If %s comes back, Swarm unpublishes the volume by itself. If it is gone for good (powered off, never to return): "+
+				"docker node rm --force %s; Swarm then calls ControllerUnpublishVolume and the volume is free", name, host, n.Status.State, host, host)
+		}
+		has, how, err := held.holds(ctx, n, v)
+		if err != nil {
+			return fmt.Errorf("refused: cannot tell whether %s's plugin holds volume %s: %w", n.Description.Hostname, name, err)
+		}
+		if has {
+			return fmt.Errorf("refused: %s's plugin has volume %s mounted (asked through %s): a container there may use it; "+
+				"on %s: docker ps --filter volume=%s, and stop what uses it; Swarm then unpublishes it by itself", n.Description.Hostname, name, how, n.Description.Hostname, name)
+		}
+		fmt.Fprintf(o.out, "node %s: its plugin holds nothing of volume %s (asked through %s)\n", n.Description.Hostname, name, how)
+		if c := csiNodeID(n, o.plugin); c != "" {
+			csiIDs = append(csiIDs, c)
+		}
+	}
+	for _, c := range csiIDs {
+		if _, err := o.ctrl.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: id, NodeId: c}); err != nil {
+			return fmt.Errorf("the plugin's ControllerUnpublishVolume of %s from %s: %w (nothing in Swarm changed)", id, c, err)
+		}
+	}
+	return o.recreate(ctx, v, id)
+}
+
+// recreate has Swarm forget volume v and create it again under its name,
+// which gives back the driver's volume id, with its data.
+func (o *op) recreate(ctx context.Context, v *volume.Volume, id string) error {
+	spec := v.ClusterVolume.Spec
+	// A volume grown beyond its limit (volume expand) must still fit it,
+	// or the driver refuses the name's new CreateVolume.
+	if r, size := spec.CapacityRange, v.ClusterVolume.Info.CapacityBytes; r != nil && r.LimitBytes > 0 && size > r.LimitBytes {
+		grown := *r
+		grown.LimitBytes = size
+		spec.CapacityRange = &grown
+	}
+	again := stackvol.Volume{Name: v.Name, Driver: v.Driver, DriverOpts: v.Options, Labels: v.Labels, Spec: spec}
+	manual := fmt.Sprintf("docker volume rm --force %s; then %s", v.Name, createCommand(again))
+	if err := o.engine.Remove(ctx, v.Name, true); err != nil {
+		return fmt.Errorf("docker volume rm --force %s: %w (nothing in Swarm changed; the controller let go of it)", v.Name, err)
+	}
+	fmt.Fprintf(o.out, "Swarm forgot volume %s (docker volume rm --force); creating it again under its name\n", v.Name)
+	if err := o.engine.Create(ctx, again); err != nil {
+		return fmt.Errorf("creating %s again: %w; by hand: %s (the driver answers with volume %s, its data intact)", v.Name, err, createCommand(again), id)
+	}
+	deadline := time.Now().Add(recreateTimeout)
+	for {
+		nv, err := o.engine.Inspect(ctx, v.Name)
+		if err != nil {
+			return err
+		}
+		if got := volumeIDOf(nv); got == id {
+			fmt.Fprintf(o.out, "volume %s released: created again as %s, published nowhere; docker volume rm %s or a service can use it now\n", v.Name, id, v.Name)
+			return nil
+		} else if got != "" {
+			return fmt.Errorf("volume %s came back as %s, not %s: the driver made a new volume; %s is still in the backend (swarm-csi volume ls); undo with: %s",
+				v.Name, got, id, id, manual)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("volume %s is still pending creation %s after it was created again: swarm-csi doctor shows the driver's error", v.Name, recreateTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func volumeIDOf(v *volume.Volume) string {
+	if v == nil {
+		return ""
+	}
+	return volumeID(*v)
+}
+
+// servicesUsing lists the services that mount volume v (by name, or by
+// its group).
+func (o *op) servicesUsing(ctx context.Context, v *volume.Volume) []string {
+	svcs, err := o.engine.Services(ctx)
+	if err != nil {
+		return []string{fmt.Sprintf("(docker service ls failed: %v)", err)}
+	}
+	var out []string
+	for _, s := range svcs {
+		if s.Spec.TaskTemplate.ContainerSpec == nil {
+			continue
+		}
+		for _, m := range s.Spec.TaskTemplate.ContainerSpec.Mounts {
+			if m.Type == mount.TypeCluster && (m.Source == v.Name || (v.ClusterVolume.Spec.Group != "" && m.Source == "group:"+v.ClusterVolume.Spec.Group)) {
+				out = append(out, s.Spec.Name)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func nodeByID(nodes []swarm.Node, id string) (swarm.Node, bool) {
+	for _, n := range nodes {
+		if n.ID == id {
+			return n, true
+		}
+	}
+	return swarm.Node{}, false
+}
+
+// createCommand is the docker volume create that makes v.
+func createCommand(v stackvol.Volume) string {
+	s := v.Spec
+	args := []string{"docker volume create --driver " + v.Driver}
+	if s.AccessMode != nil {
+		if s.AccessMode.BlockVolume != nil {
+			args = append(args, "--type block")
+		} else {
+			args = append(args, "--type mount")
+		}
+		args = append(args, "--scope "+string(s.AccessMode.Scope), "--sharing "+string(s.AccessMode.Sharing))
+	}
+	if s.Group != "" {
+		args = append(args, "--group "+s.Group)
+	}
+	if r := s.CapacityRange; r != nil {
+		if r.RequiredBytes > 0 {
+			args = append(args, fmt.Sprintf("--required-bytes %d", r.RequiredBytes))
+		}
+		if r.LimitBytes > 0 {
+			args = append(args, fmt.Sprintf("--limit-bytes %d", r.LimitBytes))
+		}
+	}
+	for _, sec := range s.Secrets {
+		args = append(args, "--secret "+sec.Key+"="+sec.Secret)
+	}
+	for _, k := range sortedKeys(v.DriverOpts) {
+		args = append(args, "--opt "+k+"="+v.DriverOpts[k])
+	}
+	for _, k := range sortedKeys(v.Labels) {
+		args = append(args, "--label "+k+"="+v.Labels[k])
+	}
+	if s.Availability != "" && s.Availability != volume.AvailabilityActive {
+		args = append(args, "--availability "+string(s.Availability))
+	}
+	return strings.Join(append(args, v.Name), " ")
+}
