@@ -40,6 +40,9 @@ type fakeEngine struct {
 	services []swarm.Service
 	here     string   // this Engine's node
 	changes  []string // the calls that changed something
+	// swarmCreates, if set, is the driver's volume id Swarm gets at once
+	// for a volume created through Create; else it stays pending.
+	swarmCreates func(name string) string
 }
 
 func (e *fakeEngine) Inspect(_ context.Context, name string) (*volume.Volume, error) {
@@ -53,7 +56,10 @@ func (e *fakeEngine) Inspect(_ context.Context, name string) (*volume.Volume, er
 func (e *fakeEngine) Create(_ context.Context, v stackvol.Volume) error {
 	e.changes = append(e.changes, "create "+v.Name)
 	e.vols[v.Name] = &volume.Volume{Name: v.Name, Driver: v.Driver, Options: v.DriverOpts, Labels: v.Labels,
-		ClusterVolume: &volume.ClusterVolume{Spec: v.Spec}}
+		ClusterVolume: &volume.ClusterVolume{ID: "cv2-" + v.Name, Spec: v.Spec}}
+	if e.swarmCreates != nil {
+		e.vols[v.Name].ClusterVolume.Info = &volume.Info{VolumeID: e.swarmCreates(v.Name)}
+	}
 	return nil
 }
 

@@ -1,0 +1,130 @@
+package ops
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/api/types/volume"
+)
+
+// stuckWorld is a healthy world with volume "stuck" (vol-5, 3 GiB, with
+// its options, labels and spec) that Swarm counts as published to n-far,
+// whose plugin does not hold it (its metrics show only vol-2), while the
+// controller still has it published to n-far's CSI node id, "worker".
+func stuckWorld(t *testing.T) *world {
+	w := healthyWorld(t)
+	w.engine.vols["stuck"] = &volume.Volume{Name: "stuck", Driver: "swarm-csi:latest",
+		Options: map[string]string{"fsType": "xfs"}, Labels: map[string]string{"app": "db"},
+		ClusterVolume: &volume.ClusterVolume{ID: "cv-stuck",
+			Spec: volume.ClusterVolumeSpec{Group: "dbs", AccessMode: &volume.AccessMode{Scope: volume.ScopeSingleNode, Sharing: volume.SharingNone, MountVolume: &volume.TypeMount{}},
+				CapacityRange: &volume.CapacityRange{RequiredBytes: 1 << 30, LimitBytes: 2 << 30}},
+			Info:          &volume.Info{VolumeID: "vol-5", CapacityBytes: 3 << 30},
+			PublishStatus: []*volume.PublishStatus{{NodeID: "n-far", State: volume.StatePendingNodeUnpublish}}}}
+	w.csi.vols["vol-5"] = &csi.Volume{VolumeId: "vol-5", CapacityBytes: 3 << 30}
+	w.csi.nodes["vol-5"] = []string{"worker"}
+	// Swarm's CreateVolume of the name finds the driver's volume again.
+	w.engine.swarmCreates = func(name string) string { return map[string]string{"stuck": "vol-5"}[name] }
+	return w
+}
+
+func TestReleaseStuckVolume(t *testing.T) {
+	w := stuckWorld(t)
+	out := w.want(0, "volume stuck released: created again as vol-5", "volume", "release", "stuck")
+	if !strings.Contains(out, "node worker: its plugin holds nothing of volume stuck (asked through the metrics of worker's plugin)") {
+		t.Errorf("release does not say how it checked the node:\n%s", out)
+	}
+	if c := w.changes(); !slices.Equal(c, []string{"ControllerUnpublishVolume vol-5 worker"}) {
+		t.Errorf("plugin calls %v, want the controller's unpublish from worker", c)
+	}
+	if c := w.engine.changes; !slices.Equal(c, []string{"rm force=true stuck", "create stuck"}) {
+		t.Errorf("Engine calls %v, want rm --force then create", c)
+	}
+	v := w.engine.vols["stuck"]
+	s := v.ClusterVolume.Spec
+	if v.Options["fsType"] != "xfs" || v.Labels["app"] != "db" || s.Group != "dbs" || s.AccessMode.Scope != volume.ScopeSingleNode ||
+		s.CapacityRange.RequiredBytes != 1<<30 || s.CapacityRange.LimitBytes != 3<<30 || len(v.ClusterVolume.PublishStatus) != 0 {
+		t.Errorf("created again as %+v, spec %+v: want its options, labels, group, mode, and its limit raised to its 3 GiB", v, s)
+	}
+	// Released: doctor finds nothing; a second release has nothing to do.
+	w.doctor(0)
+	w.want(0, "is not published anywhere: nothing to release", "volume", "release", "stuck")
+}
+
+func TestReleaseHereThroughTheSocket(t *testing.T) {
+	w := healthyWorld(t)
+	w.csi.abnormal["vol-1"] = "NotMounted"
+	w.engine.swarmCreates = func(string) string { return "vol-1" }
+	out := w.want(0, "volume pgdata released", "volume", "release", "pgdata")
+	if !strings.Contains(out, "node manager: its plugin holds nothing of volume pgdata (asked through this node's plugin socket)") {
+		t.Errorf("release output:\n%s", out)
+	}
+	if c := w.changes(); !slices.Equal(c, []string{"ControllerUnpublishVolume vol-1 manager"}) {
+		t.Errorf("plugin calls %v", c)
+	}
+}
+
+// Everything the driver cannot decide is refused, with the reason and
+// what is left to do, and nothing changes.
+func TestReleaseRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(w *world)
+		want  string
+	}{
+		{"held by a live node", func(w *world) {
+			w.engine.vols["stuck"] = w.engine.vols["cache"] // vol-2 is in n-far's metrics
+			w.engine.vols["stuck"].Name = "stuck"
+		}, "refused: worker's plugin has volume stuck mounted (asked through the metrics of worker's plugin): a container there may use it; on worker: docker ps --filter volume=stuck"},
+		{"held here", func(w *world) {
+			w.engine.vols["stuck"] = w.engine.vols["pgdata"]
+			w.engine.vols["stuck"].Name = "stuck"
+		}, "refused: manager's plugin has volume stuck mounted (asked through this node's plugin socket)"},
+		{"node down", func(w *world) {
+			n := w.engine.nodes["n-far"]
+			n.Status.State = swarm.NodeStateDown
+			w.engine.nodes["n-far"] = n
+		}, "refused: volume stuck is published to worker, which is down, so its plugin cannot be asked whether a container there still writes to it. If worker comes back, Swarm unpublishes the volume by itself. If it is gone for good (powered off, never to return): docker node rm --force worker"},
+		{"node gone", func(w *world) {
+			w.engine.vols["stuck"].ClusterVolume.PublishStatus[0].NodeID = "n-lost"
+		}, "refused: Swarm counts volume stuck as published to node n-lost, which is not in the swarm any more"},
+		{"no metrics", func(w *world) {
+			w.engine.plugins["swarm-csi:latest"].Settings.Env = nil
+		}, "refused: cannot tell whether worker's plugin holds volume stuck: node worker: other nodes answer through their plugin's metrics, which are off"},
+		{"a service mounts it", func(w *world) {
+			w.engine.services = []swarm.Service{{Spec: swarm.ServiceSpec{Annotations: swarm.Annotations{Name: "db"},
+				TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Mounts: []mount.Mount{{Type: mount.TypeCluster, Source: "group:dbs"}}}}}}}
+		}, "refused: service db still mounts volume stuck; remove it (docker service rm db)"},
+		{"not created", func(w *world) {
+			w.engine.vols["stuck"].ClusterVolume.Info = nil
+		}, "volume stuck is not created yet"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := stuckWorld(t)
+			tc.setup(w)
+			w.want(1, tc.want, "volume", "release", "stuck")
+			if c := w.changes(); len(c) != 0 || len(w.engine.changes) != 0 {
+				t.Errorf("a refused release changed %v %v", c, w.engine.changes)
+			}
+		})
+	}
+}
+
+// When Swarm does not give the volume back as it was, release says so and
+// how to finish by hand.
+func TestReleaseRecreateGoesWrong(t *testing.T) {
+	w := stuckWorld(t)
+	w.engine.swarmCreates = func(string) string { return "vol-new" }
+	w.want(1, "volume stuck came back as vol-new, not vol-5: the driver made a new volume; vol-5 is still in the backend (swarm-csi volume ls); undo with: docker volume rm --force stuck; then docker volume create --driver swarm-csi:latest --type mount --scope single --sharing none --group dbs --required-bytes 1073741824 --limit-bytes 3221225472 --opt fsType=xfs --label app=db stuck",
+		"volume", "release", "stuck")
+
+	w = stuckWorld(t)
+	w.engine.swarmCreates = nil
+	defer func(d time.Duration) { recreateTimeout = d }(recreateTimeout)
+	recreateTimeout = 300 * time.Millisecond
+	w.want(1, "volume stuck is still pending creation 300ms after it was created again: swarm-csi doctor shows the driver's error", "volume", "release", "stuck")
+}
