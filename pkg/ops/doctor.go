@@ -191,7 +191,7 @@ func (d *doctorRun) checkEngines(nodes []swarm.Node) {
 		}
 		if n.Status.State != swarm.NodeStateReady {
 			d.add(levelWarn, "engine", host, strings.TrimSuffix(fmt.Sprintf("node is %s: %s", n.Status.State, n.Status.Message), ": "),
-				fmt.Sprintf("start Docker on %s; if it is gone for good: docker node rm --force %s", host, host))
+				fmt.Sprintf("start Docker on %s; if it is gone for good: docker node rm --force %s", host, n.ID))
 		}
 	}
 }
@@ -422,18 +422,43 @@ func (d *doctorRun) publishProblem(ctx context.Context, v volume.Volume, nodeID 
 			"wait for the manager to unpublish it; if it stays, see README, \"When something is stuck\""
 	}
 	host := node.Description.Hostname
-	if node.Status.State != swarm.NodeStateReady {
-		return fmt.Sprintf("Swarm counts it as published to %s, which is %s: it stays in use until that node is back or removed", host, node.Status.State),
-			fmt.Sprintf("start Docker on %s; if %s is gone for good: docker node rm --force %s (Swarm then unpublishes it)", host, host, host)
+	down := fmt.Sprintf("Swarm counts it as published to %s (%s), which is %s: it stays in use until that node is back or removed", host, nodeID, node.Status.State)
+	downFix := fmt.Sprintf("start Docker on %s; if %s is gone for good: docker node rm --force %s (Swarm then unpublishes it)", host, host, nodeID)
+	asked, ok := answering(node, slices.Collect(maps.Values(d.nodes)), d.plugin)
+	if !ok {
+		return down, downFix
 	}
-	held, _, err := d.held.holds(ctx, node, &v)
+	held, _, err := d.held.holds(ctx, asked, &v)
 	switch {
-	case err != nil:
+	case err != nil && asked.ID == node.ID:
 		return "", "" // the metrics check reported why this node cannot be asked
-	case !held:
-		return fmt.Sprintf("Swarm counts it as published to %s, whose plugin does not hold it", host), "swarm-csi volume release " + v.Name
+	case err != nil || held:
+		if asked.ID != node.ID {
+			return down, downFix
+		}
+		return "", ""
+	case asked.ID != node.ID:
+		return fmt.Sprintf("Swarm counts it as published to %s (%s), which is %s; the same host is in the swarm again as %s, and its plugin does not hold it",
+			host, nodeID, node.Status.State, asked.ID), "swarm-csi volume release " + v.Name
 	}
-	return "", ""
+	return fmt.Sprintf("Swarm counts it as published to %s, whose plugin does not hold it", host), "swarm-csi volume release " + v.Name
+}
+
+// answering is the node whose plugin answers for node n's host: n itself
+// when it is ready, else a ready node whose plugin has the same CSI node
+// id, the driver's name for a host (n's host left the swarm and joined it
+// again, as a new node).
+func answering(n swarm.Node, nodes []swarm.Node, plugin string) (swarm.Node, bool) {
+	if n.Status.State == swarm.NodeStateReady {
+		return n, true
+	}
+	id := csiNodeID(n, plugin)
+	for _, o := range nodes {
+		if id != "" && o.ID != n.ID && o.Status.State == swarm.NodeStateReady && csiNodeID(o, plugin) == id {
+			return o, true
+		}
+	}
+	return swarm.Node{}, false
 }
 
 func volumeID(v volume.Volume) string {

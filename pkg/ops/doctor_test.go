@@ -165,7 +165,7 @@ func TestDoctorFindsEachFault(t *testing.T) {
 			n := node(w, "n-far")
 			n.Status.State = swarm.NodeStateDown
 			setNode(w, n)
-		}, 1, levelFail, "cache", "published to worker, which is down", "docker node rm --force worker"},
+		}, 1, levelFail, "cache", "published to worker (n-far), which is down", "docker node rm --force n-far"},
 		{"published to a node that is gone", func(w *world) {
 			publish(w, "lost", "vol-4", "n-lost")
 		}, 1, levelFail, "lost", "node n-lost, which is not in the swarm any more", "When something is stuck"},

@@ -49,16 +49,20 @@ func (o *op) volumeRelease(ctx context.Context, name string) error {
 	held := o.newHolders(ctx)
 	var csiIDs []string
 	for _, p := range pubs {
-		n, ok := nodeByID(nodes, p.NodeID)
-		switch {
-		case !ok:
+		published, ok := nodeByID(nodes, p.NodeID)
+		if !ok {
 			return fmt.Errorf("refused: Swarm counts volume %s as published to node %s, which is not in the swarm any more; "+
 				"the manager unpublishes it once it has processed the removal: wait, and see README, \"When something is stuck\"", name, p.NodeID)
-		case n.Status.State != swarm.NodeStateReady:
-			host := n.Description.Hostname
-			return fmt.Errorf("refused: volume %s is published to %s, which is %s, so its plugin cannot be asked whether a container there still writes to it. "+
+		}
+		n, ok := answering(published, nodes, o.plugin)
+		if !ok {
+			host := published.Description.Hostname
+			return fmt.Errorf("refused: volume %s is published to %s (%s), which is %s, so its plugin cannot be asked whether a container there still writes to it. "+
 				"If %s comes back, Swarm unpublishes the volume by itself. If it is gone for good (powered off, never to return): "+
-				"docker node rm --force %s; Swarm then calls ControllerUnpublishVolume and the volume is free", name, host, n.Status.State, host, host)
+				"docker node rm --force %s; Swarm then calls ControllerUnpublishVolume and the volume is free", name, host, p.NodeID, published.Status.State, host, p.NodeID)
+		}
+		if n.ID != published.ID {
+			fmt.Fprintf(o.out, "node %s (%s) is %s; the same host is in the swarm again as %s\n", published.Description.Hostname, published.ID, published.Status.State, n.ID)
 		}
 		has, how, err := held.holds(ctx, n, v)
 		if err != nil {

@@ -55,6 +55,35 @@ func TestReleaseStuckVolume(t *testing.T) {
 	w.want(0, "is not published anywhere: nothing to release", "volume", "release", "stuck")
 }
 
+// rejoin makes n-far's host leave the swarm and join it again as n-new:
+// n-far stays, down, with the same CSI node id.
+func rejoin(w *world) {
+	far := w.engine.nodes["n-far"]
+	again := far
+	again.ID = "n-new"
+	w.engine.nodes["n-new"] = again
+	far.Status.State = swarm.NodeStateDown
+	w.engine.nodes["n-far"] = far
+}
+
+// A host that left the swarm and joined again as a new node: Swarm counts
+// the volume published to the old node, down for ever; the host's plugin
+// answers for it.
+func TestReleaseRejoinedHost(t *testing.T) {
+	w := stuckWorld(t)
+	rejoin(w)
+	r := w.doctor(1)
+	wantFinding(t, r, levelFail, "stuck", "published to worker (n-far), which is down; the same host is in the swarm again as n-new, and its plugin does not hold it",
+		"swarm-csi volume release stuck")
+	out := w.want(0, "volume stuck released", "volume", "release", "stuck")
+	if !strings.Contains(out, "node worker (n-far) is down; the same host is in the swarm again as n-new\nnode worker: its plugin holds nothing of volume stuck") {
+		t.Errorf("release output:\n%s", out)
+	}
+	if c := w.changes(); !slices.Equal(c, []string{"ControllerUnpublishVolume vol-5 worker"}) {
+		t.Errorf("plugin calls %v", c)
+	}
+}
+
 func TestReleaseHereThroughTheSocket(t *testing.T) {
 	w := healthyWorld(t)
 	w.csi.abnormal["vol-1"] = "NotMounted"
@@ -88,7 +117,12 @@ func TestReleaseRefuses(t *testing.T) {
 			n := w.engine.nodes["n-far"]
 			n.Status.State = swarm.NodeStateDown
 			w.engine.nodes["n-far"] = n
-		}, "refused: volume stuck is published to worker, which is down, so its plugin cannot be asked whether a container there still writes to it. If worker comes back, Swarm unpublishes the volume by itself. If it is gone for good (powered off, never to return): docker node rm --force worker"},
+		}, "refused: volume stuck is published to worker (n-far), which is down, so its plugin cannot be asked whether a container there still writes to it. If worker comes back, Swarm unpublishes the volume by itself. If it is gone for good (powered off, never to return): docker node rm --force n-far"},
+		{"re-joined, and holds it", func(w *world) {
+			rejoin(w)
+			w.engine.vols["stuck"].ClusterVolume.Info.VolumeID = "vol-2" // in worker's metrics
+			w.csi.vols["vol-2"] = &csi.Volume{VolumeId: "vol-2"}
+		}, "refused: worker's plugin has volume stuck mounted"},
 		{"node gone", func(w *world) {
 			w.engine.vols["stuck"].ClusterVolume.PublishStatus[0].NodeID = "n-lost"
 		}, "refused: Swarm counts volume stuck as published to node n-lost, which is not in the swarm any more"},
