@@ -257,7 +257,8 @@ func run(cfg *config, log *slog.Logger) error {
 	controller.RegisterDiagnostics(srv, ctrl) // swarm-csi doctor reads the last CreateVolume errors
 	var metricsDone <-chan error
 	if cfg.metricsAddr != "" {
-		metrics.Registry.MustRegister(&metrics.VolumeCollector{Counts: ctrl.VolumeCounts, Usage: nodeSrv.VolumeUsage})
+		metrics.Registry.MustRegister(&metrics.VolumeCollector{Counts: ctrl.VolumeCounts, Usage: nodeSrv.VolumeUsage},
+			ops.SettingsCollector(cfg.backend, cfg.driverName, versionString(), be.topology))
 		addr, done, err := metrics.Serve(ctx, cfg.metricsAddr)
 		if err != nil {
 			return fmt.Errorf("--metrics-addr (METRICS_ADDR): %w", err)

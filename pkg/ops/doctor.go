@@ -258,15 +258,36 @@ func (d *doctorRun) checkMetrics(ctx context.Context, nodes []swarm.Node) {
 		}
 		return
 	}
-	d.checked("the metrics endpoint of every node's plugin")
+	d.checked("the metrics endpoint and the settings of every node's plugin")
+	ref := d.held.scrape(ctx, d.nodes[d.here]).settings
 	for _, n := range nodes {
 		if n.Status.State != swarm.NodeStateReady {
 			continue
 		}
-		if _, err := d.held.scrape(ctx, n); err != nil {
-			d.add(levelFail, "metrics", n.Description.Hostname, err.Error(),
-				"check that the plugin on "+n.Description.Hostname+" is enabled with METRICS_ADDR=:"+d.held.port+" and that this manager reaches it")
+		sc := d.held.scrape(ctx, n)
+		host := n.Description.Hostname
+		switch {
+		case sc.err != nil:
+			d.add(levelFail, "metrics", host, sc.err.Error(),
+				"check that the plugin on "+host+" is enabled with METRICS_ADDR=:"+d.held.port+" and that this manager reaches it")
+		case ref != nil && sc.settings != nil:
+			d.compareSettings(host, ref, sc.settings)
 		}
+	}
+}
+
+// compareSettings: what must be the same on every node's plugin.
+func (d *doctorRun) compareSettings(host string, here, there map[string]string) {
+	for _, k := range []string{settingBackend, settingDriver, settingStorage} {
+		if here[k] != there[k] {
+			d.add(levelFail, "plugin", host, fmt.Sprintf("its plugin has %s=%q, this node's %q: every node must reach the same storage under the same settings", k, there[k], here[k]),
+				fmt.Sprintf("on %s: docker plugin disable %s; docker plugin set %s with this node's BACKEND, DRIVER_NAME and storage settings "+
+					"(data.source on the shared filesystem, RBD_MONITORS and RBD_POOL, HCLOUD_LOCATION); docker plugin enable %s", host, d.plugin, d.plugin, d.plugin))
+		}
+	}
+	if here[settingVersion] != there[settingVersion] {
+		d.add(levelWarn, "plugin", host, fmt.Sprintf("its plugin is version %s, this node's %s", there[settingVersion], here[settingVersion]),
+			"install the same plugin on every node")
 	}
 }
 
@@ -507,12 +528,18 @@ type holders struct {
 	here    string
 	port    string
 	portErr error
-	scraped map[string]map[string]bool // volume ids by node id
-	errs    map[string]error
+	scraped map[string]scraped // by node id
+}
+
+// scraped is what a node's plugin told through its metrics.
+type scraped struct {
+	held     map[string]bool   // the ids of the volumes it has published
+	settings map[string]string // the labels of SettingsSeries; nil if it has none
+	err      error
 }
 
 func (o *op) newHolders(ctx context.Context) *holders {
-	h := &holders{o: o, scraped: map[string]map[string]bool{}, errs: map[string]error{}}
+	h := &holders{o: o, scraped: map[string]scraped{}}
 	h.here, _ = o.engine.ThisNode(ctx)
 	if o.installed != nil {
 		h.port, h.portErr = o.metricsPort(ctx)
@@ -522,30 +549,35 @@ func (o *op) newHolders(ctx context.Context) *holders {
 	return h
 }
 
-// scrape returns the ids of the volumes n's plugin has published, from
-// its metrics; asked once per node.
-func (h *holders) scrape(ctx context.Context, n swarm.Node) (map[string]bool, error) {
-	if ids, ok := h.scraped[n.ID]; ok {
-		return ids, h.errs[n.ID]
+// scrape reads n's plugin's metrics, once per node.
+func (h *holders) scrape(ctx context.Context, n swarm.Node) scraped {
+	if s, ok := h.scraped[n.ID]; ok {
+		return s
 	}
-	var ids map[string]bool
-	err := h.portErr
-	if err == nil {
+	s := scraped{err: h.portErr}
+	if s.err == nil {
 		url := "http://" + net.JoinHostPort(nodeAddr(n), h.port) + "/metrics"
 		var fams map[string]*dto.MetricFamily
-		if fams, err = scrapeMetrics(ctx, url); err == nil {
-			ids = map[string]bool{}
+		if fams, s.err = scrapeMetrics(ctx, url); s.err == nil {
+			s.held = map[string]bool{}
 			for _, m := range fams[metrics.VolumeAbnormal].GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetName() == metrics.LabelVolumeID {
-						ids[l.GetValue()] = true
-					}
-				}
+				s.held[labels(m)[metrics.LabelVolumeID]] = true
+			}
+			for _, m := range fams[SettingsSeries].GetMetric() {
+				s.settings = labels(m)
 			}
 		}
 	}
-	h.scraped[n.ID], h.errs[n.ID] = ids, err
-	return ids, err
+	h.scraped[n.ID] = s
+	return s
+}
+
+func labels(m *dto.Metric) map[string]string {
+	out := map[string]string{}
+	for _, l := range m.GetLabel() {
+		out[l.GetName()] = l.GetValue()
+	}
+	return out
 }
 
 // holds tells whether n's plugin holds volume v (has it mounted or
@@ -559,11 +591,11 @@ func (h *holders) holds(ctx context.Context, n swarm.Node, v *volume.Volume) (bo
 		held, err := h.o.heldHere(ctx, v, id)
 		return held, "this node's plugin socket", err
 	}
-	ids, err := h.scrape(ctx, n)
-	if err != nil {
-		return false, "", fmt.Errorf("node %s: %w", n.Description.Hostname, err)
+	sc := h.scrape(ctx, n)
+	if sc.err != nil {
+		return false, "", fmt.Errorf("node %s: %w", n.Description.Hostname, sc.err)
 	}
-	return ids[id], "the metrics of " + n.Description.Hostname + "'s plugin", nil
+	return sc.held[id], "the metrics of " + n.Description.Hostname + "'s plugin", nil
 }
 
 // heldHere asks this node's plugin whether anything of volume v is

@@ -139,9 +139,18 @@ func TestDoctorFindsEachFault(t *testing.T) {
 		}, 0, levelWarn, "swarm-csi:latest", "METRICS_ADDR is not set", "docker plugin set swarm-csi:latest METRICS_ADDR=:9464"},
 		{"metrics unreachable", func(w *world) {
 			n := node(w, "n-far")
-			n.Status.Addr = "127.0.0.2"
+			n.Status.Addr = "127.0.0.3"
 			setNode(w, n)
-		}, 1, levelFail, "worker", "127.0.0.2", "METRICS_ADDR=:"},
+		}, 1, levelFail, "worker", "127.0.0.3", "METRICS_ADDR=:"},
+		{"another storage on a node", func(w *world) {
+			w.farSettings = map[string]string{"backend": "loop", "storage": "swarm-csi/store=s2"}
+		}, 1, levelFail, "worker", `its plugin has storage="swarm-csi/store=s2", this node's "swarm-csi/store=s1"`, "data.source on the shared filesystem"},
+		{"another backend on a node", func(w *world) {
+			w.farSettings = map[string]string{"backend": "dir", "storage": "swarm-csi/store=s1"}
+		}, 1, levelFail, "worker", `its plugin has backend="dir", this node's "loop"`, "docker plugin set swarm-csi:latest with this node's BACKEND"},
+		{"another version on a node", func(w *world) {
+			w.farSettings = map[string]string{"backend": "loop", "storage": "swarm-csi/store=s1", "version": "v0.9"}
+		}, 0, levelWarn, "worker", "its plugin is version v0.9, this node's v1", "install the same plugin on every node"},
 		{"pending with the driver's error", func(w *world) {
 			w.engine.vols["db"] = &volume.Volume{Name: "db", Driver: "swarm-csi:latest", ClusterVolume: &volume.ClusterVolume{ID: "cv-db"}}
 			at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)

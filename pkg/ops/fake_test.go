@@ -2,11 +2,13 @@ package ops
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
 	"maps"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -303,7 +305,14 @@ type world struct {
 	engine         *fakeEngine
 	csi            *fakeCSI
 	stdout, stderr bytes.Buffer
+	// farSettings are the settings n-far's plugin reports: backend,
+	// storage and version.
+	farSettings map[string]string
 }
+
+// hereAddr is n-here's address in the swarm (its manager address), where
+// its plugin serves its metrics.
+const hereAddr = "127.0.0.2"
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
@@ -313,15 +322,34 @@ func newWorld(t *testing.T) *world {
 		w.csi.vols[id] = &csi.Volume{VolumeId: id, CapacityBytes: size}
 	}
 
-	// n-far's plugin serves its volume's series, as the driver does.
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(&metrics.VolumeCollector{Usage: func(context.Context) ([]metrics.Usage, error) {
-		return []metrics.Usage{{VolumeID: "vol-2", CapacityBytes: 2 << 30, UsedBytes: 300 << 20, AvailableBytes: 1 << 30,
-			Inodes: 1000, InodesUsed: 40}}, nil
-	}})
-	far := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	t.Cleanup(far.Close)
+	// n-far's plugin serves its volume's series, as the driver does, and
+	// its settings; n-here's, at the same port on another address, its
+	// settings only.
+	w.farSettings = map[string]string{"backend": "loop", "storage": "swarm-csi/store=s1"}
+	serve := func(addr string, usage []metrics.Usage, settings func() map[string]string) *httptest.Server {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			s := settings()
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(&metrics.VolumeCollector{Usage: func(context.Context) ([]metrics.Usage, error) { return usage, nil }},
+				SettingsCollector(s["backend"], "swarm-csi", cmp.Or(s["version"], "v1"), map[string]string{"swarm-csi/store": strings.TrimPrefix(s["storage"], "swarm-csi/store=")}))
+			promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rw, r)
+		}))
+		srv.Listener.Close()
+		srv.Listener = lis
+		srv.Start()
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	far := serve("127.0.0.1:0", []metrics.Usage{{VolumeID: "vol-2", CapacityBytes: 2 << 30, UsedBytes: 300 << 20, AvailableBytes: 1 << 30,
+		Inodes: 1000, InodesUsed: 40}}, func() map[string]string { return w.farSettings })
 	host, port, _ := net.SplitHostPort(far.Listener.Addr().String())
+	serve(net.JoinHostPort(hereAddr, port), nil, func() map[string]string {
+		return map[string]string{"backend": "loop", "storage": "swarm-csi/store=s1"}
+	})
 
 	dir := t.TempDir()
 	const pluginName = "swarm-csi:latest"
@@ -385,7 +413,7 @@ func swarmNode(id, host, addr string) swarm.Node {
 		Status: swarm.NodeStatus{State: swarm.NodeStateReady, Addr: addr}}
 	if host == "manager" {
 		n.Spec.Role = swarm.NodeRoleManager
-		n.ManagerStatus = &swarm.ManagerStatus{Leader: true, Reachability: swarm.ReachabilityReachable, Addr: "127.0.0.1:2377"}
+		n.ManagerStatus = &swarm.ManagerStatus{Leader: true, Reachability: swarm.ReachabilityReachable, Addr: net.JoinHostPort(hereAddr, "2377")}
 	}
 	return n
 }
