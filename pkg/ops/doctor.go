@@ -72,7 +72,7 @@ func (c *CLI) doctor(ctx context.Context, args []string) int {
 		fmt.Fprintln(c.Stderr, "swarm-csi:", err)
 		return 1
 	}
-	if err := d.print(); err != nil {
+	if err := d.write(); err != nil {
 		fmt.Fprintln(c.Stderr, "swarm-csi:", err)
 		return 1
 	}
@@ -91,10 +91,9 @@ type doctorRun struct {
 	leader string                // its host name
 	vols   []volume.Volume       // the plugin's Swarm volumes
 	held   *holders
-	// The backend's volumes (from ListVolumes) and where the controller
-	// has them published (the plugin's node ids); nil if it could not be
-	// asked.
-	backend map[string][]string
+	// The ids of the backend's volumes (ListVolumes); nil if it could not
+	// be asked.
+	backend map[string]bool
 	conn    grpc.ClientConnInterface // the plugin's socket
 }
 
@@ -130,7 +129,7 @@ func (d *doctorRun) run(ctx context.Context, socket, pluginsDir string) error {
 	if d.vols, err = d.engine.Volumes(ctx, d.plugin); err != nil {
 		return fmt.Errorf("docker volume ls: %w", err)
 	}
-	if perr == nil && p.Enabled || socket != "" {
+	if (perr == nil && p.Enabled) || socket != "" {
 		conn, err := d.connect(ctx, socket, pluginsDir)
 		if err != nil {
 			return err
@@ -148,8 +147,9 @@ func (d *doctorRun) run(ctx context.Context, socket, pluginsDir string) error {
 	return nil
 }
 
-// minEngine is the first Engine whose managers keep the plugin's address
-// (docs/swarm.md, "Engine versions"); cluster volumes came with 23.0.
+// Engine versions (docs/swarm.md, "Engine versions"): cluster volumes
+// came with 23.0; the managers of 26.0 to 28.1 lose the plugin's address,
+// 28.2 (minEngine) keeps it.
 var (
 	minEngine     = [2]int{28, 2}
 	firstVolumes  = [2]int{23, 0}
@@ -294,7 +294,7 @@ func (d *doctorRun) compareSettings(host string, here, there map[string]string) 
 // checkBackend: Swarm's volumes beside the backend's: orphans, and
 // volumes the backend lost.
 func (d *doctorRun) checkBackend(ctx context.Context) {
-	d.backend = map[string][]string{}
+	d.backend = map[string]bool{}
 	token := ""
 	for {
 		r, err := d.ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{StartingToken: token})
@@ -305,7 +305,7 @@ func (d *doctorRun) checkBackend(ctx context.Context) {
 			return
 		}
 		for _, e := range r.GetEntries() {
-			d.backend[e.GetVolume().GetVolumeId()] = e.GetStatus().GetPublishedNodeIds()
+			d.backend[e.GetVolume().GetVolumeId()] = true
 		}
 		if token = r.GetNextToken(); token == "" {
 			break
@@ -319,7 +319,7 @@ func (d *doctorRun) checkBackend(ctx context.Context) {
 			continue
 		}
 		known[id] = true
-		if _, ok := d.backend[id]; !ok {
+		if !d.backend[id] {
 			d.add(levelFail, "volume", v.Name, fmt.Sprintf("Swarm has it as %s, which the backend does not hold: its data is gone", id),
 				"docker volume rm --force "+v.Name)
 		}
@@ -406,7 +406,7 @@ func (d *doctorRun) checkSnapshots(ctx context.Context) {
 	}
 	d.checked(fmt.Sprintf("%d snapshot(s)", len(snaps)))
 	for _, s := range snaps {
-		if _, ok := d.backend[s.GetSourceVolumeId()]; !ok {
+		if !d.backend[s.GetSourceVolumeId()] {
 			d.add(levelWarn, "snapshot", s.GetSnapshotId(), "its volume "+s.GetSourceVolumeId()+" is gone; it still takes space",
 				"swarm-csi snapshot rm "+s.GetSnapshotId()+" if it is not kept on purpose (--opt fromSnapshot= restores it)")
 		}
@@ -439,8 +439,8 @@ func (d *doctorRun) checkPublished(ctx context.Context) {
 func (d *doctorRun) publishProblem(ctx context.Context, v volume.Volume, nodeID string) (string, string) {
 	node, ok := d.nodes[nodeID]
 	if !ok {
-		return fmt.Sprintf("Swarm counts it as published to node %s, which is not in the swarm any more", nodeID),
-			"wait for the manager to unpublish it; if it stays, see README, \"When something is stuck\""
+		return fmt.Sprintf("Swarm counts it as published to node %s, which is not in the swarm any more: Swarm never unpublishes it from there", nodeID),
+			"swarm-csi volume release " + v.Name
 	}
 	host := node.Description.Hostname
 	down := fmt.Sprintf("Swarm counts it as published to %s (%s), which is %s: it stays in use until that node is back or removed", host, nodeID, node.Status.State)
@@ -489,7 +489,7 @@ func volumeID(v volume.Volume) string {
 	return v.ClusterVolume.Info.VolumeID
 }
 
-func (d *doctorRun) print() error {
+func (d *doctorRun) write() error {
 	f := d.report.Findings
 	sort.SliceStable(f, func(i, j int) bool { return f[i].Level == levelFail && f[j].Level != levelFail })
 	if d.report.Findings == nil {

@@ -177,7 +177,7 @@ func TestDoctorFindsEachFault(t *testing.T) {
 		}, 1, levelFail, "cache", "published to worker (n-far), which is down", "docker node rm --force n-far"},
 		{"published to a node that is gone", func(w *world) {
 			publish(w, "lost", "vol-4", "n-lost")
-		}, 1, levelFail, "lost", "node n-lost, which is not in the swarm any more", "When something is stuck"},
+		}, 1, levelFail, "lost", "node n-lost, which is not in the swarm any more", "swarm-csi volume release lost"},
 		{"published to a node whose plugin lets go", func(w *world) {
 			publish(w, "stuck", "vol-5", "n-far") // n-far's metrics know only vol-2
 		}, 1, levelFail, "stuck", "published to worker, whose plugin does not hold it", "swarm-csi volume release stuck"},

@@ -46,43 +46,97 @@ func (o *op) volumeRelease(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	held := o.newHolders(ctx)
-	var csiIDs []string
+	cur, err := o.ctrl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id})
+	if err != nil {
+		return fmt.Errorf("volume %s (%s): %w", name, id, err)
+	}
+	r := releaser{op: o, name: name, v: v, nodes: nodes, held: o.newHolders(ctx), letGo: map[string]bool{}}
+	// Every host that may have the volume: the nodes Swarm counts it
+	// published to...
 	for _, p := range pubs {
 		published, ok := nodeByID(nodes, p.NodeID)
 		if !ok {
-			return fmt.Errorf("refused: Swarm counts volume %s as published to node %s, which is not in the swarm any more; "+
-				"the manager unpublishes it once it has processed the removal: wait, and see README, \"When something is stuck\"", name, p.NodeID)
+			// Removed from the swarm: Swarm never unpublishes from it (it
+			// waits for that node for ever); its host is below.
+			fmt.Fprintf(o.out, "node %s: not in the swarm any more (docker node rm): taken as gone\n", p.NodeID)
+			continue
 		}
-		n, ok := answering(published, nodes, o.plugin)
-		if !ok {
-			host := published.Description.Hostname
-			return fmt.Errorf("refused: volume %s is published to %s (%s), which is %s, so its plugin cannot be asked whether a container there still writes to it. "+
-				"If %s comes back, Swarm unpublishes the volume by itself. If it is gone for good (powered off, never to return): "+
-				"docker node rm --force %s; Swarm then calls ControllerUnpublishVolume and the volume is free", name, host, p.NodeID, published.Status.State, host, p.NodeID)
-		}
-		if n.ID != published.ID {
-			fmt.Fprintf(o.out, "node %s (%s) is %s; the same host is in the swarm again as %s\n", published.Description.Hostname, published.ID, published.Status.State, n.ID)
-		}
-		has, how, err := held.holds(ctx, n, v)
-		if err != nil {
-			return fmt.Errorf("refused: cannot tell whether %s's plugin holds volume %s: %w", n.Description.Hostname, name, err)
-		}
-		if has {
-			return fmt.Errorf("refused: %s's plugin has volume %s mounted (asked through %s): a container there may use it; "+
-				"on %s: docker ps --filter volume=%s, and stop what uses it; Swarm then unpublishes it by itself", n.Description.Hostname, name, how, n.Description.Hostname, name)
-		}
-		fmt.Fprintf(o.out, "node %s: its plugin holds nothing of volume %s (asked through %s)\n", n.Description.Hostname, name, how)
-		if c := csiNodeID(n, o.plugin); c != "" {
-			csiIDs = append(csiIDs, c)
+		if err := r.ask(ctx, published); err != nil {
+			return err
 		}
 	}
-	for _, c := range csiIDs {
+	// ...and the hosts the controller has it attached to.
+	attached := cur.GetStatus().GetPublishedNodeIds()
+	for _, c := range attached {
+		if r.letGo[c] {
+			continue
+		}
+		n, ok := nodeWithCSI(nodes, o.plugin, c)
+		if !ok {
+			fmt.Fprintf(o.out, "host %s (the plugin's node id): no node of the swarm is that host any more: taken as gone\n", c)
+			continue
+		}
+		if err := r.ask(ctx, n); err != nil {
+			return err
+		}
+	}
+	for _, c := range attached {
 		if _, err := o.ctrl.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: id, NodeId: c}); err != nil {
 			return fmt.Errorf("the plugin's ControllerUnpublishVolume of %s from %s: %w (nothing in Swarm changed)", id, c, err)
 		}
 	}
 	return o.recreate(ctx, v, id)
+}
+
+// releaser is volume release under way.
+type releaser struct {
+	*op
+	name  string
+	v     *volume.Volume
+	nodes []swarm.Node
+	held  *holders
+	letGo map[string]bool // the plugin node ids of the hosts that hold nothing of it
+}
+
+// ask refuses, with the reason and what is left to do, unless the plugin
+// of node n's host says that it holds nothing of the volume.
+func (r *releaser) ask(ctx context.Context, published swarm.Node) error {
+	host := published.Description.Hostname
+	n, ok := answering(published, r.nodes, r.plugin)
+	if !ok {
+		return fmt.Errorf("refused: volume %s is published to %s (%s), which is %s, so its plugin cannot be asked whether a container there still writes to it. "+
+			"If %s comes back, Swarm unpublishes the volume by itself. If it is gone for good (powered off, never to return): "+
+			"docker node rm --force %s, then swarm-csi volume release %s again", r.name, host, published.ID, published.Status.State, host, published.ID, r.name)
+	}
+	if n.ID != published.ID {
+		fmt.Fprintf(r.out, "node %s (%s) is %s; the same host is in the swarm again as %s\n", host, published.ID, published.Status.State, n.ID)
+	}
+	has, how, err := r.held.holds(ctx, n, r.v)
+	if err != nil {
+		return fmt.Errorf("refused: cannot tell whether %s's plugin holds volume %s: %w", n.Description.Hostname, r.name, err)
+	}
+	if has {
+		return fmt.Errorf("refused: %s's plugin has volume %s mounted (asked through %s): a container there may use it; "+
+			"on %s: docker ps --filter volume=%s, and stop what uses it; Swarm then unpublishes it by itself", n.Description.Hostname, r.name, how, n.Description.Hostname, r.name)
+	}
+	fmt.Fprintf(r.out, "node %s: its plugin holds nothing of volume %s (asked through %s)\n", n.Description.Hostname, r.name, how)
+	r.letGo[csiNodeID(n, r.plugin)] = true
+	return nil
+}
+
+// nodeWithCSI is the node whose plugin has CSI node id c: a ready one if
+// there is one.
+func nodeWithCSI(nodes []swarm.Node, plugin, c string) (swarm.Node, bool) {
+	var found *swarm.Node
+	for i, n := range nodes {
+		if csiNodeID(n, plugin) == c && (found == nil || n.Status.State == swarm.NodeStateReady) {
+			found = &nodes[i]
+		}
+	}
+	if found == nil {
+		return swarm.Node{}, false
+	}
+	return *found, true
 }
 
 // recreate has Swarm forget volume v and create it again under its name,

@@ -84,6 +84,28 @@ func TestReleaseRejoinedHost(t *testing.T) {
 	}
 }
 
+// Swarm never unpublishes a volume from a node removed from the swarm
+// (docker node rm): release takes such a node as gone, and lets go of the
+// host the backend has it attached to when no node of the swarm is that
+// host.
+func TestReleaseRemovedNode(t *testing.T) {
+	w := stuckWorld(t)
+	w.engine.vols["stuck"].ClusterVolume.PublishStatus[0].NodeID = "n-lost"
+	w.csi.nodes["vol-5"] = []string{"lost-host"}
+	r := w.doctor(1)
+	wantFinding(t, r, levelFail, "stuck", "published to node n-lost, which is not in the swarm any more", "swarm-csi volume release stuck")
+	out := w.want(0, "volume stuck released", "volume", "release", "stuck")
+	for _, want := range []string{"node n-lost: not in the swarm any more (docker node rm): taken as gone",
+		"host lost-host (the plugin's node id): no node of the swarm is that host any more: taken as gone"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("release output lacks %q:\n%s", want, out)
+		}
+	}
+	if c := w.changes(); !slices.Equal(c, []string{"ControllerUnpublishVolume vol-5 lost-host"}) {
+		t.Errorf("plugin calls %v", c)
+	}
+}
+
 func TestReleaseHereThroughTheSocket(t *testing.T) {
 	w := healthyWorld(t)
 	w.csi.abnormal["vol-1"] = "NotMounted"
@@ -123,9 +145,18 @@ func TestReleaseRefuses(t *testing.T) {
 			w.engine.vols["stuck"].ClusterVolume.Info.VolumeID = "vol-2" // in worker's metrics
 			w.csi.vols["vol-2"] = &csi.Volume{VolumeId: "vol-2"}
 		}, "refused: worker's plugin has volume stuck mounted"},
-		{"node gone", func(w *world) {
+		{"removed, and its host attached in the backend is a live node holding it", func(w *world) {
 			w.engine.vols["stuck"].ClusterVolume.PublishStatus[0].NodeID = "n-lost"
-		}, "refused: Swarm counts volume stuck as published to node n-lost, which is not in the swarm any more"},
+			w.csi.nodes["vol-5"] = []string{"manager"}
+			w.csi.abnormal = map[string]string{} // mounted here
+		}, "refused: manager's plugin has volume stuck mounted"},
+		{"attached in the backend to a host that is down", func(w *world) {
+			w.csi.nodes["vol-5"] = []string{"worker", "manager"}
+			w.csi.abnormal["vol-5"] = "NotMounted"
+			here := w.engine.nodes["n-here"]
+			here.Status.State = swarm.NodeStateDown
+			w.engine.nodes["n-here"] = here
+		}, "refused: volume stuck is published to manager (n-here), which is down"},
 		{"no metrics", func(w *world) {
 			w.engine.plugins["swarm-csi:latest"].Settings.Env = nil
 		}, "refused: cannot tell whether worker's plugin holds volume stuck: node worker: other nodes answer through their plugin's metrics, which are off"},
