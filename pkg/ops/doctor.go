@@ -444,7 +444,7 @@ func (d *doctorRun) publishProblem(ctx context.Context, v volume.Volume, nodeID 
 	}
 	host := node.Description.Hostname
 	down := fmt.Sprintf("Swarm counts it as published to %s (%s), which is %s: it stays in use until that node is back or removed", host, nodeID, node.Status.State)
-	downFix := fmt.Sprintf("start Docker on %s; if %s is gone for good: docker node rm --force %s (Swarm then unpublishes it)", host, host, nodeID)
+	downFix := fmt.Sprintf("start Docker on %s; if %s is gone for good: docker node rm --force %s, then swarm-csi volume release %s", host, host, nodeID, v.Name)
 	asked, ok := answering(node, slices.Collect(maps.Values(d.nodes)), d.plugin)
 	if !ok {
 		return down, downFix
