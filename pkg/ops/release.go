@@ -14,16 +14,21 @@ import (
 	"github.com/swarm-csi/swarm-csi/pkg/stackvol"
 )
 
-// volume release: a volume Swarm counts as published to nodes whose
-// plugins do not hold it stays "in use" for ever (docker volume rm
-// refuses it). Swarm's API cannot unpublish it from one node; what it
-// allows is docker volume rm --force, which forgets the volume without
-// calling the plugin, and creating it again under the same name, which
-// the driver answers with the same volume (CreateVolume is idempotent by
-// name). release does that once every such node's plugin has said that it
-// holds nothing of the volume, and after the controller has let go of it
-// for those nodes; anything else it refuses, with the reason and the
-// steps that are left to the operator.
+// volume release: a volume Swarm counts as published to nodes that will
+// never unpublish it stays "in use" for ever (docker volume rm refuses
+// it): a node removed from the swarm (Swarm forgets the node, not the
+// publication), a node whose host joined the swarm again as a new node, a
+// live node whose plugin holds nothing of it. Swarm's API cannot drop one
+// node's publication; what it allows is docker volume rm --force, which
+// forgets the volume without calling the plugin, and creating it again
+// under the same name, which the driver answers with the same volume
+// (CreateVolume is idempotent by name). release does that once the plugin
+// of every host Swarm counts the volume published to, or the backend has
+// it attached to, has said that it holds nothing of it (a node removed
+// from the swarm, and a host no node of the swarm is any more, are taken
+// as gone), and after the controller has let go of it for those hosts;
+// anything else it refuses, with the reason and the steps left to the
+// operator.
 
 // recreateTimeout bounds the wait for Swarm to create the volume again.
 var recreateTimeout = 60 * time.Second
