@@ -149,7 +149,7 @@ func parseArgs(driver *flag.FlagSet, opts *ops.Options, args []string, stderr io
 		case len(command) > 0 && !isOps:
 			misplaced = fmt.Errorf("--%s is an option of the driver, not of %s", f.Name, command[0])
 		case len(command) == 0 && isOps:
-			misplaced = fmt.Errorf("--%s is an option of the volume and snapshot commands (swarm-csi --%s ... volume ...)", f.Name, f.Name)
+			misplaced = fmt.Errorf("--%s is an option of the volume, snapshot and doctor commands (swarm-csi --%s ... volume ...)", f.Name, f.Name)
 		}
 	})
 	if misplaced != nil || len(command) == 0 {

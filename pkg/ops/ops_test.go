@@ -42,7 +42,7 @@ func TestExitStatus(t *testing.T) {
 		{2, `--format "xml": want table or json`, []string{"--format", "xml", "volume", "ls"}},
 		{2, "usage: swarm-csi stack volumes", []string{"stack"}},
 		{2, "usage: swarm-csi stack volumes", []string{"stack", "volumes", "-c", "x.yml"}},
-		{2, "are options of the volume and snapshot commands", []string{"--format", "json", "stack", "volumes", "-c", "x.yml", "--namespace", "st"}},
+		{2, "are options of the volume, snapshot and doctor commands", []string{"--format", "json", "stack", "volumes", "-c", "x.yml", "--namespace", "st"}},
 	} {
 		w.want(tc.code, tc.want, tc.args...)
 		if tc.code == 1 && !strings.Contains(w.stderr.String(), "swarm-csi: ") {
