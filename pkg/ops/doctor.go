@@ -94,7 +94,6 @@ type doctorRun struct {
 	// The ids of the backend's volumes (ListVolumes); nil if it could not
 	// be asked.
 	backend map[string]bool
-	conn    grpc.ClientConnInterface // the plugin's socket
 }
 
 func (d *doctorRun) add(level, check, subject, problem, fix string) {
@@ -135,7 +134,6 @@ func (d *doctorRun) run(ctx context.Context, socket, pluginsDir string) error {
 			return err
 		}
 		defer conn.Close()
-		d.conn = conn
 		d.checkBackend(ctx)
 		d.checkPending(ctx, controller.FetchCreateErrors)
 		d.checkSnapshots(ctx)

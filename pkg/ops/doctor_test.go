@@ -224,3 +224,14 @@ func TestDoctorFindsEachFault(t *testing.T) {
 		})
 	}
 }
+
+// A command on a volume pending creation says why, from the driver's
+// record.
+func TestPendingVolumeSaysWhy(t *testing.T) {
+	w := newWorld(t)
+	w.want(1, "volume pending is not created yet (docker volume inspect pending; swarm-csi doctor)", "volume", "inspect", "pending")
+	w.csi.failed = []controller.CreateError{{Name: "pending", Code: "NotFound", Message: "snapshot nightly not found",
+		Last: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Attempts: 4}}
+	w.want(1, "volume pending is not created yet: the driver refused it 4 time(s), last at 2026-01-02T03:04:05Z: NotFound: snapshot nightly not found",
+		"volume", "inspect", "pending")
+}

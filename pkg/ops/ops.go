@@ -122,6 +122,7 @@ type op struct {
 	json   bool
 	out    io.Writer
 	engine Engine
+	conn   grpc.ClientConnInterface // the plugin's socket
 	ctrl   csi.ControllerClient
 	node   csi.NodeClient
 
@@ -193,7 +194,7 @@ func (o *op) connect(ctx context.Context, socket, pluginsDir string) (*grpc.Clie
 	if err != nil {
 		return nil, err
 	}
-	o.ctrl, o.node = csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	o.conn, o.ctrl, o.node = conn, csi.NewControllerClient(conn), csi.NewNodeClient(conn)
 	return conn, nil
 }
 

@@ -6,10 +6,13 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/docker/go-units"
 	"github.com/moby/moby/api/types/volume"
+
+	"github.com/swarm-csi/swarm-csi/pkg/controller"
 )
 
 // swarmVolume returns the Swarm volume NAME of this plugin.
@@ -25,7 +28,7 @@ func (o *op) swarmVolume(ctx context.Context, name string) (*volume.Volume, stri
 		return nil, "", fmt.Errorf("volume %s belongs to driver %s, not %s", name, v.Driver, o.plugin)
 	}
 	if v.ClusterVolume == nil || v.ClusterVolume.Info == nil || v.ClusterVolume.Info.VolumeID == "" {
-		return nil, "", fmt.Errorf("volume %s is not created yet (docker volume inspect %s)", name, name)
+		return nil, "", fmt.Errorf("volume %s is not created yet%s", name, o.whyPending(ctx, name))
 	}
 	return v, v.ClusterVolume.Info.VolumeID, nil
 }
@@ -235,4 +238,18 @@ func (o *op) volumeExpand(ctx context.Context, name, size string) error {
 		fmt.Fprintf(o.out, "node %s (this one): filesystem grown, the device has %d bytes\n", n, nr.GetCapacityBytes())
 	}
 	return nil
+}
+
+// whyPending is the driver's last error for a volume pending creation, as
+// the plugin here recorded it, or where to look.
+func (o *op) whyPending(ctx context.Context, name string) string {
+	if o.conn != nil {
+		errs, _ := controller.FetchCreateErrors(ctx, o.conn)
+		for _, e := range errs {
+			if e.Name == name {
+				return fmt.Sprintf(": the driver refused it %d time(s), last at %s: %s: %s", e.Attempts, e.Last.Format(time.RFC3339), e.Code, e.Message)
+			}
+		}
+	}
+	return fmt.Sprintf(" (docker volume inspect %s; swarm-csi doctor)", name)
 }
