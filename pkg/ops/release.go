@@ -120,7 +120,12 @@ func (r *releaser) ask(ctx context.Context, published swarm.Node) error {
 	if err != nil {
 		return fmt.Errorf("refused: cannot tell whether %s's plugin holds volume %s: %w", n.Description.Hostname, r.name, err)
 	}
-	if has {
+	switch {
+	case has && n.ID != published.ID:
+		return fmt.Errorf("refused: %s's plugin still has volume %s mounted (asked through %s): the host left the swarm with the volume in use "+
+			"(docker swarm leave does not unpublish it) and Swarm never asks it to let go; its plugin keeps the mount, and release does not take it away (README, \"When something is stuck\")",
+			n.Description.Hostname, r.name, how)
+	case has:
 		return fmt.Errorf("refused: %s's plugin has volume %s mounted (asked through %s): a container there may use it; "+
 			"on %s: docker ps --filter volume=%s, and stop what uses it; Swarm then unpublishes it by itself", n.Description.Hostname, r.name, how, n.Description.Hostname, r.name)
 	}

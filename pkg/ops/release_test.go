@@ -144,7 +144,7 @@ func TestReleaseRefuses(t *testing.T) {
 			rejoin(w)
 			w.engine.vols["stuck"].ClusterVolume.Info.VolumeID = "vol-2" // in worker's metrics
 			w.csi.vols["vol-2"] = &csi.Volume{VolumeId: "vol-2"}
-		}, "refused: worker's plugin has volume stuck mounted"},
+		}, "refused: worker's plugin still has volume stuck mounted (asked through the metrics of worker's plugin): the host left the swarm with the volume in use"},
 		{"removed, and its host attached in the backend is a live node holding it", func(w *world) {
 			w.engine.vols["stuck"].ClusterVolume.PublishStatus[0].NodeID = "n-lost"
 			w.csi.nodes["vol-5"] = []string{"manager"}
