@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -88,6 +89,12 @@ func TestDoctorAndStuckVolume(t *testing.T) {
 	e.service("dr-app", "echo written-on-node3 > /data/f && sync", "--mount", "type=cluster,src=dr-vol,dst=/data",
 		"--constraint", "node.hostname=="+lost.Name)
 	e.waitRunning("dr-app", 120*time.Second)
+	// node3's loop device of dr-vol, by the driver's tag: what node3's host
+	// keeps when its Engine stops.
+	node3Tags := map[string]bool{}
+	for _, l := range loopsTagged(t, vid) {
+		node3Tags[l.FileName] = true
+	}
 	step := time.Now()
 	r, code, out := o.doctor()
 	if code != 0 || !r.OK {
@@ -155,6 +162,19 @@ func TestDoctorAndStuckVolume(t *testing.T) {
 		t.Errorf("dr-vol on %s reads %q (%v), want what node3 wrote", c.Nodes[1].Name, got, err)
 	}
 	e.docker("service", "rm", "dr-again")
+	e.waitUnpublished("dr-vol", 60*time.Second)
+	// node3 is gone for good, and on a real host its loop device went with
+	// it; here the nodes share one kernel: detach it as its host's end
+	// would. node2's plugin released its own at the unpublish.
+	for _, l := range loopsTagged(t, vid) {
+		if !node3Tags[l.FileName] {
+			t.Errorf("dr-vol is still attached at %s (%s) after its last unpublish on node2", l.Dev, l.FileName)
+			continue
+		}
+		if out, err := exec.Command("losetup", "-d", l.Dev).CombinedOutput(); err != nil {
+			t.Errorf("detach node3's %s: %v %s", l.Dev, err, out)
+		}
+	}
 	if err := e.removeVolume("dr-vol", 60*time.Second); err != nil {
 		t.Fatalf("docker volume rm dr-vol once released: %v", err)
 	}
