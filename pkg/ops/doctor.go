@@ -364,6 +364,11 @@ func (d *doctorRun) checkPending(ctx context.Context, fetch func(context.Context
 				e.Attempts, e.First.Format(time.RFC3339), e.Last.Format(time.RFC3339), e.Code, e.Message), createFix(v, e.Code))
 			continue
 		}
+		if age := time.Since(v.ClusterVolume.CreatedAt); age < justCreated {
+			d.add(levelWarn, "volume", v.Name, fmt.Sprintf("pending creation for %s: Swarm has not called the plugin yet", age.Round(time.Second)),
+				"run swarm-csi doctor again in a minute")
+			continue
+		}
 		problem := "pending creation, and the plugin here has no error for it"
 		switch {
 		case why != "":
@@ -376,6 +381,10 @@ func (d *doctorRun) checkPending(ctx context.Context, fetch func(context.Context
 		d.add(levelFail, "volume", v.Name, problem, "docker volume inspect "+v.Name+"; restart Docker on the leader if no error ever shows")
 	}
 }
+
+// justCreated is how long a volume may wait for Swarm's first
+// CreateVolume without a failure.
+const justCreated = 30 * time.Second
 
 // createFix is what to do about a volume whose creation fails with code.
 func createFix(v volume.Volume, code string) string {

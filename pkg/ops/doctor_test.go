@@ -161,6 +161,10 @@ func TestDoctorFindsEachFault(t *testing.T) {
 		{"pending without an error here, on the leader", func(w *world) {
 			w.engine.vols["db"] = &volume.Volume{Name: "db", Driver: "swarm-csi:latest", ClusterVolume: &volume.ClusterVolume{ID: "cv-db"}}
 		}, 1, levelFail, "db", "the manager has not called it", "docker volume inspect db"},
+		{"pending, just created", func(w *world) {
+			w.engine.vols["db"] = &volume.Volume{Name: "db", Driver: "swarm-csi:latest",
+				ClusterVolume: &volume.ClusterVolume{ID: "cv-db", Meta: swarm.Meta{CreatedAt: time.Now().Add(-3 * time.Second)}}}
+		}, 0, levelWarn, "db", "pending creation for 3s: Swarm has not called the plugin yet", "run swarm-csi doctor again"},
 		{"pending without an error here, not the leader", func(w *world) {
 			w.engine.vols["db"] = &volume.Volume{Name: "db", Driver: "swarm-csi:latest", ClusterVolume: &volume.ClusterVolume{ID: "cv-db"}}
 			n := node(w, "n-far")
