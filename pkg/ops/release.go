@@ -162,6 +162,8 @@ func (o *op) recreate(ctx context.Context, v *volume.Volume, id string) error {
 	}
 	again := stackvol.Volume{Name: v.Name, Driver: v.Driver, DriverOpts: v.Options, Labels: v.Labels, Spec: spec}
 	manual := fmt.Sprintf("docker volume rm --force %s; then %s", v.Name, createCommand(again))
+	// Said first: should this stop half-way, the way back is on screen.
+	fmt.Fprintf(o.out, "creating volume %s again as: %s\n", v.Name, createCommand(again))
 	if err := o.engine.Remove(ctx, v.Name, true); err != nil {
 		return fmt.Errorf("docker volume rm --force %s: %w (nothing in Swarm changed; the controller let go of it)", v.Name, err)
 	}

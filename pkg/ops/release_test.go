@@ -38,6 +38,10 @@ func TestReleaseStuckVolume(t *testing.T) {
 	if !strings.Contains(out, "node worker: its plugin holds nothing of volume stuck (asked through the metrics of worker's plugin)") {
 		t.Errorf("release does not say how it checked the node:\n%s", out)
 	}
+	if !strings.Contains(out, "creating volume stuck again as: docker volume create --driver swarm-csi:latest --type mount --scope single --sharing none "+
+		"--group dbs --required-bytes 1073741824 --limit-bytes 3221225472 --opt fsType=xfs --label app=db stuck\n") {
+		t.Errorf("release does not give the command that creates the volume again before it removes it:\n%s", out)
+	}
 	if c := w.changes(); !slices.Equal(c, []string{"ControllerUnpublishVolume vol-5 worker"}) {
 		t.Errorf("plugin calls %v, want the controller's unpublish from worker", c)
 	}
