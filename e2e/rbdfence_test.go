@@ -102,14 +102,14 @@ func TestRBDFenceAfterNodeLoss(t *testing.T) {
 	if err := syscall.Kill(xFuse, 0); err != nil {
 		t.Fatalf("%s's rbd-fuse (pid %d) is gone with its Engine: %v", x.Name, xFuse, err)
 	}
-	// The plugin's node id is the node's name.
-	o.want(1, "lets go of its volumes itself", "volume", "release", "fence-vol", x.Name)
+	o.want(1, "docker node rm --force", "volume", "release", "fence-vol")
 	e.docker("node", "rm", "--force", x.Name)
 	if _, ok := e.tryNewTask("fence-app", tk.ID, 5*time.Second); ok {
 		t.Fatalf("the volume moved from the removed %s by itself:\n%s", x.Name, e.servicePS("fence-app"))
 	}
 	released := time.Now()
-	o.want(0, "released fence-vol from "+x.Name, "volume", "release", "fence-vol", x.Name)
+	// The plugin's node id is the node's name.
+	o.want(0, "released fence-vol from "+x.Name+", which no node of the swarm is any more", "volume", "release", "fence-vol")
 	tk2 := e.waitNewTask("fence-app", tk.ID, 120*time.Second)
 	y := ids[tk2.NodeID]
 	moved := time.Since(released)

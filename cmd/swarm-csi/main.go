@@ -141,7 +141,7 @@ func parseArgs(driver *flag.FlagSet, opts *ops.Options, args []string, stderr io
 	}
 	command := fs.Args()
 	if len(command) > 0 && !ops.IsCommand(command[0]) {
-		return nil, fmt.Errorf("unexpected argument %q: the commands are volume, snapshot and stack", command[0])
+		return nil, fmt.Errorf("unexpected argument %q: the commands are volume, snapshot, stack and doctor", command[0])
 	}
 	var misplaced error
 	fs.Visit(func(f *flag.Flag) {
@@ -149,7 +149,7 @@ func parseArgs(driver *flag.FlagSet, opts *ops.Options, args []string, stderr io
 		case len(command) > 0 && !isOps:
 			misplaced = fmt.Errorf("--%s is an option of the driver, not of %s", f.Name, command[0])
 		case len(command) == 0 && isOps:
-			misplaced = fmt.Errorf("--%s is an option of the volume and snapshot commands (swarm-csi --%s ... volume ...)", f.Name, f.Name)
+			misplaced = fmt.Errorf("--%s is an option of the volume, snapshot and doctor commands (swarm-csi --%s ... volume ...)", f.Name, f.Name)
 		}
 	})
 	if misplaced != nil || len(command) == 0 {
@@ -254,9 +254,11 @@ func run(cfg *config, log *slog.Logger) error {
 		GroupController: ctrl,
 		Node:            nodeSrv,
 	})
+	controller.RegisterDiagnostics(srv, ctrl) // swarm-csi doctor reads the last CreateVolume errors
 	var metricsDone <-chan error
 	if cfg.metricsAddr != "" {
-		metrics.Registry.MustRegister(&metrics.VolumeCollector{Counts: ctrl.VolumeCounts, Usage: nodeSrv.VolumeUsage})
+		metrics.Registry.MustRegister(&metrics.VolumeCollector{Counts: ctrl.VolumeCounts, Usage: nodeSrv.VolumeUsage},
+			ops.SettingsCollector(cfg.backend, cfg.driverName, versionString(), be.topology))
 		addr, done, err := metrics.Serve(ctx, cfg.metricsAddr)
 		if err != nil {
 			return fmt.Errorf("--metrics-addr (METRICS_ADDR): %w", err)

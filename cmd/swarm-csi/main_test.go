@@ -206,6 +206,7 @@ func TestParseConfigCommand(t *testing.T) {
 		{[]string{"--format", "json", "--plugin=p:1", "--socket", "/s.sock", "volume", "inspect", "--x"},
 			[]string{"volume", "inspect", "--x"}, ops.Options{Plugin: "p:1", Socket: "/s.sock", Format: "json"}},
 		{[]string{"snapshot"}, []string{"snapshot"}, ops.Options{}},
+		{[]string{"--format", "json", "doctor"}, []string{"doctor"}, ops.Options{Format: "json"}},
 		{[]string{"stack", "volumes", "-c", "f.yml", "--namespace", "st"}, []string{"stack", "volumes", "-c", "f.yml", "--namespace", "st"}, ops.Options{}},
 	} {
 		c, err := parseConfig(tc.args, bad, io.Discard)
@@ -215,8 +216,8 @@ func TestParseConfigCommand(t *testing.T) {
 	}
 	for args, want := range map[string]string{
 		"--backend=loop volume ls": "--backend is an option of the driver, not of volume",
-		"--format json":            "--format is an option of the volume and snapshot commands",
-		"--socket=/s.sock":         "--socket is an option of the volume and snapshot commands",
+		"--format json":            "--format is an option of the volume, snapshot and doctor commands",
+		"--socket=/s.sock":         "--socket is an option of the volume, snapshot and doctor commands",
 		"--version snapshot ls":    "--version is an option of the driver",
 		"volumes ls":               `unexpected argument "volumes"`,
 	} {
@@ -237,7 +238,7 @@ func TestHelp(t *testing.T) {
 		t.Fatalf("--help: %v", err)
 	}
 	for _, want := range []string{"  -endpoint string\n", "  -rbd-pool string\n", "  volume expand NAME SIZE ", "  snapshot create VOLUME NAME ",
-		"  stack volumes -c FILE --namespace STACK\n", "  --format table|json\n"} {
+		"  stack volumes -c FILE --namespace STACK\n", "  doctor ", "  volume release NAME ", "  --format table|json\n"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help lacks %q:\n%s", want, &out)
 		}

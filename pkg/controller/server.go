@@ -22,6 +22,7 @@ type Server struct {
 	info       backend.Info
 	locks      *locks.Set
 	maxPerNode int64
+	createErrs *createErrors // the last failure of each name (createerrors.go)
 
 	// The backend's optional features; nil when it lacks one.
 	expander backend.Expander
@@ -35,7 +36,8 @@ type Server struct {
 // published to one node (0: no limit). It serves the optional features the
 // backend implements.
 func New(be backend.Controller, maxVolumesPerNode int64) *Server {
-	s := &Server{be: be, info: be.Info(), locks: locks.New(), maxPerNode: maxVolumesPerNode}
+	s := &Server{be: be, info: be.Info(), locks: locks.New(), maxPerNode: maxVolumesPerNode,
+		createErrs: newCreateErrors(maxCreateErrors)}
 	s.expander, _ = be.(backend.Expander)
 	s.modifier, _ = be.(backend.Modifier)
 	s.capacity, _ = be.(backend.CapacityReporter)

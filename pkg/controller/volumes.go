@@ -16,7 +16,8 @@ import (
 // CreateVolume implements csi.ControllerServer. It is idempotent by name:
 // Swarm sends the bare volume name the user typed (docs/swarm.md,
 // "CreateVolume").
-func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (_ *csi.CreateVolumeResponse, err error) {
+	defer func() { s.createErrs.note(req, err) }()
 	if req.GetName() == "" {
 		return nil, csierr.Invalid("name is required")
 	}

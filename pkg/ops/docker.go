@@ -65,17 +65,27 @@ func (d docker) Node(ctx context.Context, id string) (swarm.Node, error) {
 	return r.Node, err
 }
 
-func (d docker) Nodes(ctx context.Context) ([]swarm.Node, error) {
-	r, err := d.c.NodeList(ctx, client.NodeListOptions{})
-	return r.Items, err
-}
-
 func (d docker) ThisNode(ctx context.Context) (string, error) {
 	r, err := d.c.Info(ctx, client.InfoOptions{})
 	if err != nil {
 		return "", err
 	}
 	return r.Info.Swarm.NodeID, nil
+}
+
+func (d docker) Nodes(ctx context.Context) ([]swarm.Node, error) {
+	r, err := d.c.NodeList(ctx, client.NodeListOptions{})
+	return r.Items, err
+}
+
+func (d docker) Services(ctx context.Context) ([]swarm.Service, error) {
+	r, err := d.c.ServiceList(ctx, client.ServiceListOptions{})
+	return r.Items, err
+}
+
+func (d docker) Remove(ctx context.Context, name string, force bool) error {
+	_, err := d.c.VolumeRemove(ctx, name, client.VolumeRemoveOptions{Force: force})
+	return err
 }
 
 func (d docker) Close() error { return d.c.Close() }

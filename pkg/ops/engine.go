@@ -21,9 +21,13 @@ type Engine interface {
 	Plugin(ctx context.Context, name string) (*plugin.Plugin, error)
 	// Node is docker node inspect ID.
 	Node(ctx context.Context, id string) (swarm.Node, error)
-	// Nodes is docker node ls.
-	Nodes(ctx context.Context) ([]swarm.Node, error)
 	// ThisNode is the Swarm node id of the Engine itself.
 	ThisNode(ctx context.Context) (string, error)
+	// Nodes is docker node ls: every node of the swarm.
+	Nodes(ctx context.Context) ([]swarm.Node, error)
+	// Services is docker service ls: every service of the swarm.
+	Services(ctx context.Context) ([]swarm.Service, error)
+	// Remove is docker volume rm [--force] NAME.
+	Remove(ctx context.Context, name string, force bool) error
 	Close() error
 }

@@ -2,11 +2,13 @@ package ops
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
 	"maps"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -27,16 +29,22 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/swarm-csi/swarm-csi/pkg/controller"
 	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 	"github.com/swarm-csi/swarm-csi/pkg/stackvol"
 )
 
 // fakeEngine is the Docker Engine of a manager, as the tests set it up.
 type fakeEngine struct {
-	vols    map[string]*volume.Volume
-	plugins map[string]*plugin.Plugin
-	nodes   map[string]swarm.Node
-	here    string // this Engine's node
+	vols     map[string]*volume.Volume
+	plugins  map[string]*plugin.Plugin
+	nodes    map[string]swarm.Node
+	services []swarm.Service
+	here     string   // this Engine's node
+	changes  []string // the calls that changed something
+	// swarmCreates, if set, is the driver's volume id Swarm gets at once
+	// for a volume created through Create; else it stays pending.
+	swarmCreates func(name string) string
 }
 
 func (e *fakeEngine) Inspect(_ context.Context, name string) (*volume.Volume, error) {
@@ -48,8 +56,12 @@ func (e *fakeEngine) Inspect(_ context.Context, name string) (*volume.Volume, er
 }
 
 func (e *fakeEngine) Create(_ context.Context, v stackvol.Volume) error {
+	e.changes = append(e.changes, "create "+v.Name)
 	e.vols[v.Name] = &volume.Volume{Name: v.Name, Driver: v.Driver, Options: v.DriverOpts, Labels: v.Labels,
-		ClusterVolume: &volume.ClusterVolume{Spec: v.Spec}}
+		ClusterVolume: &volume.ClusterVolume{ID: "cv2-" + v.Name, Spec: v.Spec}}
+	if e.swarmCreates != nil {
+		e.vols[v.Name].ClusterVolume.Info = &volume.Info{VolumeID: e.swarmCreates(v.Name)}
+	}
 	return nil
 }
 
@@ -77,11 +89,32 @@ func (e *fakeEngine) Node(_ context.Context, id string) (swarm.Node, error) {
 	return swarm.Node{}, fmt.Errorf("node %s not found", id)
 }
 
+func (e *fakeEngine) ThisNode(context.Context) (string, error) { return e.here, nil }
+
 func (e *fakeEngine) Nodes(context.Context) ([]swarm.Node, error) {
-	return slices.Collect(maps.Values(e.nodes)), nil
+	var out []swarm.Node
+	for _, id := range slices.Sorted(maps.Keys(e.nodes)) {
+		out = append(out, e.nodes[id])
+	}
+	return out, nil
 }
 
-func (e *fakeEngine) ThisNode(context.Context) (string, error) { return e.here, nil }
+func (e *fakeEngine) Services(context.Context) ([]swarm.Service, error) { return e.services, nil }
+
+// Remove is docker volume rm: refused while Swarm has the volume
+// published, unless forced.
+func (e *fakeEngine) Remove(_ context.Context, name string, force bool) error {
+	v, ok := e.vols[name]
+	if !ok {
+		return fmt.Errorf("no such volume: %s", name)
+	}
+	if !force && len(v.ClusterVolume.PublishStatus) > 0 {
+		return fmt.Errorf("volume is still in use")
+	}
+	delete(e.vols, name)
+	e.changes = append(e.changes, fmt.Sprintf("rm force=%t %s", force, name))
+	return nil
+}
 
 func (e *fakeEngine) Close() error { return nil }
 
@@ -98,6 +131,16 @@ type fakeCSI struct {
 	abnormal map[string]string        // reason by volume id
 	growErr  error                    // what NodeExpandVolume answers
 	changes  []string                 // the calls that changed something
+	failed   []controller.CreateError // the driver's record of failed creations
+}
+
+// CreateErrors is the driver's record, served as the driver serves it.
+func (f *fakeCSI) CreateErrors() []controller.CreateError { return f.failed }
+
+func (f *fakeCSI) ControllerUnpublishVolume(_ context.Context, r *csi.ControllerUnpublishVolumeRequest) (*csi.ControllerUnpublishVolumeResponse, error) {
+	f.nodes[r.GetVolumeId()] = slices.DeleteFunc(f.nodes[r.GetVolumeId()], func(n string) bool { return n == r.GetNodeId() })
+	f.changed("ControllerUnpublishVolume", r.GetVolumeId()+" "+r.GetNodeId())
+	return &csi.ControllerUnpublishVolumeResponse{}, nil
 }
 
 func (f *fakeCSI) serve(ctx context.Context, req any, _ *grpc.UnaryServerInfo, call grpc.UnaryHandler) (any, error) {
@@ -172,12 +215,6 @@ func (f *fakeCSI) DeleteVolume(_ context.Context, r *csi.DeleteVolumeRequest) (*
 	delete(f.vols, r.GetVolumeId())
 	f.changed("DeleteVolume", r.GetVolumeId())
 	return &csi.DeleteVolumeResponse{}, nil
-}
-
-func (f *fakeCSI) ControllerUnpublishVolume(_ context.Context, r *csi.ControllerUnpublishVolumeRequest) (*csi.ControllerUnpublishVolumeResponse, error) {
-	f.nodes[r.GetVolumeId()] = slices.DeleteFunc(f.nodes[r.GetVolumeId()], func(n string) bool { return n == r.GetNodeId() })
-	f.changed("ControllerUnpublishVolume", r.GetVolumeId()+" "+r.GetNodeId())
-	return &csi.ControllerUnpublishVolumeResponse{}, nil
 }
 
 func (f *fakeCSI) ControllerExpandVolume(_ context.Context, r *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
@@ -268,7 +305,14 @@ type world struct {
 	engine         *fakeEngine
 	csi            *fakeCSI
 	stdout, stderr bytes.Buffer
+	// farSettings are the settings n-far's plugin reports: backend,
+	// storage and version.
+	farSettings map[string]string
 }
+
+// hereAddr is n-here's address in the swarm (its manager address), where
+// its plugin serves its metrics.
+const hereAddr = "127.0.0.2"
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
@@ -278,26 +322,46 @@ func newWorld(t *testing.T) *world {
 		w.csi.vols[id] = &csi.Volume{VolumeId: id, CapacityBytes: size}
 	}
 
-	// n-far's plugin serves its volume's series, as the driver does.
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(&metrics.VolumeCollector{Usage: func(context.Context) ([]metrics.Usage, error) {
-		return []metrics.Usage{{VolumeID: "vol-2", CapacityBytes: 2 << 30, UsedBytes: 300 << 20, AvailableBytes: 1 << 30,
-			Inodes: 1000, InodesUsed: 40}}, nil
-	}})
-	far := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	t.Cleanup(far.Close)
+	// n-far's plugin serves its volume's series, as the driver does, and
+	// its settings; n-here's, at the same port on another address, its
+	// settings only.
+	w.farSettings = map[string]string{"backend": "loop", "storage": "swarm-csi/store=s1"}
+	serve := func(addr string, usage []metrics.Usage, settings func() map[string]string) *httptest.Server {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			s := settings()
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(&metrics.VolumeCollector{Usage: func(context.Context) ([]metrics.Usage, error) { return usage, nil }},
+				SettingsCollector(s["backend"], "swarm-csi", cmp.Or(s["version"], "v1"), map[string]string{"swarm-csi/store": strings.TrimPrefix(s["storage"], "swarm-csi/store=")}))
+			promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rw, r)
+		}))
+		srv.Listener.Close()
+		srv.Listener = lis
+		srv.Start()
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	far := serve("127.0.0.1:0", []metrics.Usage{{VolumeID: "vol-2", CapacityBytes: 2 << 30, UsedBytes: 300 << 20, AvailableBytes: 1 << 30,
+		Inodes: 1000, InodesUsed: 40}}, func() map[string]string { return w.farSettings })
 	host, port, _ := net.SplitHostPort(far.Listener.Addr().String())
+	serve(net.JoinHostPort(hereAddr, port), nil, func() map[string]string {
+		return map[string]string{"backend": "loop", "storage": "swarm-csi/store=s1"}
+	})
 
 	dir := t.TempDir()
 	const pluginName = "swarm-csi:latest"
 	w.engine = &fakeEngine{
 		here: "n-here",
 		plugins: map[string]*plugin.Plugin{pluginName: {ID: "p1", Name: pluginName, Enabled: true,
-			Config:   plugin.Config{Interface: plugin.Interface{Socket: "csi.sock"}},
+			Config: plugin.Config{Interface: plugin.Interface{Socket: "csi.sock"},
+				Linux: plugin.LinuxConfig{Capabilities: []string{"CAP_SYS_ADMIN", "CAP_SYS_RESOURCE"}}},
 			Settings: plugin.Settings{Env: []string{"DATA_DIR=/data", "METRICS_ADDR=:" + port}}}},
 		nodes: map[string]swarm.Node{
-			"n-here": {ID: "n-here", Description: swarm.NodeDescription{Hostname: "manager"}, Status: swarm.NodeStatus{Addr: "0.0.0.0"}},
-			"n-far":  {ID: "n-far", Description: swarm.NodeDescription{Hostname: "worker"}, Status: swarm.NodeStatus{Addr: host}},
+			"n-here": swarmNode("n-here", "manager", "0.0.0.0"),
+			"n-far":  swarmNode("n-far", "worker", host),
 		},
 		vols: map[string]*volume.Volume{"logs": {Name: "logs", Driver: "local"}},
 	}
@@ -329,12 +393,29 @@ func newWorld(t *testing.T) *world {
 	srv := grpc.NewServer(grpc.UnaryInterceptor(w.csi.serve))
 	csi.RegisterControllerServer(srv, w.csi)
 	csi.RegisterNodeServer(srv, w.csi)
+	controller.RegisterDiagnostics(srv, w.csi)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 
 	w.cli = &CLI{Stdout: &w.stdout, Stderr: &w.stderr, PluginsDir: dir,
 		Engine: func() (Engine, error) { return w.engine, nil }}
 	return w
+}
+
+// swarmNode is a node of Engine 28.2.2 with the plugin enabled: the
+// leader, if it is the manager (whose address in the swarm is its
+// manager address), or a worker.
+func swarmNode(id, host, addr string) swarm.Node {
+	n := swarm.Node{ID: id, Spec: swarm.NodeSpec{Role: swarm.NodeRoleWorker},
+		Description: swarm.NodeDescription{Hostname: host, Engine: swarm.EngineDescription{EngineVersion: "28.2.2",
+			Plugins: []swarm.PluginDescription{{Type: "csicontroller", Name: "swarm-csi:latest"}, {Type: "csinode", Name: "swarm-csi:latest"}}},
+			CSIInfo: []swarm.NodeCSIInfo{{PluginName: "swarm-csi:latest", NodeID: host}}},
+		Status: swarm.NodeStatus{State: swarm.NodeStateReady, Addr: addr}}
+	if host == "manager" {
+		n.Spec.Role = swarm.NodeRoleManager
+		n.ManagerStatus = &swarm.ManagerStatus{Leader: true, Reachability: swarm.ReachabilityReachable, Addr: net.JoinHostPort(hereAddr, "2377")}
+	}
+	return n
 }
 
 // run runs swarm-csi ARGS (the options, then the command) and returns

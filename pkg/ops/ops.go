@@ -32,17 +32,19 @@ const Usage = `usage: swarm-csi [options] COMMAND
                                 on every node it is published on (other nodes
                                 through their plugin's METRICS_ADDR)
   volume rm-orphan ID           delete a disk no Swarm volume refers to
-  volume release NAME NODE      let a volume go from a node removed from the swarm
-                                (docker node rm) while it had it: Swarm never
-                                unpublishes it there; NODE is the plugin's node id
-                                (volume inspect); the next publish fences the
-                                clients the node left (rbd)
+  volume release NAME           a volume Swarm counts as published to nodes whose
+                                plugins hold nothing of it, or to nodes removed
+                                from the swarm (docker node rm): free it (README,
+                                "When something is stuck"); the next publish
+                                fences the clients a removed node left (rbd)
   snapshot create VOLUME NAME   snapshot a volume
   snapshot ls [VOLUME]          list snapshots
   snapshot rm NAME              delete a snapshot
   stack volumes -c FILE --namespace STACK
                                 create the cluster volumes a compose file declares
-options (before a volume or snapshot COMMAND):
+  doctor                        what is wrong with the plugin and its volumes on
+                                this swarm, each with its fix; exit 1 if anything
+options (before a volume, snapshot or doctor COMMAND):
   --plugin NAME      the plugin (default swarm-csi:latest)
   --socket PATH      the plugin's CSI socket, instead of finding it
   --format table|json
@@ -50,7 +52,7 @@ Exit status: 0 done, 1 failed (nothing changed unless it says so), 2 bad usage.`
 
 // IsCommand tells whether word is the first word of a command.
 func IsCommand(word string) bool {
-	return slices.Contains([]string{"volume", "snapshot", "stack"}, word)
+	return slices.Contains([]string{"volume", "snapshot", "stack", "doctor"}, word)
 }
 
 // Options come before a command; the zero value is the default of each.
@@ -97,6 +99,9 @@ func (c *CLI) Run(ctx context.Context, args []string) int {
 	if len(args) > 0 && args[0] == "stack" {
 		return c.stack(ctx, args[1:])
 	}
+	if len(args) > 0 && args[0] == "doctor" {
+		return c.doctor(ctx, args[1:])
+	}
 	err := c.run(ctx, args)
 	switch {
 	case err == nil:
@@ -119,6 +124,7 @@ type op struct {
 	json   bool
 	out    io.Writer
 	engine Engine
+	conn   grpc.ClientConnInterface // the plugin's socket
 	ctrl   csi.ControllerClient
 	node   csi.NodeClient
 
@@ -130,7 +136,7 @@ func (c *CLI) run(ctx context.Context, args []string) error {
 		return errUsage
 	}
 	want := map[string]int{"volume ls": 0, "volume inspect": 1, "volume expand": 2, "volume stats": 1,
-		"volume rm-orphan": 1, "volume release": 2, "snapshot create": 2, "snapshot ls": -1, "snapshot rm": 1}
+		"volume rm-orphan": 1, "volume release": 1, "snapshot create": 2, "snapshot ls": -1, "snapshot rm": 1}
 	cmd := args[0] + " " + args[1]
 	n, ok := want[cmd]
 	rest := args[2:]
@@ -163,7 +169,7 @@ func (c *CLI) run(ctx context.Context, args []string) error {
 	case "volume rm-orphan":
 		return o.volumeRmOrphan(ctx, rest[0])
 	case "volume release":
-		return o.volumeRelease(ctx, rest[0], rest[1])
+		return o.volumeRelease(ctx, rest[0])
 	case "snapshot create":
 		return o.snapshotCreate(ctx, rest[0], rest[1])
 	case "snapshot ls":
@@ -190,7 +196,7 @@ func (o *op) connect(ctx context.Context, socket, pluginsDir string) (*grpc.Clie
 	if err != nil {
 		return nil, err
 	}
-	o.ctrl, o.node = csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	o.conn, o.ctrl, o.node = conn, csi.NewControllerClient(conn), csi.NewNodeClient(conn)
 	return conn, nil
 }
 

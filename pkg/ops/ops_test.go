@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/moby/moby/api/types/swarm"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -43,7 +42,7 @@ func TestExitStatus(t *testing.T) {
 		{2, `--format "xml": want table or json`, []string{"--format", "xml", "volume", "ls"}},
 		{2, "usage: swarm-csi stack volumes", []string{"stack"}},
 		{2, "usage: swarm-csi stack volumes", []string{"stack", "volumes", "-c", "x.yml"}},
-		{2, "are options of the volume and snapshot commands", []string{"--format", "json", "stack", "volumes", "-c", "x.yml", "--namespace", "st"}},
+		{2, "are options of the volume, snapshot and doctor commands", []string{"--format", "json", "stack", "volumes", "-c", "x.yml", "--namespace", "st"}},
 	} {
 		w.want(tc.code, tc.want, tc.args...)
 		if tc.code == 1 && !strings.Contains(w.stderr.String(), "swarm-csi: ") {
@@ -270,28 +269,4 @@ volumes:
 	}
 	w.want(1, "swarm-csi stack volumes: ", "stack", "volumes", "-c", file, "--namespace", "st")
 	w.want(1, "swarm-csi stack volumes: ", "stack", "volumes", "-c", filepath.Join(t.TempDir(), "none.yml"), "--namespace", "st")
-}
-
-// volume release: a volume lets go of a node removed from the swarm (the
-// plugin's node id no swarm node reports), and of no other.
-func TestVolumeRelease(t *testing.T) {
-	w := newWorld(t)
-	for id, csiID := range map[string]string{"n-here": "manager", "n-far": "worker"} {
-		n := w.engine.nodes[id]
-		n.Description.CSIInfo = []swarm.NodeCSIInfo{{PluginName: "swarm-csi:latest", NodeID: csiID}}
-		w.engine.nodes[id] = n
-	}
-	w.want(1, "worker is the plugin's node id of swarm node worker (n-far), which lets go of its volumes itself: drain it, or docker node rm it if it is lost",
-		"volume", "release", "cache", "worker")
-	w.want(1, "volume pgdata is not published to lost (it is to: manager)", "volume", "release", "pgdata", "lost")
-	w.want(1, "no volume nope", "volume", "release", "nope", "lost")
-	w.want(2, "usage", "volume", "release", "lost")
-	if c := w.changes(); len(c) != 0 {
-		t.Fatalf("refused releases changed %v", c)
-	}
-	w.want(0, "released lost from lost\n", "volume", "release", "lost", "lost")
-	if c := w.changes(); !slices.Equal(c, []string{"ControllerUnpublishVolume vol-4 lost"}) {
-		t.Errorf("release made %v", c)
-	}
-	w.want(1, "volume lost is not published to lost (it is to: )", "volume", "release", "lost", "lost")
 }

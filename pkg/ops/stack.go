@@ -22,7 +22,7 @@ func (c *CLI) stack(ctx context.Context, args []string) int {
 		return 2
 	}
 	if c.Options != (Options{}) {
-		fmt.Fprintln(c.Stderr, "swarm-csi stack volumes: --plugin, --socket and --format are options of the volume and snapshot commands")
+		fmt.Fprintln(c.Stderr, "swarm-csi stack volumes: --plugin, --socket and --format are options of the volume, snapshot and doctor commands")
 		usage()
 		return 2
 	}

@@ -3,14 +3,16 @@ package ops
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/docker/go-units"
 	"github.com/moby/moby/api/types/volume"
+
+	"github.com/swarm-csi/swarm-csi/pkg/controller"
 )
 
 // swarmVolume returns the Swarm volume NAME of this plugin.
@@ -26,7 +28,7 @@ func (o *op) swarmVolume(ctx context.Context, name string) (*volume.Volume, stri
 		return nil, "", fmt.Errorf("volume %s belongs to driver %s, not %s", name, v.Driver, o.plugin)
 	}
 	if v.ClusterVolume == nil || v.ClusterVolume.Info == nil || v.ClusterVolume.Info.VolumeID == "" {
-		return nil, "", fmt.Errorf("volume %s is not created yet (docker volume inspect %s)", name, name)
+		return nil, "", fmt.Errorf("volume %s is not created yet%s", name, o.whyPending(ctx, name))
 	}
 	return v, v.ClusterVolume.Info.VolumeID, nil
 }
@@ -136,43 +138,6 @@ func (o *op) volumeRmOrphan(ctx context.Context, id string) error {
 	return nil
 }
 
-// volumeRelease unpublishes a volume from a node that is no longer in the
-// swarm. Swarm unpublishes a volume from a node only once that node's
-// agent has reported it unpublished, so a node removed while it had the
-// volume (docker node rm --force of a lost node) keeps it for good, and a
-// single-writer volume never moves. A node of the swarm is refused: it
-// lets go of its volumes itself.
-func (o *op) volumeRelease(ctx context.Context, name, node string) error {
-	_, id, err := o.swarmVolume(ctx, name)
-	if err != nil {
-		return err
-	}
-	nodes, err := o.engine.Nodes(ctx)
-	if err != nil {
-		return err
-	}
-	for _, n := range nodes {
-		for _, c := range n.Description.CSIInfo {
-			if c.PluginName == o.plugin && c.NodeID == node {
-				return fmt.Errorf("%s is the plugin's node id of swarm node %s (%s), which lets go of its volumes itself: "+
-					"drain it, or docker node rm it if it is lost", node, n.Description.Hostname, n.ID)
-			}
-		}
-	}
-	r, err := o.ctrl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id})
-	if err != nil {
-		return fmt.Errorf("volume %s (%s): %w", name, id, err)
-	}
-	if !slices.Contains(r.GetStatus().GetPublishedNodeIds(), node) {
-		return fmt.Errorf("volume %s is not published to %s (it is to: %s)", name, node, strings.Join(r.GetStatus().GetPublishedNodeIds(), ", "))
-	}
-	if _, err := o.ctrl.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: id, NodeId: node}); err != nil {
-		return fmt.Errorf("unpublish %s from %s: %w", name, node, err)
-	}
-	fmt.Fprintf(o.out, "released %s from %s\n", name, node)
-	return nil
-}
-
 func (o *op) volumeInspect(ctx context.Context, name string) error {
 	v, id, err := o.swarmVolume(ctx, name)
 	if err != nil {
@@ -273,4 +238,18 @@ func (o *op) volumeExpand(ctx context.Context, name, size string) error {
 		fmt.Fprintf(o.out, "node %s (this one): filesystem grown, the device has %d bytes\n", n, nr.GetCapacityBytes())
 	}
 	return nil
+}
+
+// whyPending is the driver's last error for a volume pending creation, as
+// the plugin here recorded it, or where to look.
+func (o *op) whyPending(ctx context.Context, name string) string {
+	if o.conn != nil {
+		errs, _ := controller.FetchCreateErrors(ctx, o.conn)
+		for _, e := range errs {
+			if e.Name == name {
+				return fmt.Sprintf(": the driver refused it %d time(s), last at %s: %s: %s", e.Attempts, e.Last.Format(time.RFC3339), e.Code, e.Message)
+			}
+		}
+	}
+	return fmt.Sprintf(" (docker volume inspect %s; swarm-csi doctor)", name)
 }
