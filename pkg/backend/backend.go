@@ -40,9 +40,12 @@ type Info struct {
 	// that every node mounts, not block devices: mount access only, with
 	// no fsType or mkfsOptions, in every access mode including
 	// MULTI_NODE_MULTI_WRITER (the filesystem keeps the nodes' writes
-	// consistent). Sizes are recorded, not enforced. Its node side is a
-	// FilesystemNode.
+	// consistent). Sizes are recorded, not enforced, unless Quota. Its
+	// node side is a FilesystemNode.
 	SharedFilesystem bool
+	// Quota says the shared filesystem holds each volume to its size
+	// (a writer past it gets EDQUOT).
+	Quota bool
 }
 
 // Source is where a new volume's content comes from. At most one field is set.
