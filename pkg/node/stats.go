@@ -72,6 +72,11 @@ type probed struct {
 // volume's device is attached; it reports the first problem.
 func (s *Server) probe(ctx context.Context, volumeID string, paths ...string) probed {
 	for _, path := range paths {
+		if s.filesystem() != nil {
+			if err := deadMount(path); err != nil {
+				return inaccessible("MountDead", "the filesystem's client is gone: %v", err)
+			}
+		}
 		mounted, err := s.mounter.IsMountPoint(path)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
