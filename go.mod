@@ -3,6 +3,7 @@ module github.com/swarm-csi/swarm-csi
 go 1.26.8
 
 require (
+	github.com/ceph/go-ceph v0.41.0
 	github.com/compose-spec/compose-go/v2 v2.16.2
 	github.com/container-storage-interface/spec v1.13.0
 	github.com/containerd/errdefs v1.0.0
