@@ -48,7 +48,7 @@ const (
 	// DefaultCloneWait is how long CreateVolume waits for a clone to
 	// complete before answering Aborted, so that the caller retries.
 	// Swarm allows an RPC about 15 s.
-	DefaultCloneWait = 10 * time.Second
+	DefaultCloneWait = 12 * time.Second
 
 	// TopologyKey names the file system: every node that reaches its
 	// monitors reaches every volume.

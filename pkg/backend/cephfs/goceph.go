@@ -23,7 +23,8 @@ const CephSupport = true
 const recordNamespace = "swarm-csi"
 
 // goceph is the cluster over librados and libcephfs. It connects at its
-// first call, and again at the next call after a connection failed.
+// first call (again at the next call after connecting failed) and keeps
+// the connection for the driver's life.
 type goceph struct {
 	cfg           Config
 	conf, keyring string
@@ -47,7 +48,6 @@ type session struct {
 	ioctx    *rados.IOContext
 	conn     *rados.Conn
 	dataPool string
-	g        *goceph
 }
 
 func (g *goceph) session() (*session, error) {
@@ -58,7 +58,7 @@ func (g *goceph) session() (*session, error) {
 			return nil, err
 		}
 	}
-	return &session{fsa: g.fsa, ioctx: g.ioctx, conn: g.conn, dataPool: g.dataPool, g: g}, nil
+	return &session{fsa: g.fsa, ioctx: g.ioctx, conn: g.conn, dataPool: g.dataPool}, nil
 }
 
 func (g *goceph) connect() error {
@@ -101,22 +101,6 @@ func (g *goceph) connect() error {
 	return nil
 }
 
-// reset drops the connection after a failure that may be its own.
-func (g *goceph) reset() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.conn == nil {
-		return
-	}
-	if g.mds != nil {
-		_ = g.mds.Release()
-		g.mds = nil
-	}
-	g.ioctx.Destroy()
-	g.conn.Shutdown()
-	g.conn, g.fsa, g.ioctx = nil, nil, nil
-}
-
 // do runs f with a session, within ctx: a call the client timeouts have
 // not ended by ctx's end is left to finish alone.
 func (g *goceph) do(ctx context.Context, op string, f func(s *session) error) error {
@@ -133,11 +117,9 @@ func (g *goceph) do(ctx context.Context, op string, f func(s *session) error) er
 		if err == nil {
 			return nil
 		}
-		e := classify(op, err)
-		if e.Kind == KindUnreachable {
-			g.reset()
-		}
-		return e
+		// The connection stays: librados finds the monitors again by
+		// itself, and a call left running (below) may still use it.
+		return classify(op, err)
 	case <-ctx.Done():
 		return &Error{Op: op, Kind: KindUnreachable, Err: ctx.Err()}
 	}
