@@ -272,6 +272,21 @@ type FilesystemNode interface {
 	Check(ctx context.Context, volumeID string) error
 }
 
+// UsageReporter is a FilesystemNode that measures a volume itself, from
+// the directory mounted at path: its quota and what its tree holds, where
+// statfs would tell of the whole shared filesystem or round the quota.
+type UsageReporter interface {
+	Usage(ctx context.Context, path string) (Usage, error)
+}
+
+// Usage is a volume's size and use. Files 0 with MaxFiles 0: unknown.
+type Usage struct {
+	CapacityBytes, UsedBytes int64
+	// Files counts the files and directories; MaxFiles is their limit (0:
+	// none).
+	Files, MaxFiles int64
+}
+
 // AttachmentCounter is implemented by backends that can count a node's
 // attachments without listing every volume: the controller's per-node
 // limit then costs one question rather than a listing that grows with

@@ -411,3 +411,49 @@ func (n *NodeSide) Detach(context.Context, string) error { return nil }
 
 // Device implements backend.Node: there is no device.
 func (n *NodeSide) Device(context.Context, string) (string, error) { return "", nil }
+
+var _ backend.UsageReporter = (*NodeSide)(nil)
+
+// Usage implements backend.UsageReporter from the virtual extended
+// attributes of the subvolume's root, mounted at path: its quota
+// (ceph.quota.max_bytes, max_files) and what its tree holds
+// (ceph.dir.rbytes, rfiles, rsubdirs), which the MDS keeps up to date.
+func (n *NodeSide) Usage(_ context.Context, path string) (backend.Usage, error) {
+	var u backend.Usage
+	for _, a := range []struct {
+		name string
+		to   *int64
+	}{
+		{"ceph.quota.max_bytes", &u.CapacityBytes}, {"ceph.dir.rbytes", &u.UsedBytes},
+		{"ceph.dir.rfiles", &u.Files}, {"ceph.quota.max_files", &u.MaxFiles},
+	} {
+		v, err := xattrInt(path, a.name)
+		if err != nil {
+			return u, err
+		}
+		*a.to = v
+	}
+	dirs, err := xattrInt(path, "ceph.dir.rsubdirs")
+	if err != nil {
+		return u, err
+	}
+	// rsubdirs counts the root itself.
+	u.Files += max(dirs-1, 0)
+	return u, nil
+}
+
+func xattrInt(path, name string) (int64, error) {
+	buf := make([]byte, 64)
+	n, err := unix.Getxattr(path, name, buf)
+	if errors.Is(err, unix.ENODATA) {
+		return 0, nil // no quota of this kind
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%s of %s: %w", name, path, err)
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(string(buf[:n])), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s of %s: %q: %w", name, path, buf[:n], err)
+	}
+	return v, nil
+}

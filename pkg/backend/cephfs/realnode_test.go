@@ -60,6 +60,25 @@ func TestRealNodeServiceRecoversAKilledCephFuse(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(t1, "f"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Stats from the subvolume: its quota, its bytes and files (the MDS
+	// gathers them within seconds).
+	if err := writeFull(filepath.Join(t2, "data"), 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	var bytes, inodes *csi.VolumeUsage
+	for start := time.Now(); time.Since(start) < 20*time.Second; time.Sleep(200 * time.Millisecond) {
+		st, err := srv.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.ID, VolumePath: t1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bytes, inodes = st.GetUsage()[0], st.GetUsage()[1]
+		if bytes.GetUsed() >= 2<<20 && inodes.GetUsed() >= 2 {
+			break
+		}
+	}
+	if bytes.GetTotal() != 16*backend.MiB || bytes.GetUsed() < 2<<20 || bytes.GetAvailable() != bytes.GetTotal()-bytes.GetUsed() || inodes.GetUsed() != 2 {
+		t.Errorf("stats: bytes %v, inodes %v; want the 16 MiB quota, 2 MiB and 2 files used", bytes, inodes)
+	}
 	health := func() string {
 		h, err := srv.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: v.ID, StagingTargetPath: staging, VolumePublishPath: t1})
 		if err != nil {
