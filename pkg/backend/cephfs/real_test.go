@@ -54,7 +54,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func realCluster(t *testing.T) *cephtest.Cluster {
+func realCluster(t *testing.T) *cephtest.Cluster { return sharedCluster(t) }
+
+func sharedCluster(t testing.TB) *cephtest.Cluster {
 	t.Helper()
 	testenv.Require(t, cephtest.MissingFS())
 	shared.once.Do(func() {
