@@ -70,7 +70,6 @@ func (f *cephfsFlags) open(_ context.Context, c *config) (*openedBackend, error)
 	if err != nil {
 		return nil, err
 	}
-	c.log.Info("cephfs: nodes mount with " + node.Client())
 	return &openedBackend{controller: be, node: node, topology: be.Topology()}, nil
 }
 

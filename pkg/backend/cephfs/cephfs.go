@@ -62,6 +62,11 @@ const (
 	ClientFuse   = "fuse"   // ceph-fuse
 )
 
+// ErrNoCeph is what New answers in a build without librados and libcephfs.
+var ErrNoCeph = errors.New("this swarm-csi is built without Ceph support: " +
+	"install the Ceph flavour of the plugin (deploy/build-plugin --with rbd) " +
+	"or build with cgo and -tags ceph,pacific")
+
 // Clients are the values of Config.Client.
 var Clients = []string{ClientAuto, ClientKernel, ClientFuse}
 

@@ -2,13 +2,6 @@
 
 package cephfs
 
-import "errors"
-
-// ErrNoCeph is what New answers in a build without librados and libcephfs.
-var ErrNoCeph = errors.New("this swarm-csi is built without Ceph support: " +
-	"install the Ceph flavour of the plugin (deploy/build-plugin --with rbd) " +
-	"or build with cgo and -tags ceph,pacific")
-
 // CephSupport reports whether this build can reach Ceph.
 const CephSupport = false
 

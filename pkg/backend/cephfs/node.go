@@ -55,6 +55,7 @@ func (b *Backend) ForNode(nodeID string) (*NodeSide, error) {
 			return nil, fmt.Errorf("cephfs client fuse: %w", err)
 		}
 	}
+	b.cfg.Log.Info("cephfs: this node mounts volumes with the " + client + " client")
 	return &NodeSide{Backend: b, nodeID: nodeID, client: client, staged: map[string]string{}}, nil
 }
 
