@@ -211,7 +211,11 @@ func newBackend(cfg Config, open func(Config, string, string) (cluster, error)) 
 }
 
 // cephConf is the client configuration: the monitors, cephx with the
-// keyring, the call timeouts, and nothing written to disk.
+// keyring, the timeouts of connecting and of OSD operations, and nothing
+// written to disk. Monitor and mgr commands get no timeout of librados's
+// own: a mgr command that timed out inside librados 16.2 freed an invalid
+// pointer and aborted the process when its answer came late. The driver
+// bounds each call by its context instead (goceph.go).
 func cephConf(c Config, keyring string) string {
 	t := int(c.CallTimeout.Seconds())
 	return fmt.Sprintf(`[global]
@@ -221,14 +225,13 @@ auth service required = cephx
 auth client required = cephx
 [client]
 keyring = %s
-rados mon op timeout = %d
 rados osd op timeout = %d
 client mount timeout = %d
 admin socket =
 log file =
 log to stderr = false
 err to stderr = true
-`, c.Monitors, keyring, t, t, t)
+`, c.Monitors, keyring, t, t)
 }
 
 // Info implements backend.Controller.

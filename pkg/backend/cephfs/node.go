@@ -273,9 +273,12 @@ func keyOf(keyring, user string) (string, error) {
 }
 
 // Unmount implements backend.FilesystemNode: the mount goes, and with it
-// the node's ceph-fuse for the volume (it ends by itself once unmounted;
-// one that lingers is stopped).
-func (n *NodeSide) Unmount(_ context.Context, volumeID, staging string) error {
+// the node's ceph-fuse for the volume. It ends by itself once unmounted,
+// after closing its session with the MDS (about a second); one that
+// lingers past fuseGrace is killed and its session evicted, so that the
+// capabilities it held do not hold up the other clients (or the removal
+// of the subvolume) until the MDS's session_timeout.
+func (n *NodeSide) Unmount(ctx context.Context, volumeID, staging string) error {
 	_, mounted, err := mountAt(staging)
 	if err != nil {
 		return err
@@ -289,28 +292,33 @@ func (n *NodeSide) Unmount(_ context.Context, volumeID, staging string) error {
 			return fmt.Errorf("unmount %s: %w", staging, err)
 		}
 	}
-	n.endFuse(staging, 5*time.Second)
+	if n.endFuse(staging, fuseGrace) {
+		n.evict(ctx, volumeID)
+	}
 	n.mu.Lock()
 	delete(n.staged, volumeID)
 	n.mu.Unlock()
 	return nil
 }
 
+// fuseGrace is how long a ceph-fuse may take to end after its unmount.
+const fuseGrace = 10 * time.Second
+
 // endFuse waits up to grace for the ceph-fuse processes that served
-// mountpoint to end, then kills them.
-func (n *NodeSide) endFuse(mountpoint string, grace time.Duration) {
+// mountpoint to end, then kills them; it reports whether it did.
+func (n *NodeSide) endFuse(mountpoint string, grace time.Duration) bool {
 	deadline := time.Now().Add(grace)
 	for {
 		pids := fusePids(mountpoint)
 		if len(pids) == 0 {
-			return
+			return false
 		}
 		if time.Now().After(deadline) {
 			for _, p := range pids {
 				_ = unix.Kill(p, unix.SIGKILL)
 			}
-			n.cfg.Log.Warn("ceph-fuse did not end after its unmount: killed", "path", mountpoint, "pids", pids)
-			return
+			n.cfg.Log.Warn("ceph-fuse did not end after its unmount: killed", "path", mountpoint, "pids", pids, "grace", grace)
+			return true
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
