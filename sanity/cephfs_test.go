@@ -50,6 +50,9 @@ func cephfsSetup(t *testing.T, dir string) ([]string, []string) {
 		} else if s := string(out); s != "[]\n" && s != "[]" {
 			t.Errorf("subvolumes left after the run: %s", s)
 		}
+		if t.Failed() {
+			t.Logf("the mgr's log, last lines:\n%s", c.LogTail("mgr.x", 60))
+		}
 		if err := c.Stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "taking the test Ceph cluster down:", err)
 		}

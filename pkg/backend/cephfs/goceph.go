@@ -385,7 +385,14 @@ func (g *goceph) Available(ctx context.Context) (int64, error) {
 				return nil
 			}
 		}
-		return &Error{Op: "df", Kind: KindNotFound, Err: fmt.Errorf("no pool %s in ceph df", s.dataPool)}
+		// Pools appear in ceph df once the mgr has reported their
+		// statistics; until then, the cluster's raw free space.
+		st, err := s.conn.GetClusterStats()
+		if err != nil {
+			return err
+		}
+		avail = int64(st.Kb_avail) * 1024
+		return nil
 	})
 	return avail, err
 }

@@ -142,8 +142,8 @@ func (n *NodeSide) Mount(ctx context.Context, v *backend.Volume, staging string,
 			return nil
 		}
 		n.cfg.Log.Warn("dead mount: mounting the volume again", "volume", v.ID, "path", staging, "type", fstype)
-		if err := unix.Unmount(staging, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-			return fmt.Errorf("detach the dead mount at %s: %w", staging, err)
+		if err := detach(staging); err != nil {
+			return err
 		}
 		n.endFuse(staging, 0)
 	}
@@ -284,12 +284,8 @@ func (n *NodeSide) Unmount(ctx context.Context, volumeID, staging string) error 
 		return err
 	}
 	if mounted {
-		flags := 0
-		if alive(staging) != nil {
-			flags = unix.MNT_DETACH
-		}
-		if err := unix.Unmount(staging, flags); err != nil {
-			return fmt.Errorf("unmount %s: %w", staging, err)
+		if err := unmount(staging); err != nil {
+			return err
 		}
 	}
 	if n.endFuse(staging, fuseGrace) {
@@ -298,6 +294,37 @@ func (n *NodeSide) Unmount(ctx context.Context, volumeID, staging string) error 
 	n.mu.Lock()
 	delete(n.staged, volumeID)
 	n.mu.Unlock()
+	return nil
+}
+
+// unmount unmounts path: a dead mount at once, a live one when nothing
+// holds it any more. One still busy after a second (the kernel releasing
+// the last bind of it) is detached: its ceph-fuse then ends, or is ended,
+// as for any unmount.
+func unmount(path string) error {
+	if alive(path) != nil {
+		return detach(path)
+	}
+	var err error
+	for i := 0; i < 10; i++ {
+		if err = unix.Unmount(path, 0); !errors.Is(err, unix.EBUSY) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	switch {
+	case errors.Is(err, unix.EBUSY):
+		return detach(path)
+	case err != nil && !errors.Is(err, unix.EINVAL):
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+	return nil
+}
+
+func detach(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("detach %s: %w", path, err)
+	}
 	return nil
 }
 

@@ -269,3 +269,17 @@ func KillFuse(substr string) []string {
 	}
 	return mounts
 }
+
+// LogTail returns the last n lines of a daemon's log (name: mon.a, mgr.x,
+// osd.0, mds.a), for a test's failure report.
+func (c *Cluster) LogTail(name string, n int) string {
+	b, err := os.ReadFile(filepath.Join(c.Dir, "log", name+".log"))
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
