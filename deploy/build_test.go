@@ -275,7 +275,7 @@ func checkConfig(t *testing.T, out string) {
 			continue
 		}
 		check("env "+e.Name+" settable", e.Settable, []string{"value"})
-		if strings.HasPrefix(e.Name, "RBD_") || strings.HasPrefix(e.Name, "HCLOUD_") {
+		if strings.HasPrefix(e.Name, "RBD_") || strings.HasPrefix(e.Name, "CEPHFS_") || strings.HasPrefix(e.Name, "HCLOUD_") {
 			check("env "+e.Name, *e.Value, "")
 			continue
 		}

@@ -308,6 +308,9 @@ func buildDriver(t *testing.T) string {
 		if raceEnabled {
 			args = append(args, "-race")
 		}
+		if driverTags != "" {
+			args = append(args, "-tags", driverTags)
+		}
 		args = append(args, "-o", bin, driverPackage)
 		cmd := exec.Command(goCmd, args...)
 		cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")

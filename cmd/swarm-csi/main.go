@@ -283,6 +283,9 @@ func run(cfg *config, log *slog.Logger) error {
 	if cfg.growInterval > 0 {
 		go nodeSrv.WatchGrowth(ctx, cfg.growInterval)
 	}
+	// Shared filesystems whose client dies (a killed ceph-fuse) are
+	// mounted again.
+	go nodeSrv.WatchMounts(ctx, node.MountCheckInterval)
 	select {
 	case err := <-errc:
 		return err

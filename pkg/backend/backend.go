@@ -40,9 +40,12 @@ type Info struct {
 	// that every node mounts, not block devices: mount access only, with
 	// no fsType or mkfsOptions, in every access mode including
 	// MULTI_NODE_MULTI_WRITER (the filesystem keeps the nodes' writes
-	// consistent). Sizes are recorded, not enforced. Its node side is a
-	// FilesystemNode.
+	// consistent). Sizes are recorded, not enforced, unless Quota. Its
+	// node side is a FilesystemNode.
 	SharedFilesystem bool
+	// Quota says the shared filesystem holds each volume to its size
+	// (a writer past it gets EDQUOT).
+	Quota bool
 }
 
 // Source is where a new volume's content comes from. At most one field is set.
@@ -267,6 +270,21 @@ type FilesystemNode interface {
 	// Check reports why the volume's directory cannot be used on this
 	// node now (directory or the storage's marker gone), or nil.
 	Check(ctx context.Context, volumeID string) error
+}
+
+// UsageReporter is a FilesystemNode that measures a volume itself, from
+// the directory mounted at path: its quota and what its tree holds, where
+// statfs would tell of the whole shared filesystem or round the quota.
+type UsageReporter interface {
+	Usage(ctx context.Context, path string) (Usage, error)
+}
+
+// Usage is a volume's size and use. Files 0 with MaxFiles 0: unknown.
+type Usage struct {
+	CapacityBytes, UsedBytes int64
+	// Files counts the files and directories; MaxFiles is their limit (0:
+	// none).
+	Files, MaxFiles int64
 }
 
 // AttachmentCounter is implemented by backends that can count a node's

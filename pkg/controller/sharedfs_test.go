@@ -27,6 +27,11 @@ func TestSharedFilesystemBackend(t *testing.T) {
 	if ctxt := v.GetVolumeContext(); ctxt["capacity"] != "not enforced" || ctxt["accessMode"] != mnmw.String() {
 		t.Errorf("volume context %v", ctxt)
 	}
+	fb.info.Quota = true
+	if q := New(fb, 0).csiVolume(fb.volume(v.GetVolumeId())); q.GetVolumeContext()["capacity"] != "" {
+		t.Errorf("a backend with quotas says: %v", q.GetVolumeContext())
+	}
+	fb.info.Quota = false
 	if _, ok := v.GetVolumeContext()["fsType"]; ok || fb.volume(v.GetVolumeId()).FsType != "" {
 		t.Errorf("a directory got a filesystem type: %v", v.GetVolumeContext())
 	}

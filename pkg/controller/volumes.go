@@ -139,9 +139,11 @@ func (s *Server) source(ctx context.Context, src *csi.VolumeContentSource) (*bac
 func (s *Server) csiVolume(v *backend.Volume) *csi.Volume {
 	out := &csi.Volume{VolumeId: v.ID, CapacityBytes: v.CapacityBytes, VolumeContext: volumeContext(v)}
 	if s.info.SharedFilesystem {
-		// The size is recorded, and shown, but nothing holds the volume
-		// to it.
-		out.VolumeContext["capacity"] = "not enforced"
+		if !s.info.Quota {
+			// The size is recorded, and shown, but nothing holds the
+			// volume to it.
+			out.VolumeContext["capacity"] = "not enforced"
+		}
 		delete(out.VolumeContext, "fsType")
 	}
 	if len(s.info.Topology) > 0 {

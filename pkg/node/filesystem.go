@@ -25,7 +25,8 @@ func (s *Server) filesystem() backend.FilesystemNode {
 // stageDirectory has the backend mount the volume's directory at the
 // staging path, after checking that this node reaches it.
 func (s *Server) stageDirectory(ctx context.Context, fs backend.FilesystemNode, v *backend.Volume, staging string, c *csi.VolumeCapability) error {
-	if err := os.MkdirAll(staging, 0o750); err != nil {
+	// A dead mount there is the backend's to replace.
+	if err := os.MkdirAll(staging, 0o750); err != nil && deadMount(staging) == nil {
 		return err
 	}
 	return fs.Mount(ctx, v, staging, volcap.ReadOnly(c.GetAccessMode().GetMode()))
@@ -33,10 +34,11 @@ func (s *Server) stageDirectory(ctx context.Context, fs backend.FilesystemNode, 
 
 // directoryUsable reports whether a volume still staged may be published
 // as it is: for a filesystem backend, only after the backend's check of its
-// directory (a volume that fails it is staged again, which answers why).
-func (s *Server) directoryUsable(ctx context.Context, volumeID string) bool {
+// directory and with its mount alive (a volume that fails either is staged
+// again, which answers why or mounts it again).
+func (s *Server) directoryUsable(ctx context.Context, volumeID, staging string) bool {
 	fs := s.filesystem()
-	return fs == nil || fs.Check(ctx, volumeID) == nil
+	return fs == nil || (fs.Check(ctx, volumeID) == nil && deadMount(staging) == nil)
 }
 
 // unmountStaging unmounts what stage mounted at the staging path.

@@ -71,7 +71,7 @@ func (s *Server) VolumeUsage(ctx context.Context) ([]metrics.Usage, error) {
 				u.Abnormal = "DeviceUnreadable"
 			}
 		default:
-			bytes, inodes, err := fsStats(st.StagingPath)
+			bytes, inodes, err := s.volumeStats(ctx, st.StagingPath)
 			if err != nil {
 				u.Abnormal = "PathUnreadable"
 				break

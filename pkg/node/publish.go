@@ -81,7 +81,7 @@ func (s *Server) stillStaged(ctx context.Context, v *backend.Volume, st *staged)
 		return err == nil && dev != ""
 	}
 	mounted, err := s.mounter.IsMountPoint(st.StagingPath)
-	return err == nil && mounted && s.directoryUsable(ctx, v.ID)
+	return err == nil && mounted && s.directoryUsable(ctx, v.ID, st.StagingPath)
 }
 
 func (s *Server) publish(ctx context.Context, volumeID string, block bool, staging, target string, readOnly bool, flags []string) error {
@@ -98,6 +98,12 @@ func (s *Server) publish(ctx context.Context, volumeID string, block bool, stagi
 	}
 	// Swarm does not create the parents of its paths (docs/swarm.md,
 	// "Staging and target paths").
+	if s.filesystem() != nil {
+		// A bind of a mount whose FUSE daemon died is bound again.
+		if err := clearDeadMount(target); err != nil {
+			return err
+		}
+	}
 	if err := makeMountPoint(target, block); err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
@@ -43,11 +44,31 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		}
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
 	}
-	bytes, inodes, err := fsStats(path)
+	bytes, inodes, err := s.volumeStats(ctx, path)
 	if err != nil {
 		return nil, err
 	}
 	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{bytes, inodes}}, nil
+}
+
+// volumeStats is the size and use of the mounted volume at path: from the
+// backend where it measures its volumes itself (a CephFS quota), else
+// from statfs.
+func (s *Server) volumeStats(ctx context.Context, path string) (bytes, inodes *csi.VolumeUsage, err error) {
+	ur, ok := s.be.(backend.UsageReporter)
+	if !ok {
+		return fsStats(path)
+	}
+	u, err := ur.Usage(ctx, path)
+	if err != nil {
+		return nil, nil, err
+	}
+	bytes = &csi.VolumeUsage{Unit: csi.VolumeUsage_BYTES, Total: u.CapacityBytes, Used: u.UsedBytes, Available: max(u.CapacityBytes-u.UsedBytes, 0)}
+	inodes = &csi.VolumeUsage{Unit: csi.VolumeUsage_INODES, Total: u.MaxFiles, Used: u.Files}
+	if u.MaxFiles > 0 {
+		inodes.Available = max(u.MaxFiles-u.Files, 0)
+	}
+	return bytes, inodes, nil
 }
 
 // fsStats is the size and use of the filesystem at path: bytes (available
@@ -72,6 +93,11 @@ type probed struct {
 // volume's device is attached; it reports the first problem.
 func (s *Server) probe(ctx context.Context, volumeID string, paths ...string) probed {
 	for _, path := range paths {
+		if s.filesystem() != nil {
+			if err := deadMount(path); err != nil {
+				return inaccessible("MountDead", "the filesystem's client is gone: %v", err)
+			}
+		}
 		mounted, err := s.mounter.IsMountPoint(path)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):

@@ -29,6 +29,9 @@ type Cluster struct {
 	User         string // a user limited to rbd on the pool
 	Keyring      string // its keyring (mode 0600)
 	AdminKeyring string
+	// FS, FSUser and FSKeyring are the file system and the cephfs
+	// backend's user, for a cluster from StartFS.
+	FS, FSUser, FSKeyring string
 	// StartTime is how long `up` took.
 	StartTime time.Duration
 	watcher   *os.Process
@@ -75,6 +78,36 @@ func StartIn(ctx context.Context, netns string) (*Cluster, error) { return Start
 // of netns ("" for 127.0.0.1), so that other namespaces routed to it
 // reach the cluster too.
 func StartAt(ctx context.Context, netns, addr string) (*Cluster, error) {
+	return start(ctx, netns, addr, "rbd", "")
+}
+
+// FSTools are the further commands a cluster with a file system needs.
+var FSTools = []string{"ceph-mds", "ceph-fuse", "fusermount"}
+
+// MissingFS is Missing for a cluster with a file system.
+func MissingFS() string {
+	if m := Missing(); m != "" {
+		return m
+	}
+	for _, t := range FSTools {
+		if _, err := exec.LookPath(t); err != nil {
+			return fmt.Sprintf("needs %s (install the Ceph packages with scripts/install-deps)", t)
+		}
+	}
+	return ""
+}
+
+// StartFS brings a cluster up with the file system "cephfs" (one MDS) and
+// no rbd pool, in the network namespace netns ("" for this one). Every
+// ceph-fuse mount of it must be gone before Stop (see KillFuse).
+func StartFS(ctx context.Context, netns string) (*Cluster, error) { return StartFSAt(ctx, netns, "") }
+
+// StartFSAt is StartFS with the daemons listening on addr (see StartAt).
+func StartFSAt(ctx context.Context, netns, addr string) (*Cluster, error) {
+	return start(ctx, netns, addr, "none", "cephfs")
+}
+
+func start(ctx context.Context, netns, addr, pool, fs string) (*Cluster, error) {
 	// Short: the monitor's and daemons' unix sockets live under it.
 	dir, err := os.MkdirTemp("", "swarm-csi-ceph-")
 	if err != nil {
@@ -96,9 +129,13 @@ func StartAt(ctx context.Context, netns, addr string) (*Cluster, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	cmd := c.command(ctx, "bash", Script(), "up", dir, "rbd")
+	cmd := c.command(ctx, "bash", Script(), "up", dir, pool)
+	cmd.Env = os.Environ()
 	if addr != "" {
-		cmd.Env = append(os.Environ(), "CEPH_ADDR="+addr)
+		cmd.Env = append(cmd.Env, "CEPH_ADDR="+addr)
+	}
+	if fs != "" {
+		cmd.Env = append(cmd.Env, "CEPH_FS="+fs)
 	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -114,6 +151,7 @@ func StartAt(ctx context.Context, netns, addr string) (*Cluster, error) {
 	}
 	c.Conf, c.MonHost, c.Pool = env["CEPH_CONF"], env["CEPH_MON_HOST"], env["CEPH_POOL"]
 	c.User, c.Keyring, c.AdminKeyring = env["CEPH_USER"], env["CEPH_KEYRING"], env["CEPH_ADMIN_KEYRING"]
+	c.FS, c.FSUser, c.FSKeyring = env["CEPH_FS"], env["CEPH_FS_USER"], env["CEPH_FS_KEYRING"]
 	return c, nil
 }
 
@@ -214,4 +252,46 @@ func (c *Cluster) Images(ctx context.Context, prefix string) (images, trash []st
 		}
 	}
 	return images, trash, nil
+}
+
+// KillFuse ends every ceph-fuse process whose command line contains
+// substr (a test's directory) and detaches its mount: what must happen
+// before the cluster stops, since anything touching a mount whose cluster
+// is gone hangs in D state. It returns the mount points it found.
+func KillFuse(substr string) []string {
+	entries, _ := os.ReadDir("/proc")
+	var mounts []string
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(b), substr) {
+			continue
+		}
+		args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+		if filepath.Base(args[0]) != "ceph-fuse" {
+			continue
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		mp := args[len(args)-1]
+		_ = syscall.Unmount(mp, syscall.MNT_DETACH)
+		mounts = append(mounts, mp)
+	}
+	return mounts
+}
+
+// LogTail returns the last n lines of a daemon's log (name: mon.a, mgr.x,
+// osd.0, mds.a), for a test's failure report.
+func (c *Cluster) LogTail(name string, n int) string {
+	b, err := os.ReadFile(filepath.Join(c.Dir, "log", name+".log"))
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

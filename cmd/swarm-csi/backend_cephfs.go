@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/docker/go-units"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend/cephfs"
+)
+
+// cephfsFlags are the cephfs backend's settings, each a flag with an
+// environment fallback (docker plugin set). As for rbd, the key has no
+// flag: it comes from CEPHFS_KEY, a file (CEPHFS_KEY_FILE) or a keyring
+// (CEPHFS_KEYRING).
+type cephfsFlags struct {
+	monitors, user, keyring, keyFile, fsName, group, client, quota, timeout string
+	key                                                                     string
+}
+
+// cephfsSettings names each setting's flag and variable, for error messages.
+var cephfsSettings = map[string]string{
+	"monitors":      "--cephfs-monitors (CEPHFS_MONITORS)",
+	"user":          "--cephfs-user (CEPHFS_USER)",
+	"key":           "CEPHFS_KEY, --cephfs-key-file (CEPHFS_KEY_FILE) or --cephfs-keyring (CEPHFS_KEYRING)",
+	"fs-name":       "--cephfs-fs (CEPHFS_FS)",
+	"group":         "--cephfs-group (CEPHFS_GROUP)",
+	"client":        "--cephfs-client (CEPHFS_CLIENT)",
+	"default-quota": "--cephfs-default-quota (CEPHFS_DEFAULT_QUOTA)",
+	"state-dir":     "--data-dir (DATA_DIR)",
+}
+
+func init() {
+	registerBackend("cephfs", func(fs *flag.FlagSet, env func(string, string) string) opener {
+		f := &cephfsFlags{}
+		fs.StringVar(&f.monitors, "cephfs-monitors", env("CEPHFS_MONITORS", ""), "cephfs: Ceph monitor addresses, comma-separated (env CEPHFS_MONITORS)")
+		fs.StringVar(&f.user, "cephfs-user", env("CEPHFS_USER", "admin"), "cephfs: cephx user, without client. (env CEPHFS_USER)")
+		fs.StringVar(&f.keyring, "cephfs-keyring", env("CEPHFS_KEYRING", ""), "cephfs: keyring file with the user's key (env CEPHFS_KEYRING)")
+		fs.StringVar(&f.keyFile, "cephfs-key-file", env("CEPHFS_KEY_FILE", ""), "cephfs: file holding the user's bare key (env CEPHFS_KEY_FILE; or the key itself in CEPHFS_KEY)")
+		fs.StringVar(&f.fsName, "cephfs-fs", env("CEPHFS_FS", "cephfs"), "cephfs: the file system (ceph fs ls) (env CEPHFS_FS)")
+		fs.StringVar(&f.group, "cephfs-group", env("CEPHFS_GROUP", cephfs.DefaultGroup), "cephfs: subvolume group of this swarm's volumes (env CEPHFS_GROUP)")
+		fs.StringVar(&f.client, "cephfs-client", env("CEPHFS_CLIENT", cephfs.ClientAuto), "cephfs: how nodes mount: "+strings.Join(cephfs.Clients, ", ")+" (auto: the kernel's client where the host has one, else ceph-fuse) (env CEPHFS_CLIENT)")
+		fs.StringVar(&f.quota, "cephfs-default-quota", env("CEPHFS_DEFAULT_QUOTA", "1GiB"), "cephfs: quota of a volume created without --limit-bytes or --required-bytes (env CEPHFS_DEFAULT_QUOTA)")
+		fs.StringVar(&f.timeout, "cephfs-timeout", env("CEPHFS_TIMEOUT", cephfs.DefaultCallTimeout.String()), "cephfs: time allowed to each call to Ceph (env CEPHFS_TIMEOUT)")
+		f.key = env("CEPHFS_KEY", "")
+		return f.open
+	})
+}
+
+func (f *cephfsFlags) open(_ context.Context, c *config) (*openedBackend, error) {
+	cfg, err := f.config(c)
+	if err != nil {
+		return nil, err
+	}
+	be, err := cephfs.New(cfg)
+	if err != nil {
+		var ce *cephfs.ConfigError
+		if errors.As(err, &ce) && cephfsSettings[ce.Field] != "" {
+			return nil, fmt.Errorf("%s: %s", cephfsSettings[ce.Field], ce.Msg)
+		}
+		return nil, err
+	}
+	node, err := be.ForNode(c.nodeID)
+	if err != nil {
+		return nil, err
+	}
+	return &openedBackend{controller: be, node: node, topology: be.Topology()}, nil
+}
+
+// config turns the settings into the backend's configuration, checking what
+// the backend cannot: the quota's and timeout's syntax, and that the key
+// comes from one place.
+func (f *cephfsFlags) config(c *config) (cephfs.Config, error) {
+	cfg := cephfs.Config{Monitors: f.monitors, User: f.user, Keyring: f.keyring, FsName: f.fsName,
+		Group: f.group, Client: f.client, StateDir: filepath.Join(c.dataDir, "cephfs"), Log: c.log}
+	q, err := units.RAMInBytes(f.quota)
+	if err != nil || q <= 0 {
+		return cfg, fmt.Errorf("%s %q: want a size such as 1GiB or 512M", cephfsSettings["default-quota"], f.quota)
+	}
+	cfg.DefaultQuota = q
+	d, err := time.ParseDuration(f.timeout)
+	if err != nil || d < 3*time.Second || d > time.Minute {
+		return cfg, fmt.Errorf("--cephfs-timeout (CEPHFS_TIMEOUT) %q: want a duration from 3s to 1m", f.timeout)
+	}
+	cfg.CallTimeout = d
+	sources := 0
+	for _, s := range []string{f.key, f.keyFile, f.keyring} {
+		if s != "" {
+			sources++
+		}
+	}
+	if sources != 1 {
+		return cfg, fmt.Errorf("%s: give exactly one (%d given)", cephfsSettings["key"], sources)
+	}
+	cfg.Key = strings.TrimSpace(f.key)
+	// The key now lives in a keyring file of mode 0600: ceph-fuse need
+	// not inherit it.
+	os.Unsetenv("CEPHFS_KEY")
+	if f.keyFile != "" {
+		b, err := os.ReadFile(f.keyFile)
+		if err != nil {
+			return cfg, fmt.Errorf("--cephfs-key-file (CEPHFS_KEY_FILE): %w", err)
+		}
+		if cfg.Key = strings.TrimSpace(string(b)); cfg.Key == "" {
+			return cfg, fmt.Errorf("--cephfs-key-file (CEPHFS_KEY_FILE) %s is empty", f.keyFile)
+		}
+	}
+	return cfg, nil
+}

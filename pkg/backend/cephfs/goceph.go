@@ -1,0 +1,398 @@
+//go:build ceph && cgo
+
+package cephfs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"syscall"
+
+	"github.com/ceph/go-ceph/cephfs"
+	"github.com/ceph/go-ceph/cephfs/admin"
+	"github.com/ceph/go-ceph/rados"
+)
+
+// CephSupport reports whether this build can reach Ceph.
+const CephSupport = true
+
+// recordNamespace is the RADOS namespace of the driver's records in the
+// file system's metadata pool; they are the omap of one object per group.
+const recordNamespace = "swarm-csi"
+
+// goceph is the cluster over librados and libcephfs. It connects at its
+// first call (again at the next call after connecting failed) and keeps
+// the connection for the driver's life.
+type goceph struct {
+	cfg           Config
+	conf, keyring string
+
+	mu    sync.Mutex
+	conn  *rados.Conn
+	fsa   *admin.FSAdmin
+	ioctx *rados.IOContext // the metadata pool, recordNamespace
+	mds   *cephfs.MountInfo
+	// dataPool is the file system's first data pool.
+	dataPool string
+}
+
+func openCluster(cfg Config, conf, keyring string) (cluster, error) {
+	return &goceph{cfg: cfg, conf: conf, keyring: keyring}, nil
+}
+
+// session is what one call needs, connected.
+type session struct {
+	fsa      *admin.FSAdmin
+	ioctx    *rados.IOContext
+	conn     *rados.Conn
+	dataPool string
+}
+
+func (g *goceph) session() (*session, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.conn == nil {
+		if err := g.connect(); err != nil {
+			return nil, err
+		}
+	}
+	return &session{fsa: g.fsa, ioctx: g.ioctx, conn: g.conn, dataPool: g.dataPool}, nil
+}
+
+func (g *goceph) connect() error {
+	conn, err := rados.NewConnWithUser(g.cfg.User)
+	if err != nil {
+		return err
+	}
+	if err := conn.ReadConfigFile(g.conf); err != nil {
+		return err
+	}
+	if err := conn.SetConfigOption("keyring", g.keyring); err != nil {
+		return err
+	}
+	if err := conn.Connect(); err != nil {
+		return err
+	}
+	fsa := admin.NewFromConn(conn)
+	fss, err := fsa.ListFileSystems()
+	if err != nil {
+		conn.Shutdown()
+		return err
+	}
+	var meta, data string
+	for _, f := range fss {
+		if f.Name == g.cfg.FsName && len(f.DataPools) > 0 {
+			meta, data = f.MetadataPool, f.DataPools[0]
+		}
+	}
+	if meta == "" {
+		conn.Shutdown()
+		return &Error{Op: "connect", Kind: KindNotFound, Err: fmt.Errorf("no file system %q (ceph fs ls)", g.cfg.FsName)}
+	}
+	ioctx, err := conn.OpenIOContext(meta)
+	if err != nil {
+		conn.Shutdown()
+		return err
+	}
+	ioctx.SetNamespace(recordNamespace)
+	g.conn, g.fsa, g.ioctx, g.dataPool = conn, fsa, ioctx, data
+	return nil
+}
+
+// do runs f with a session, within ctx: a call the client timeouts have
+// not ended by ctx's end is left to finish alone.
+func (g *goceph) do(ctx context.Context, op string, f func(s *session) error) error {
+	done := make(chan error, 1)
+	go func() {
+		s, err := g.session()
+		if err == nil {
+			err = f(s)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			return nil
+		}
+		// The connection stays: librados finds the monitors again by
+		// itself, and a call left running (below) may still use it.
+		return classify(op, err)
+	case <-ctx.Done():
+		return &Error{Op: op, Kind: KindUnreachable, Err: ctx.Err()}
+	}
+}
+
+// classify turns an error of go-ceph into an *Error of the right Kind.
+func classify(op string, err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	var ce interface{ ErrorCode() int }
+	kind := KindOther
+	if errors.As(err, &ce) {
+		switch syscall.Errno(-ce.ErrorCode()) {
+		case syscall.ENOENT:
+			kind = KindNotFound
+		case syscall.EEXIST:
+			kind = KindExists
+		case syscall.ENOTEMPTY, syscall.EAGAIN, syscall.EBUSY:
+			kind = KindBusy
+		case syscall.EACCES, syscall.EPERM:
+			kind = KindDenied
+		case syscall.ETIMEDOUT, syscall.ENOTCONN, syscall.ESHUTDOWN, syscall.ECONNREFUSED, syscall.EINTR:
+			kind = KindUnreachable
+		case syscall.ENOSPC, syscall.EDQUOT:
+			kind = KindNoSpace
+		}
+	}
+	return &Error{Op: op, Kind: kind, Err: err}
+}
+
+func (g *goceph) CreateGroup(ctx context.Context, group string) error {
+	return g.do(ctx, "subvolumegroup create", func(s *session) error {
+		return s.fsa.CreateSubVolumeGroup(g.cfg.FsName, group, nil)
+	})
+}
+
+func (g *goceph) Create(ctx context.Context, group, name string, size int64, root rootDir) error {
+	return g.do(ctx, "subvolume create", func(s *session) error {
+		o := &admin.SubVolumeOptions{Size: admin.ByteCount(size), Uid: root.UID, Gid: root.GID, Mode: root.Mode}
+		return s.fsa.CreateSubVolume(g.cfg.FsName, group, name, o)
+	})
+}
+
+func (g *goceph) Info(ctx context.Context, group, name string) (*subvolInfo, error) {
+	var out *subvolInfo
+	err := g.do(ctx, "subvolume info", func(s *session) error {
+		i, err := s.fsa.SubVolumeInfo(g.cfg.FsName, group, name)
+		if err != nil {
+			return err
+		}
+		out = &subvolInfo{Path: i.Path, Used: int64(i.BytesUsed), CreatedAt: i.CreatedAt.Time}
+		if q, ok := i.BytesQuota.(admin.ByteCount); ok {
+			out.Quota = int64(q)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (g *goceph) Resize(ctx context.Context, group, name string, size int64) error {
+	return g.do(ctx, "subvolume resize", func(s *session) error {
+		_, err := s.fsa.ResizeSubVolume(g.cfg.FsName, group, name, admin.ByteCount(size), false)
+		return err
+	})
+}
+
+func (g *goceph) Remove(ctx context.Context, group, name string) error {
+	return g.do(ctx, "subvolume rm", func(s *session) error {
+		snaps, err := s.fsa.ListSubVolumeSnapshots(g.cfg.FsName, group, name)
+		if err != nil {
+			return err
+		}
+		// Snapshots outlive their subvolume: it goes with the last one.
+		return s.fsa.RemoveSubVolumeWithFlags(g.cfg.FsName, group, name, admin.SubVolRmFlags{RetainSnapshots: len(snaps) > 0})
+	})
+}
+
+func (g *goceph) List(ctx context.Context, group string) ([]string, error) {
+	var out []string
+	err := g.do(ctx, "subvolume ls", func(s *session) (err error) {
+		out, err = s.fsa.ListSubVolumes(g.cfg.FsName, group)
+		return err
+	})
+	return out, err
+}
+
+func (g *goceph) SnapCreate(ctx context.Context, group, name, snap string) error {
+	return g.do(ctx, "subvolume snapshot create", func(s *session) error {
+		// Ceph answers 0 for a snapshot that exists: say so.
+		if _, err := s.fsa.SubVolumeSnapshotInfo(g.cfg.FsName, group, name, snap); err == nil {
+			return &Error{Op: "subvolume snapshot create", Kind: KindExists, Err: fmt.Errorf("snapshot %s of %s exists", snap, name)}
+		}
+		return s.fsa.CreateSubVolumeSnapshot(g.cfg.FsName, group, name, snap)
+	})
+}
+
+func (g *goceph) SnapRemove(ctx context.Context, group, name, snap string) error {
+	return g.do(ctx, "subvolume snapshot rm", func(s *session) error {
+		return s.fsa.RemoveSubVolumeSnapshot(g.cfg.FsName, group, name, snap)
+	})
+}
+
+func (g *goceph) Snapshots(ctx context.Context, group, name string) ([]string, error) {
+	var out []string
+	err := g.do(ctx, "subvolume snapshot ls", func(s *session) (err error) {
+		out, err = s.fsa.ListSubVolumeSnapshots(g.cfg.FsName, group, name)
+		return err
+	})
+	return out, err
+}
+
+func (g *goceph) Clone(ctx context.Context, group, name, snap, target string) error {
+	return g.do(ctx, "subvolume snapshot clone", func(s *session) error {
+		return s.fsa.CloneSubVolumeSnapshot(g.cfg.FsName, group, name, snap, target, &admin.CloneOptions{TargetGroup: group})
+	})
+}
+
+func (g *goceph) CloneState(ctx context.Context, group, target string) (cloneState, error) {
+	var st cloneState
+	err := g.do(ctx, "clone status", func(s *session) error {
+		cs, err := s.fsa.CloneStatus(g.cfg.FsName, group, target)
+		if err != nil {
+			return err
+		}
+		st = cloneState(cs.State)
+		return nil
+	})
+	return st, err
+}
+
+func (g *goceph) CancelClone(ctx context.Context, group, target string) error {
+	return g.do(ctx, "clone cancel", func(s *session) error {
+		return s.fsa.CancelClone(g.cfg.FsName, group, target)
+	})
+}
+
+func (g *goceph) object() string { return "records." + g.cfg.Group }
+
+func (g *goceph) Get(ctx context.Context, key string) ([]byte, error) {
+	var out []byte
+	err := g.do(ctx, "read record", func(s *session) error {
+		// The key sorts first among the keys it prefixes.
+		m, err := s.ioctx.GetOmapValues(g.object(), "", key, 1)
+		if err != nil {
+			return err
+		}
+		v, ok := m[key]
+		if !ok {
+			return &Error{Op: "read record", Kind: KindNotFound, Err: fmt.Errorf("no record %s", key)}
+		}
+		out = v
+		return nil
+	})
+	return out, err
+}
+
+func (g *goceph) Put(ctx context.Context, key string, data []byte) error {
+	return g.do(ctx, "write record", func(s *session) error {
+		return s.ioctx.SetOmap(g.object(), map[string][]byte{key: data})
+	})
+}
+
+func (g *goceph) Delete(ctx context.Context, key string) error {
+	return g.do(ctx, "delete record", func(s *session) error {
+		err := s.ioctx.RmOmapKeys(g.object(), []string{key})
+		if errors.Is(err, rados.ErrNotFound) {
+			return nil
+		}
+		return err
+	})
+}
+
+func (g *goceph) Keys(ctx context.Context, prefix string) ([]string, error) {
+	var out []string
+	err := g.do(ctx, "list records", func(s *session) error {
+		m, err := s.ioctx.GetAllOmapValues(g.object(), "", prefix, 256)
+		if errors.Is(err, rados.ErrNotFound) {
+			return nil
+		}
+		for k := range m {
+			out = append(out, k)
+		}
+		return err
+	})
+	return out, err
+}
+
+// mdsCommand sends a command to every active MDS.
+func (g *goceph) mdsCommand(s *session, cmd map[string]any) ([]byte, error) {
+	g.mu.Lock()
+	if g.mds == nil {
+		// A client sharing the connection, never mounted: it only sends
+		// commands.
+		m, err := cephfs.CreateFromRados(s.conn)
+		if err == nil {
+			if err = m.Init(); err != nil {
+				_ = m.Release()
+			}
+		}
+		if err != nil {
+			g.mu.Unlock()
+			return nil, err
+		}
+		g.mds = m
+	}
+	m := g.mds
+	g.mu.Unlock()
+	b, err := json.Marshal(cmd)
+	if err != nil {
+		return nil, err
+	}
+	out, status, err := m.MdsCommand("*", [][]byte{b})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s", err, status)
+	}
+	return out, nil
+}
+
+func (g *goceph) Evict(ctx context.Context, id string) (int, error) {
+	n := 0
+	err := g.do(ctx, "client evict", func(s *session) error {
+		filter := "client_metadata." + mountKey + "=" + id
+		out, err := g.mdsCommand(s, map[string]any{"prefix": "client ls", "filters": []string{filter}, "format": "json"})
+		if err != nil {
+			return err
+		}
+		var ls []json.RawMessage
+		if err := json.Unmarshal(out, &ls); err != nil {
+			return fmt.Errorf("client ls: %w", err)
+		}
+		if n = len(ls); n == 0 {
+			return nil
+		}
+		_, err = g.mdsCommand(s, map[string]any{"prefix": "client evict", "filters": []string{filter}})
+		return err
+	})
+	return n, err
+}
+
+func (g *goceph) Available(ctx context.Context) (int64, error) {
+	var avail int64
+	err := g.do(ctx, "df", func(s *session) error {
+		out, _, err := s.conn.MonCommand([]byte(`{"prefix":"df","format":"json"}`))
+		if err != nil {
+			return err
+		}
+		var df struct {
+			Pools []struct {
+				Name  string `json:"name"`
+				Stats struct {
+					MaxAvail int64 `json:"max_avail"`
+				} `json:"stats"`
+			} `json:"pools"`
+		}
+		if err := json.Unmarshal(out, &df); err != nil {
+			return fmt.Errorf("df: %w", err)
+		}
+		for _, p := range df.Pools {
+			if p.Name == s.dataPool {
+				avail = p.Stats.MaxAvail
+				return nil
+			}
+		}
+		// Pools appear in ceph df once the mgr has reported their
+		// statistics; until then, the cluster's raw free space.
+		st, err := s.conn.GetClusterStats()
+		if err != nil {
+			return err
+		}
+		avail = int64(st.Kb_avail) * 1024
+		return nil
+	})
+	return avail, err
+}
