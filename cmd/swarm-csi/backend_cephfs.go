@@ -5,10 +5,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/docker/go-units"
 
@@ -84,32 +82,10 @@ func (f *cephfsFlags) config(c *config) (cephfs.Config, error) {
 		return cfg, fmt.Errorf("%s %q: want a size such as 1GiB or 512M", cephfsSettings["default-quota"], f.quota)
 	}
 	cfg.DefaultQuota = q
-	d, err := time.ParseDuration(f.timeout)
-	if err != nil || d < 3*time.Second || d > time.Minute {
-		return cfg, fmt.Errorf("--cephfs-timeout (CEPHFS_TIMEOUT) %q: want a duration from 3s to 1m", f.timeout)
+	if cfg.CallTimeout, err = callTimeout("--cephfs-timeout (CEPHFS_TIMEOUT)", f.timeout); err != nil {
+		return cfg, err
 	}
-	cfg.CallTimeout = d
-	sources := 0
-	for _, s := range []string{f.key, f.keyFile, f.keyring} {
-		if s != "" {
-			sources++
-		}
-	}
-	if sources != 1 {
-		return cfg, fmt.Errorf("%s: give exactly one (%d given)", cephfsSettings["key"], sources)
-	}
-	cfg.Key = strings.TrimSpace(f.key)
-	// The key now lives in a keyring file of mode 0600: ceph-fuse need
-	// not inherit it.
-	os.Unsetenv("CEPHFS_KEY")
-	if f.keyFile != "" {
-		b, err := os.ReadFile(f.keyFile)
-		if err != nil {
-			return cfg, fmt.Errorf("--cephfs-key-file (CEPHFS_KEY_FILE): %w", err)
-		}
-		if cfg.Key = strings.TrimSpace(string(b)); cfg.Key == "" {
-			return cfg, fmt.Errorf("--cephfs-key-file (CEPHFS_KEY_FILE) %s is empty", f.keyFile)
-		}
-	}
-	return cfg, nil
+	// ceph-fuse need not inherit the key.
+	cfg.Key, err = cephKey("CEPHFS", cephfsSettings["key"], f.key, f.keyFile, f.keyring)
+	return cfg, err
 }

@@ -5,10 +5,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend/rbd"
 )
@@ -86,35 +84,13 @@ func (f *rbdFlags) config(c *config) (rbd.Config, error) {
 	if !validMode(f.attach) {
 		return cfg, fmt.Errorf("--rbd-attach (RBD_ATTACH) %q: want one of %s", f.attach, strings.Join(rbd.Modes, ", "))
 	}
-	d, err := time.ParseDuration(f.timeout)
-	if err != nil || d < 3*time.Second || d > time.Minute {
-		return cfg, fmt.Errorf("--rbd-timeout (RBD_TIMEOUT) %q: want a duration from 3s to 1m", f.timeout)
+	var err error
+	if cfg.CallTimeout, err = callTimeout("--rbd-timeout (RBD_TIMEOUT)", f.timeout); err != nil {
+		return cfg, err
 	}
-	cfg.CallTimeout = d
-	sources := 0
-	for _, s := range []string{f.key, f.keyFile, f.keyring} {
-		if s != "" {
-			sources++
-		}
-	}
-	if sources != 1 {
-		return cfg, fmt.Errorf("%s: give exactly one (%d given)", rbdSettings["key"], sources)
-	}
-	cfg.Key = strings.TrimSpace(f.key)
-	// The key now lives in a keyring file of mode 0600: the processes the
-	// driver starts (rbd, rbd-fuse) need not inherit it.
-	os.Unsetenv("RBD_KEY")
-	if f.keyFile != "" {
-		b, err := os.ReadFile(f.keyFile)
-		if err != nil {
-			return cfg, fmt.Errorf("--rbd-key-file (RBD_KEY_FILE): %w", err)
-		}
-		cfg.Key = strings.TrimSpace(string(b))
-		if cfg.Key == "" {
-			return cfg, fmt.Errorf("--rbd-key-file (RBD_KEY_FILE) %s is empty", f.keyFile)
-		}
-	}
-	return cfg, nil
+	// The processes the driver starts (rbd, rbd-fuse) need not inherit the key.
+	cfg.Key, err = cephKey("RBD", rbdSettings["key"], f.key, f.keyFile, f.keyring)
+	return cfg, err
 }
 
 func validMode(m string) bool {

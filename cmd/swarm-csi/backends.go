@@ -4,8 +4,10 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 )
@@ -58,4 +60,46 @@ func configureBackends(fs *flag.FlagSet, env func(name, def string) string) map[
 
 func unknownBackend(name string) error {
 	return fmt.Errorf("--backend (BACKEND) %q: the backends are: %s", name, backendNames())
+}
+
+// callTimeout is a Ceph backend's bound on one call to the cluster: from
+// 3 s to a minute, within Swarm's ~15 s by default.
+func callTimeout(setting, s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 3*time.Second || d > time.Minute {
+		return 0, fmt.Errorf("%s %q: want a duration from 3s to 1m", setting, s)
+	}
+	return d, nil
+}
+
+// cephKey is the cephx key of a Ceph backend whose settings are prefixed
+// with env (RBD, CEPHFS): given inline (key), in a file (keyFile), or in a
+// keyring the backend reads itself (then ""); exactly one of them.
+// settings names the three in errors. The inline key is taken out of the
+// environment: it lives on in a keyring file of mode 0600, and the
+// processes the driver starts need not inherit it.
+func cephKey(env, settings, key, keyFile, keyring string) (string, error) {
+	sources := 0
+	for _, s := range []string{key, keyFile, keyring} {
+		if s != "" {
+			sources++
+		}
+	}
+	if sources != 1 {
+		return "", fmt.Errorf("%s: give exactly one (%d given)", settings, sources)
+	}
+	os.Unsetenv(env + "_KEY")
+	if keyFile == "" {
+		return strings.TrimSpace(key), nil
+	}
+	flag := "--" + strings.ToLower(env) + "-key-file (" + env + "_KEY_FILE)"
+	b, err := os.ReadFile(keyFile)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", flag, err)
+	}
+	k := strings.TrimSpace(string(b))
+	if k == "" {
+		return "", fmt.Errorf("%s %s is empty", flag, keyFile)
+	}
+	return k, nil
 }

@@ -405,9 +405,3 @@ func TestKeyOf(t *testing.T) {
 		t.Error("a missing user's key was found")
 	}
 }
-
-func TestUnescape(t *testing.T) {
-	if got := unescape(`/a\040b\011c\134`); got != "/a b\tc\\" {
-		t.Errorf("unescape: %q", got)
-	}
-}

@@ -19,6 +19,8 @@ import (
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
+	"github.com/swarm-csi/swarm-csi/pkg/mountinfo"
+	"github.com/swarm-csi/swarm-csi/pkg/procs"
 )
 
 // NodeSide is the cephfs backend as the node service uses it: it mounts a
@@ -351,27 +353,8 @@ func (n *NodeSide) endFuse(mountpoint string, grace time.Duration) bool {
 	}
 }
 
-// fusePids returns the ceph-fuse processes whose last argument is
-// mountpoint.
-func fusePids(mountpoint string) []int {
-	entries, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(b) == 0 {
-			continue
-		}
-		args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
-		if filepath.Base(args[0]) == "ceph-fuse" && args[len(args)-1] == mountpoint {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
+// fusePids returns the ceph-fuse processes serving mountpoint.
+func fusePids(mountpoint string) []int { return procs.Serving("ceph-fuse", mountpoint) }
 
 // Check implements backend.FilesystemNode: a volume this process mounted
 // must answer at its staging path; a dead ceph-fuse leaves it answering
@@ -406,7 +389,7 @@ func mountAt(path string) (fstype string, ok bool, err error) {
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Fields(l)
-		if len(f) < 10 || unescape(f[4]) != path {
+		if len(f) < 10 || mountinfo.Unescape(f[4]) != path {
 			continue
 		}
 		for i := 6; i < len(f)-1; i++ {
@@ -416,25 +399,6 @@ func mountAt(path string) (fstype string, ok bool, err error) {
 		}
 	}
 	return fstype, ok, nil
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // Attach implements backend.Node: there is no device.

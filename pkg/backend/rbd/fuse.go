@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/swarm-csi/swarm-csi/pkg/loopdev"
 	"github.com/swarm-csi/swarm-csi/pkg/mountinfo"
+	"github.com/swarm-csi/swarm-csi/pkg/procs"
 )
 
 // fuseAttacher exposes an image as a file with rbd-fuse (one process and
@@ -280,28 +280,10 @@ func isFuseMount(mp string) (bool, error) {
 	return false, sc.Err()
 }
 
-// fusePIDs returns the rbd-fuse processes serving mount point mp (its last
-// argument), found in /proc so that a restarted driver finds those an
-// earlier process started.
-func fusePIDs(mp string) []int {
-	entries, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(b) == 0 {
-			continue
-		}
-		args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
-		if filepath.Base(args[0]) == "rbd-fuse" && args[len(args)-1] == mp {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
+// fusePIDs returns the rbd-fuse processes serving mount point mp, found
+// in /proc so that a restarted driver finds those an earlier process
+// started.
+func fusePIDs(mp string) []int { return procs.Serving("rbd-fuse", mp) }
 
 // tail returns the last lines of a log file, for an error message.
 func tail(path string) string {
