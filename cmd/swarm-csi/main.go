@@ -258,7 +258,7 @@ func run(cfg *config, log *slog.Logger) error {
 	var metricsDone <-chan error
 	if cfg.metricsAddr != "" {
 		metrics.Registry.MustRegister(&metrics.VolumeCollector{Counts: ctrl.VolumeCounts, Usage: nodeSrv.VolumeUsage},
-			ops.SettingsCollector(cfg.backend, cfg.driverName, versionString(), be.topology))
+			metrics.SettingsCollector(cfg.backend, cfg.driverName, versionString(), be.topology))
 		addr, done, err := metrics.Serve(ctx, cfg.metricsAddr)
 		if err != nil {
 			return fmt.Errorf("--metrics-addr (METRICS_ADDR): %w", err)
