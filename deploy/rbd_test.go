@@ -3,6 +3,7 @@ package deploy
 import (
 	"bytes"
 	"context"
+	"debug/buildinfo"
 	"debug/elf"
 	"encoding/json"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
@@ -23,9 +25,14 @@ import (
 )
 
 // rbdPrograms are the programs the rbd flavour adds to PATH: the tools
-// that attach images. The driver does everything else through librados
-// and librbd, so there is no ceph tool and no Python.
-var rbdPrograms = []string{"rbd", "rbd-nbd", "rbd-fuse"}
+// that attach images, and the cephfs backend's FUSE client with
+// fusermount. The driver does everything else through librados, librbd
+// and libcephfs, so there is no ceph tool and no Python.
+var rbdPrograms = []string{"rbd", "rbd-nbd", "rbd-fuse", "ceph-fuse", "fusermount"}
+
+// commandModules are modules of the operator's commands only, which the
+// rbd flavour's driver (built with the tag nocli) leaves out.
+var commandModules = []string{"github.com/moby/moby/client", "github.com/compose-spec/compose-go/v2", "go.opentelemetry.io/otel"}
 
 // cephLibraries are what the driver of the rbd flavour links, and the
 // plain one must not.
@@ -72,6 +79,22 @@ func checkRBDFlavour(t *testing.T, plain, r string) {
 	if _, libs := elfDeps(t, filepath.Join(root, "swarm-csi")); !containsAll(libs, cephLibraries) {
 		t.Errorf("rbd flavour /swarm-csi links %v, want %v among them (built with -tags ceph,pacific)", libs, cephLibraries)
 	}
+	// Without the operator's commands and their modules; the plain one has them.
+	for _, c := range []struct {
+		file string
+		want bool
+	}{{filepath.Join(plain, "rootfs", "swarm-csi"), true}, {filepath.Join(root, "swarm-csi"), false}} {
+		bi, err := buildinfo.ReadFile(c.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range commandModules {
+			has := slices.ContainsFunc(bi.Deps, func(d *debug.Module) bool { return d.Path == m })
+			if has != c.want {
+				t.Errorf("%s: holds %s: %v, want %v", c.file, m, has, c.want)
+			}
+		}
+	}
 
 	// Exactly the plain programs and the attach tools are on PATH.
 	pathEnv := envOf(rc, "PATH")
@@ -116,6 +139,7 @@ func checkRBDFlavour(t *testing.T, plain, r string) {
 	if err != nil || code != 0 || strings.TrimSpace(out) != "swarm-csi "+testVersion {
 		t.Errorf("chroot rootfs /swarm-csi --version: exit %d (%v): %q, want %q", code, err, out, "swarm-csi "+testVersion)
 	}
+	runInRootfs(t, root, rc, 2, "not in this build", "sh", "-c", "/swarm-csi volume ls 2>&1")
 	runInRootfs(t, root, rc, 0, "ceph version 16.", "rbd", "--version")
 	runInRootfs(t, root, rc, 0, "ceph version 16.", "rbd-nbd", "--version")
 	// No usage text: without a configuration it starts, then fails to reach

@@ -1,7 +1,8 @@
 // Command swarm-csi is the swarm-csi CSI driver: Identity, Controller and
 // Node services on one unix socket; with a command (volume, snapshot,
-// stack) it runs the operator's commands of package ops instead. This
-// file is wiring only.
+// stack, doctor) it runs the operator's commands of package ops instead
+// (commands.go; built with the tag nocli, it has none). This file is
+// wiring only.
 package main
 
 import (
@@ -28,7 +29,6 @@ import (
 	"github.com/swarm-csi/swarm-csi/pkg/identity"
 	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 	"github.com/swarm-csi/swarm-csi/pkg/node"
-	"github.com/swarm-csi/swarm-csi/pkg/ops"
 	"github.com/swarm-csi/swarm-csi/pkg/server"
 )
 
@@ -51,7 +51,7 @@ type config struct {
 	// command, if set, is an operator command (volume ..., snapshot ...,
 	// stack ...) to run with its options instead of the driver.
 	command []string
-	ops     ops.Options
+	ops     commandOptions
 }
 
 // driverNamePattern is the CSI spec's rule for plugin names.
@@ -122,7 +122,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 // parseArgs parses args, the driver's flags or the commands' options
 // (into opts) followed by a command. It returns the command, the first
 // argument that is not a flag, or nil to run the driver.
-func parseArgs(driver *flag.FlagSet, opts *ops.Options, args []string, stderr io.Writer) ([]string, error) {
+func parseArgs(driver *flag.FlagSet, opts *commandOptions, args []string, stderr io.Writer) ([]string, error) {
 	opsFlags := flag.NewFlagSet("", flag.ContinueOnError)
 	opts.Flags(opsFlags)
 	fs := flag.NewFlagSet("swarm-csi", flag.ContinueOnError)
@@ -131,7 +131,7 @@ func parseArgs(driver *flag.FlagSet, opts *ops.Options, args []string, stderr io
 		fmt.Fprintln(stderr, "usage: swarm-csi [options]\n  serve the CSI driver on a unix socket\noptions:")
 		driver.SetOutput(stderr)
 		driver.PrintDefaults()
-		fmt.Fprintln(stderr, "\n"+ops.Usage)
+		fmt.Fprintln(stderr, "\n"+commandsUsage)
 	}
 	for _, set := range []*flag.FlagSet{driver, opsFlags} {
 		set.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
@@ -140,7 +140,7 @@ func parseArgs(driver *flag.FlagSet, opts *ops.Options, args []string, stderr io
 		return nil, err
 	}
 	command := fs.Args()
-	if len(command) > 0 && !ops.IsCommand(command[0]) {
+	if len(command) > 0 && !isCommand(command[0]) {
 		return nil, fmt.Errorf("unexpected argument %q: the commands are volume, snapshot, stack and doctor", command[0])
 	}
 	var misplaced error
@@ -193,7 +193,7 @@ func main() {
 	}
 	if cfg.command != nil {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-		code := ops.Main(ctx, cfg.ops, cfg.command, os.Stdout, os.Stderr)
+		code := runCommand(ctx, cfg.ops, cfg.command, os.Stdout, os.Stderr)
 		stop()
 		os.Exit(code)
 	}
@@ -258,7 +258,7 @@ func run(cfg *config, log *slog.Logger) error {
 	var metricsDone <-chan error
 	if cfg.metricsAddr != "" {
 		metrics.Registry.MustRegister(&metrics.VolumeCollector{Counts: ctrl.VolumeCounts, Usage: nodeSrv.VolumeUsage},
-			ops.SettingsCollector(cfg.backend, cfg.driverName, versionString(), be.topology))
+			metrics.SettingsCollector(cfg.backend, cfg.driverName, versionString(), be.topology))
 		addr, done, err := metrics.Serve(ctx, cfg.metricsAddr)
 		if err != nil {
 			return fmt.Errorf("--metrics-addr (METRICS_ADDR): %w", err)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"debug/buildinfo"
 	"errors"
 	"os"
 	"os/exec"
@@ -18,17 +19,7 @@ import (
 // serving, naming the plugin flavour and the build that can reach Ceph.
 func TestPlainBuildRefusesRBD(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "swarm-csi")
-	goCmd := os.Getenv("GO")
-	if goCmd == "" {
-		goCmd = "go"
-	}
-	build := exec.Command(goCmd, "build", "-o", bin, ".")
-	// GOFLAGS could carry -tags of the test run: the plain build has none.
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=", "GOTOOLCHAIN=local")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("CGO_ENABLED=0 go build: %v\n%s", err, out)
-	}
+	bin := buildStatic(t, dir, "")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -57,4 +48,60 @@ func TestPlainBuildRefusesRBD(t *testing.T) {
 		t.Errorf("it created its socket %s: it served before failing", sock)
 	}
 	t.Logf("exit status %d after %v: %s", exit.ExitCode(), took.Round(time.Millisecond), strings.TrimSpace(stderr.String()))
+}
+
+// buildStatic builds the driver into dir without cgo and with the build
+// tags tags only, and returns its path.
+func buildStatic(t *testing.T, dir, tags string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "swarm-csi")
+	goCmd := os.Getenv("GO")
+	if goCmd == "" {
+		goCmd = "go"
+	}
+	build := exec.Command(goCmd, "build", "-tags="+tags, "-o", bin, ".")
+	// GOFLAGS could carry -tags of the test run: these builds have their own.
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=", "GOTOOLCHAIN=local")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("CGO_ENABLED=0 go build -tags=%s: %v\n%s", tags, err, out)
+	}
+	return bin
+}
+
+// TestNoCLIBuild builds the driver with the tag nocli, as the rbd plugin's
+// is built: it holds neither the operator's commands nor the Docker Engine
+// client and compose loader they use, and asked for a command it says
+// which build has them, changing nothing.
+func TestNoCLIBuild(t *testing.T) {
+	bin := buildStatic(t, t.TempDir(), "nocli")
+	bi, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range bi.Deps {
+		for _, left := range []string{"github.com/moby/moby/client", "github.com/compose-spec/compose-go", "go.opentelemetry.io/otel"} {
+			if strings.HasPrefix(d.Path, left) {
+				t.Errorf("the nocli build holds %s %s, a module of the operator's commands only", d.Path, d.Version)
+			}
+		}
+	}
+	for _, args := range [][]string{{"volume", "ls"}, {"doctor"}, {"stack", "volumes", "-c", "x.yml", "--namespace", "st"}} {
+		cmd := exec.Command(bin, args...)
+		// A Docker Engine it must not reach.
+		cmd.Env = []string{"DOCKER_HOST=unix:///nonexistent.sock"}
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+			t.Errorf("nocli build, %s: %v, want exit status 2:\n%s", strings.Join(args, " "), err, out)
+		}
+		for _, want := range []string{"not in this build", "go build ./cmd/swarm-csi", "plain plugin"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("nocli build, %s: its message does not say %q:\n%s", strings.Join(args, " "), want, out)
+			}
+		}
+	}
+	out, err := exec.Command(bin, "--help").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "  -endpoint string\n") || !strings.Contains(string(out), "not in this build") {
+		t.Errorf("nocli build, --help: %v, want the driver's flags and where the commands are:\n%s", err, out)
+	}
 }

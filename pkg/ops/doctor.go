@@ -276,15 +276,15 @@ func (d *doctorRun) checkMetrics(ctx context.Context, nodes []swarm.Node) {
 
 // compareSettings: what must be the same on every node's plugin.
 func (d *doctorRun) compareSettings(host string, here, there map[string]string) {
-	for _, k := range []string{settingBackend, settingDriver, settingStorage} {
+	for _, k := range []string{metrics.SettingBackend, metrics.SettingDriver, metrics.SettingStorage} {
 		if here[k] != there[k] {
 			d.add(levelFail, "plugin", host, fmt.Sprintf("its plugin has %s=%q, this node's %q: every node must reach the same storage under the same settings", k, there[k], here[k]),
 				fmt.Sprintf("on %s: docker plugin disable %s; docker plugin set %s with this node's BACKEND, DRIVER_NAME and storage settings "+
 					"(data.source on the shared filesystem, RBD_MONITORS and RBD_POOL, HCLOUD_LOCATION); docker plugin enable %s", host, d.plugin, d.plugin, d.plugin))
 		}
 	}
-	if here[settingVersion] != there[settingVersion] {
-		d.add(levelWarn, "plugin", host, fmt.Sprintf("its plugin is version %s, this node's %s", there[settingVersion], here[settingVersion]),
+	if here[metrics.SettingVersion] != there[metrics.SettingVersion] {
+		d.add(levelWarn, "plugin", host, fmt.Sprintf("its plugin is version %s, this node's %s", there[metrics.SettingVersion], here[metrics.SettingVersion]),
 			"install the same plugin on every node")
 	}
 }
@@ -541,7 +541,7 @@ type holders struct {
 // scraped is what a node's plugin told through its metrics.
 type scraped struct {
 	held     map[string]bool   // the ids of the volumes it has published
-	settings map[string]string // the labels of SettingsSeries; nil if it has none
+	settings map[string]string // the labels of metrics.SettingsSeries; nil if it has none
 	err      error
 }
 
@@ -570,7 +570,7 @@ func (h *holders) scrape(ctx context.Context, n swarm.Node) scraped {
 			for _, m := range fams[metrics.VolumeAbnormal].GetMetric() {
 				s.held[labels(m)[metrics.LabelVolumeID]] = true
 			}
-			for _, m := range fams[SettingsSeries].GetMetric() {
+			for _, m := range fams[metrics.SettingsSeries].GetMetric() {
 				s.settings = labels(m)
 			}
 		}

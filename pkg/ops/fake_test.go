@@ -335,7 +335,7 @@ func newWorld(t *testing.T) *world {
 			s := settings()
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(&metrics.VolumeCollector{Usage: func(context.Context) ([]metrics.Usage, error) { return usage, nil }},
-				SettingsCollector(s["backend"], "swarm-csi", cmp.Or(s["version"], "v1"), map[string]string{"swarm-csi/store": strings.TrimPrefix(s["storage"], "swarm-csi/store=")}))
+				metrics.SettingsCollector(s["backend"], "swarm-csi", cmp.Or(s["version"], "v1"), map[string]string{"swarm-csi/store": strings.TrimPrefix(s["storage"], "swarm-csi/store=")}))
 			promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rw, r)
 		}))
 		srv.Listener.Close()
