@@ -90,6 +90,7 @@ type Backend struct {
 	serverTurns map[serverKey]chan struct{} // see lockServer
 	owned       map[serverKey]bool          // volumes known to be this cluster's, by the same key
 	reads       map[*backend.Volume]*hcloud.Volume
+	views       map[[32]byte]*view // see view
 }
 
 // serverKey names a server, or a volume, of the project of a token.
@@ -143,7 +144,8 @@ func New(cfg Config) (*Backend, error) {
 		}
 	}
 	return &Backend{cfg: cfg, clients: map[[32]byte]*hcloud.Client{}, servers: map[serverKey]bool{},
-		serverTurns: map[serverKey]chan struct{}{}, owned: map[serverKey]bool{}, reads: map[*backend.Volume]*hcloud.Volume{}}, nil
+		serverTurns: map[serverKey]chan struct{}{}, owned: map[serverKey]bool{}, reads: map[*backend.Volume]*hcloud.Volume{},
+		views: map[[32]byte]*view{}}, nil
 }
 
 // CheckEndpoint accepts an http or https URL with a host.
