@@ -49,7 +49,13 @@ func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Atta
 	}
 	defer o.done()
 	what := fmt.Sprintf("attaching volume %d to server %d", vid, sid)
-	hv := b.recall(v)
+	h := b.recall(v)
+	hv := h.hv
+	if h.fromMemory && (hv.Labels[labelReadOnly] == "true") != a.ReadOnly {
+		// The readonly label describes the attachment: before changing it,
+		// make sure the volume is not attached after all.
+		hv = nil
+	}
 	for attempt := 0; ; attempt, hv = attempt+1, nil {
 		if hv == nil {
 			if hv, err = o.volume(vid); err != nil {

@@ -245,18 +245,19 @@ func (b *Backend) volumeOf(ctx context.Context, id string, idle bool) (*backend.
 		return nil, err
 	}
 	defer o.done()
-	var hv *hcloud.Volume
+	var h handed
 	if idle {
-		hv = o.takeIdle(vid)
+		h = handed{hv: o.takeIdle(vid), fromMemory: true}
 	}
-	if hv == nil {
-		if hv, err = o.volume(vid); err != nil {
+	if h.hv == nil {
+		if h.hv, err = o.volume(vid); err != nil {
 			return nil, o.fail(err, fmt.Sprintf("looking up volume %d", vid))
 		}
+		h.fromMemory = false
 	}
-	v, err := toVolume(hv)
+	v, err := toVolume(h.hv)
 	if err == nil {
-		b.remember(v, hv)
+		b.remember(v, h)
 	}
 	return v, err
 }
