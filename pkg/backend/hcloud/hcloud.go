@@ -91,6 +91,7 @@ type Backend struct {
 	owned       map[serverKey]bool          // volumes known to be this cluster's, by the same key
 	reads       map[*backend.Volume]handed
 	views       map[[32]byte]*view // see view
+	now         func() time.Time   // the clock of the views
 }
 
 // serverKey names a server, or a volume, of the project of a token.
@@ -145,7 +146,7 @@ func New(cfg Config) (*Backend, error) {
 	}
 	return &Backend{cfg: cfg, clients: map[[32]byte]*hcloud.Client{}, servers: map[serverKey]bool{},
 		serverTurns: map[serverKey]chan struct{}{}, owned: map[serverKey]bool{}, reads: map[*backend.Volume]handed{},
-		views: map[[32]byte]*view{}}, nil
+		views: map[[32]byte]*view{}, now: time.Now}, nil
 }
 
 // CheckEndpoint accepts an http or https URL with a host.

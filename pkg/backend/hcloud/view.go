@@ -68,14 +68,14 @@ func snapshot(hv *hcloud.Volume) *hcloud.Volume {
 func (o *op) saw(hv *hcloud.Volume, idle bool) {
 	o.b.mu.Lock()
 	defer o.b.mu.Unlock()
-	o.b.viewOf(o.token).vols[hv.ID] = &entry{hv: snapshot(hv), at: time.Now(), idle: idle && hv.Server == nil}
+	o.b.viewOf(o.token).vols[hv.ID] = &entry{hv: snapshot(hv), at: o.b.now(), idle: idle && hv.Server == nil}
 }
 
 // gone records that the volume is deleted, or not this cluster's.
 func (o *op) gone(id int64) {
 	o.b.mu.Lock()
 	defer o.b.mu.Unlock()
-	o.b.viewOf(o.token).vols[id] = &entry{at: time.Now()}
+	o.b.viewOf(o.token).vols[id] = &entry{at: o.b.now()}
 }
 
 // takeIdle returns, once, the volume this process has just created or
@@ -84,7 +84,7 @@ func (o *op) takeIdle(id int64) *hcloud.Volume {
 	o.b.mu.Lock()
 	defer o.b.mu.Unlock()
 	e := o.b.viewOf(o.token).vols[id]
-	if e == nil || !e.idle || e.hv == nil || time.Since(e.at) > idleFor {
+	if e == nil || !e.idle || e.hv == nil || o.b.now().Sub(e.at) > idleFor {
 		return nil
 	}
 	e.idle = false
@@ -97,7 +97,7 @@ func (o *op) listing() ([]*hcloud.Volume, error) {
 	b := o.b
 	b.mu.Lock()
 	v := b.viewOf(o.token)
-	if !v.listed.IsZero() && time.Since(v.listed) < max(listEvery, time.Duration(v.pages)*listPerPage) {
+	if !v.listed.IsZero() && b.now().Sub(v.listed) < max(listEvery, time.Duration(v.pages)*listPerPage) {
 		out := make([]*hcloud.Volume, 0, len(v.vols))
 		for _, e := range v.vols {
 			if e.hv != nil {
@@ -109,7 +109,7 @@ func (o *op) listing() ([]*hcloud.Volume, error) {
 	}
 	b.mu.Unlock()
 
-	start := time.Now()
+	start := b.now()
 	const perPage = 50
 	hvs, err := o.api.Volume.AllWithOpts(o.ctx, hcloud.VolumeListOpts{ListOpts: hcloud.ListOpts{
 		LabelSelector: b.clusterSelector(), PerPage: perPage}})
