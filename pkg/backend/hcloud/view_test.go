@@ -37,7 +37,7 @@ func (c *clock) add(d time.Duration) {
 // does at once, and what is done outside it once the listing is made
 // again.
 func TestScrapesListRarely(t *testing.T) {
-	e := newEnv(t, false)
+	e := newEnv(t, false, withWait(time.Minute)) // listing 1,000 volumes under -race is slow
 	ctx := context.Background()
 	clk := &clock{t: time.Now()}
 	e.be.now = clk.now
