@@ -224,8 +224,10 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 // Volume implements backend.Controller. A volume this process has just
 // created or detached is answered once without asking the API: in a
 // Swarm lifecycle that is the controller's look before the attach that
-// follows (see Publish), which the attach itself checks. Every other
-// answer is read from the API.
+// follows (see Publish), which the attach itself checks. Were it another
+// call (ControllerGetVolume, ValidateVolumeCapabilities), its answer is
+// stale only if something outside this process attached or deleted the
+// volume in between. Every other answer is read from the API.
 func (b *Backend) Volume(ctx context.Context, id string) (*backend.Volume, error) {
 	return b.volumeOf(ctx, id, true)
 }
