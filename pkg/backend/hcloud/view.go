@@ -21,13 +21,14 @@ import (
 //   - Volume, once, for a volume this process has just created or
 //     detached (see idle).
 type view struct {
-	vols   map[int64]*entry
-	listed time.Time // when the last listing started; zero: never listed
-	pages  int       // the requests it took
+	vols     map[int64]*entry
+	listed   time.Time // when the last listing started; zero: never listed
+	pages    int       // the requests it took
+	inflight int       // listings under way
 }
 
 type entry struct {
-	hv *hcloud.Volume // nil: deleted by this process
+	hv *hcloud.Volume // nil: deleted by this process while listed
 	at time.Time      // when learned
 	// idle says this process created or detached the volume, and
 	// Volume has not handed it out since.
@@ -71,11 +72,17 @@ func (o *op) saw(hv *hcloud.Volume, idle bool) {
 	o.b.viewOf(o.token).vols[hv.ID] = &entry{hv: snapshot(hv), at: o.b.now(), idle: idle && hv.Server == nil}
 }
 
-// gone records that the volume is deleted, or not this cluster's.
+// gone records that the volume is deleted, or not this cluster's. While
+// a listing is under way, which may still list it, a tombstone says so.
 func (o *op) gone(id int64) {
 	o.b.mu.Lock()
 	defer o.b.mu.Unlock()
-	o.b.viewOf(o.token).vols[id] = &entry{at: o.b.now()}
+	v := o.b.viewOf(o.token)
+	if v.inflight > 0 {
+		v.vols[id] = &entry{at: o.b.now()}
+	} else {
+		delete(v.vols, id)
+	}
 }
 
 // takeIdle returns, once, the volume this process has just created or
@@ -107,17 +114,19 @@ func (o *op) listing() ([]*hcloud.Volume, error) {
 		b.mu.Unlock()
 		return out, nil
 	}
+	start := b.now()
+	v.inflight++
 	b.mu.Unlock()
 
-	start := b.now()
 	const perPage = 50
 	hvs, err := o.api.Volume.AllWithOpts(o.ctx, hcloud.VolumeListOpts{ListOpts: hcloud.ListOpts{
 		LabelSelector: b.clusterSelector(), PerPage: perPage}})
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	v.inflight--
 	if err != nil {
 		return nil, err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	// What this process learned while the listing was under way is newer
 	// than the listing: a volume created or deleted meanwhile is kept as
 	// this process left it.
@@ -136,6 +145,13 @@ func (o *op) listing() ([]*hcloud.Volume, error) {
 	for id, e := range v.vols {
 		if _, listed := vols[id]; !listed && !e.at.Before(start) {
 			vols[id] = e
+		}
+	}
+	if v.inflight == 0 { // no listing left that could bring them back
+		for id, e := range vols {
+			if e.hv == nil {
+				delete(vols, id)
+			}
 		}
 	}
 	v.vols, v.listed, v.pages = vols, start, max(1, (len(hvs)+perPage-1)/perPage)

@@ -3,13 +3,17 @@ package hcloud
 import (
 	"context"
 	"maps"
+	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/controller"
 )
 
@@ -115,5 +119,64 @@ func TestScrapesListRarely(t *testing.T) {
 		t.Errorf("%d requests for two looks at a listed volume, want 2", n)
 	}
 	e.cloud.RemoveVolumes(others[500:])
+	e.checkClean(t)
+}
+
+// afterList runs a function once, after the API answered the first page
+// of a listing and before the caller sees it.
+type afterList struct {
+	base http.RoundTripper
+	once sync.Once
+	do   func()
+}
+
+func (a *afterList) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := a.base.RoundTrip(r)
+	if err == nil && r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/volumes") {
+		a.once.Do(a.do)
+	}
+	return resp, err
+}
+
+// A volume this process creates or deletes while a listing is under way
+// is as this process left it, not as the older listing has it; the
+// deleted one leaves nothing behind in memory.
+func TestListingKeepsChangesMadeMeanwhile(t *testing.T) {
+	e := newEnv(t, false)
+	ctx := context.Background()
+	hook := &afterList{base: http.DefaultTransport}
+	be := e.backend(t, func(c *Config) { c.HTTPClient = &http.Client{Transport: hook} })
+	deleted := must[*backend.Volume](t)(be.CreateVolume(ctx, spec("deleted")))
+	kept := must[*backend.Volume](t)(be.CreateVolume(ctx, spec("kept")))
+	var created *backend.Volume
+	hook.do = func() {
+		if err := be.DeleteVolume(ctx, deleted.ID); err != nil {
+			t.Error(err)
+		}
+		created = must[*backend.Volume](t)(be.CreateVolume(ctx, spec("created")))
+	}
+	for range 2 { // the listing, then what is kept of it
+		var ids []string
+		for _, v := range must[[]*backend.Volume](t)(be.ListVolumes(ctx)) {
+			ids = append(ids, v.ID)
+		}
+		if want := []string{kept.ID, created.ID}; !slices.Equal(ids, want) {
+			t.Fatalf("listed %v, want %v", ids, want)
+		}
+	}
+	be.mu.Lock()
+	n := 0
+	for _, v := range be.views {
+		n += len(v.vols)
+	}
+	be.mu.Unlock()
+	if n != 2 {
+		t.Errorf("%d volumes remembered, want the 2 that exist", n)
+	}
+	for _, v := range []*backend.Volume{kept, created} {
+		if err := be.DeleteVolume(ctx, v.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
 	e.checkClean(t)
 }
