@@ -28,7 +28,7 @@ type view struct {
 }
 
 type entry struct {
-	hv *hcloud.Volume // nil: deleted by this process while listed
+	hv *hcloud.Volume // nil: deleted while a listing was under way
 	at time.Time      // when learned
 	// idle says this process created or detached the volume, and
 	// Volume has not handed it out since.
