@@ -193,6 +193,11 @@ func TestQuickRunHcloud(t *testing.T) {
 		if m.APICallsByRoute["GET /volumes"] != 0 {
 			t.Errorf("%s: %v listings per lifecycle", m.Mode, m.APICallsByRoute["GET /volumes"])
 		}
+		// One read of the volume: the unpublish's, before the detach; the
+		// publish attaches the volume it has just created unread.
+		if got := m.APICallsByRoute["GET /volumes/{id}"]; m.Parallel == 1 && got != 1 {
+			t.Errorf("%s: %v reads of a volume per lifecycle, want 1", m.Mode, got)
+		}
 		if m.Parallel == 1 {
 			sum := 0.0
 			for _, k := range m.APICallsByRPC {

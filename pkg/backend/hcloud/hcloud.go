@@ -89,7 +89,9 @@ type Backend struct {
 	servers     map[serverKey]bool          // servers known to exist
 	serverTurns map[serverKey]chan struct{} // see lockServer
 	owned       map[serverKey]bool          // volumes known to be this cluster's, by the same key
-	reads       map[*backend.Volume]*hcloud.Volume
+	reads       map[*backend.Volume]handed
+	views       map[[32]byte]*view // see view
+	now         func() time.Time   // the clock of the views
 }
 
 // serverKey names a server, or a volume, of the project of a token.
@@ -143,7 +145,8 @@ func New(cfg Config) (*Backend, error) {
 		}
 	}
 	return &Backend{cfg: cfg, clients: map[[32]byte]*hcloud.Client{}, servers: map[serverKey]bool{},
-		serverTurns: map[serverKey]chan struct{}{}, owned: map[serverKey]bool{}, reads: map[*backend.Volume]*hcloud.Volume{}}, nil
+		serverTurns: map[serverKey]chan struct{}{}, owned: map[serverKey]bool{}, reads: map[*backend.Volume]handed{},
+		views: map[[32]byte]*view{}, now: time.Now}, nil
 }
 
 // CheckEndpoint accepts an http or https URL with a host.
@@ -288,23 +291,30 @@ func (o *op) owns(id int64) bool {
 // maxReads bounds the reads remembered for Publish.
 const maxReads = 256
 
-// remember keeps the API's view of a volume that Volume returned as v:
-// the controller reads a volume, checks it and hands the same v to
-// Publish, which then needs no read of its own.
-func (b *Backend) remember(v *backend.Volume, hv *hcloud.Volume) {
+// handed is the API's view of a volume that Volume returned: read, or
+// from memory (see view).
+type handed struct {
+	hv         *hcloud.Volume
+	fromMemory bool
+}
+
+// remember keeps what Volume returned as v: the controller looks at a
+// volume, checks it and hands the same v to Publish, which then needs no
+// read of its own.
+func (b *Backend) remember(v *backend.Volume, h handed) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.reads) >= maxReads {
 		clear(b.reads) // reads never handed back, by other callers
 	}
-	b.reads[v] = hv
+	b.reads[v] = h
 }
 
-// recall returns, once, what remember kept for v, or nil.
-func (b *Backend) recall(v *backend.Volume) *hcloud.Volume {
+// recall returns, once, what remember kept for v (a nil hv if nothing).
+func (b *Backend) recall(v *backend.Volume) handed {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	hv := b.reads[v]
+	h := b.reads[v]
 	delete(b.reads, v)
-	return hv
+	return h
 }

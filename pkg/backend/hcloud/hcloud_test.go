@@ -279,16 +279,18 @@ func TestUnknownAndForeignVolumes(t *testing.T) {
 		t.Fatalf("listed %+v, want only %s", list, mine.ID)
 	}
 	// A volume of this cluster whose labels someone changed is refused
-	// with the reason, and left out of the list.
+	// with the reason, and left out of the list, by a process that reads
+	// it (this one lists again only after a while).
 	hv, _, _ := e.api.Volume.GetByID(ctx, must[int64](t)(strconv.ParseInt(mine.ID, 10, 64)))
 	labels := hv.Labels
 	labels[labelFs] = "ntfs"
 	if _, _, err := e.api.Volume.Update(ctx, hv, hcloud.VolumeUpdateOpts{Labels: labels}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := e.be.Volume(ctx, mine.ID)
+	fresh := e.backend(t)
+	_, err := fresh.Volume(ctx, mine.ID)
 	wantCode(t, err, codes.FailedPrecondition)
-	if list := must[[]*backend.Volume](t)(e.be.ListVolumes(ctx)); len(list) != 0 {
+	if list := must[[]*backend.Volume](t)(fresh.ListVolumes(ctx)); len(list) != 0 {
 		t.Fatalf("listed a volume with unreadable labels: %+v", list)
 	}
 	for _, b := range []*Backend{e.be, other} {
@@ -556,12 +558,13 @@ func TestErrorsMapToCodes(t *testing.T) {
 		t.Errorf("%d requests for two calls while the API asked to wait 7s, want 1", n)
 	}
 	e.cloud.ClearFaults()
+	reader := e.backend(t) // reads v: it did not create it
 	for status, code := range map[int]codes.Code{
 		http.StatusInternalServerError: codes.Unavailable,
 		http.StatusServiceUnavailable:  codes.Unavailable,
 	} {
 		e.cloud.Inject(fakecloud.Fault{Path: "/volumes/*", Status: status})
-		_, err := e.be.Volume(ctx, v.ID)
+		_, err := reader.Volume(ctx, v.ID)
 		wantCode(t, err, code)
 	}
 	e.cloud.Inject(fakecloud.Fault{Path: "/volumes/*", Status: http.StatusForbidden, Code: "forbidden", Message: "token is read-only"})

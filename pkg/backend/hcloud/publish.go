@@ -17,12 +17,22 @@ import (
 
 // Publish implements backend.Controller: it attaches the volume to the
 // server named by the node id and waits for the attach within the budget.
-// A retry after Aborted finds the attach still running (the API answers
-// "locked") and waits for that one instead of starting another. The
-// volume is as the controller has just read it (Volume), so there is no
-// read before the attach: the API refuses an attach to a volume attached
-// meanwhile, and then Publish looks again. The publish context carries
-// what the node needs to know of the volume (see publishContext).
+// The publish context carries what the node needs to know of the volume
+// (see publishContext).
+//
+// There is no read before the attach. The volume is as the controller has
+// just seen it (Volume): read from the API, or, right after this process
+// created or detached it, from memory, which may be stale if something
+// outside this process attached it since. Either way the attach cannot
+// take the volume from anywhere: Hetzner refuses to attach a volume that
+// is attached (volume_already_attached, whichever server has it), and
+// only then does Publish read it: attached to this server is success (a
+// retry, or the answer of an earlier attach lost in a crash), attached
+// elsewhere FailedPrecondition. A volume gone is NotFound, and one locked
+// by an action (an earlier attempt's attach still running) is waited for
+// and read again, so a retry never starts a second attach. The per-node
+// limit is the controller's (it counts from the server) or Hetzner's own
+// (the attach is refused: ResourceExhausted).
 func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Attachment) (map[string]string, error) {
 	id := v.ID
 	vid, ok := parseID(id)
@@ -39,23 +49,32 @@ func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Atta
 	}
 	defer o.done()
 	what := fmt.Sprintf("attaching volume %d to server %d", vid, sid)
-	hv := b.recall(v)
+	h := b.recall(v)
+	hv := h.hv
+	if h.fromMemory && (hv.Labels[labelReadOnly] == "true") != a.ReadOnly {
+		// The readonly label describes the attachment: before changing it,
+		// make sure the volume is not attached after all.
+		hv = nil
+	}
 	for attempt := 0; ; attempt, hv = attempt+1, nil {
 		if hv == nil {
 			if hv, err = o.volume(vid); err != nil {
 				return nil, o.fail(err, what)
 			}
 		}
-		if hv.Server != nil && hv.Server.ID != sid {
-			return nil, csierr.Precondition("volume %d is attached to server %d; it can move once that server has let go of it", vid, hv.Server.ID)
+		if hv.Server != nil {
+			switch {
+			case hv.Server.ID != sid:
+				return nil, csierr.Precondition("volume %d is attached to server %d; it can move once that server has let go of it", vid, hv.Server.ID)
+			case (hv.Labels[labelReadOnly] == "true") != a.ReadOnly:
+				return nil, fmt.Errorf("%w: volume %d is published to server %d with readonly=%t", csierr.ErrAlreadyExists, vid, sid, !a.ReadOnly)
+			}
+			return publishContext(hv), nil
 		}
 		// Read-only is the mount's business (Hetzner attaches read-write);
 		// the label remembers it so that a retry compares alike.
 		if err := o.setReadOnly(hv, a.ReadOnly); err != nil {
 			return nil, o.fail(err, what)
-		}
-		if hv.Server != nil {
-			return publishContext(hv), nil
 		}
 		unlock, err := o.lockServer(sid)
 		if err != nil {
@@ -69,6 +88,8 @@ func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Atta
 			if err != nil {
 				return nil, o.fail(err, what)
 			}
+			hv.Server = &hcloud.Server{ID: sid}
+			o.saw(hv, false)
 			return publishContext(hv), nil
 		}
 		unlock()
@@ -78,7 +99,18 @@ func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Atta
 			// the volume, or one on the server: wait, then look again.
 			err = o.waitActions(vid, sid)
 		case hcloud.IsError(err, hcloud.ErrorCodeVolumeAlreadyAttached):
-			err = o.pause(attempt) // attached meanwhile: look again
+			// Attached before this call (the controller's view was from
+			// memory, or a retry): look at once. Attached meanwhile:
+			// look again after a pause.
+			if attempt > 0 {
+				err = o.pause(attempt)
+			} else {
+				err = nil
+			}
+		case hcloud.IsError(err, hcloud.ErrorCodeNotFound):
+			o.own(vid, false)
+			o.gone(vid)
+			return nil, csierr.NotFound("volume %d does not exist in Hetzner Cloud", vid)
 		case hcloud.IsError(err, errorCodeAttachLimit, hcloud.ErrorCodeResourceLimitExceeded):
 			return nil, fmt.Errorf("%w: server %d has the %d volumes a Hetzner Cloud server takes", csierr.ErrResourceExhausted, sid, MaxVolumesPerServer)
 		case hcloud.IsError(err, hcloud.ErrorCodeInvalidInput) && attempt == 0:
@@ -129,6 +161,7 @@ func (o *op) setReadOnly(hv *hcloud.Volume, readOnly bool) error {
 		return err
 	}
 	hv.Labels = updated.Labels
+	o.saw(updated, false)
 	return nil
 }
 
@@ -162,6 +195,11 @@ func (b *Backend) Unpublish(ctx context.Context, id, nodeID string) error {
 	defer o.done()
 	what := fmt.Sprintf("detaching volume %d from server %d", vid, sid)
 	for {
+		// Always read first, never from memory: Hetzner's detach names no
+		// server, it takes the volume from wherever it is. Only a fresh
+		// read tells that it is on the server Swarm names, so that a
+		// retried or stale unpublish never takes it from another server
+		// where a task now uses it.
 		hv, err := o.volume(vid)
 		if csierr.Code(err) == csierr.Code(csierr.ErrNotFound) {
 			return nil
@@ -197,7 +235,9 @@ func (b *Backend) Unpublish(ctx context.Context, id, nodeID string) error {
 // detach detaches a volume from its server and waits for it, reporting
 // whether it did. When the volume or its server is locked by another
 // action, or the volume was found detached meanwhile, it waits for that
-// and reports false: the caller reads the volume again.
+// and reports false: the caller reads the volume again. A volume this
+// call detached is idle (see view): the publish that moves it to another
+// server is spared a read.
 func (o *op) detach(hv *hcloud.Volume) (bool, error) {
 	unlock, err := o.lockServer(hv.Server.ID)
 	if err != nil {
@@ -210,6 +250,8 @@ func (o *op) detach(hv *hcloud.Volume) (bool, error) {
 	unlock()
 	switch {
 	case err == nil:
+		hv.Server = nil
+		o.saw(hv, true)
 		return true, nil
 	case hcloud.IsError(err, hcloud.ErrorCodeLocked):
 		return false, o.waitActions(hv.ID, hv.Server.ID)

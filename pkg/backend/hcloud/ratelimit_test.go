@@ -70,13 +70,12 @@ func TestRateLimitRefusesWithoutAsking(t *testing.T) {
 	be := e.backend(t, withLog(&log), withWait(300*time.Millisecond))
 	ctx := context.Background()
 	for range 6 { // what the budget holds
-		if _, err := be.ListVolumes(ctx); err != nil {
-			t.Fatal(err)
-		}
+		_, err := be.Volume(ctx, "12345")
+		wantCode(t, err, codes.NotFound)
 	}
 	sent := cloud.Requests().Total
 	for range 3 {
-		_, err := be.ListVolumes(ctx)
+		_, err := be.Volume(ctx, "12345")
 		wantCode(t, err, codes.Unavailable)
 		if !strings.Contains(err.Error(), "retry after") {
 			t.Errorf("no wait named: %v", err)

@@ -77,6 +77,7 @@ func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*b
 		if err != nil {
 			return nil, o.fail(err, what)
 		}
+		hv.Status = hcloud.VolumeStatusAvailable
 	}
 	// A volume an earlier attempt created may still be in the making:
 	// wait for its creation, then read it again.
@@ -97,6 +98,7 @@ func (b *Backend) CreateVolume(ctx context.Context, spec backend.VolumeSpec) (*b
 		return nil, err
 	}
 	o.own(hv.ID, true)
+	o.saw(hv, true)
 	v.Name = spec.Name
 	return v, nil
 }
@@ -123,9 +125,11 @@ func (o *op) volume(id int64) (*hcloud.Volume, error) {
 	}
 	if !o.b.ours(hv) {
 		o.own(id, false)
+		o.gone(id)
 		return nil, csierr.NotFound("volume %d does not exist in Hetzner Cloud, or not for cluster %q", id, o.b.cfg.Cluster)
 	}
 	o.own(id, true)
+	o.saw(hv, false)
 	return hv, nil
 }
 
@@ -196,6 +200,7 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 		switch {
 		case err == nil, hcloud.IsError(err, hcloud.ErrorCodeNotFound):
 			o.own(vid, false)
+			o.gone(vid)
 			return nil
 		case hcloud.IsError(err, hcloud.ErrorCodeLocked):
 			err = o.waitActions(vid, 0)
@@ -216,8 +221,23 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 	}
 }
 
-// Volume implements backend.Controller and backend.Node.
+// Volume implements backend.Controller. A volume this process has just
+// created or detached is answered once without asking the API: in a
+// Swarm lifecycle that is the controller's look before the attach that
+// follows (see Publish), which the attach itself checks. Were it another
+// call (ControllerGetVolume, ValidateVolumeCapabilities), its answer is
+// stale only if something outside this process attached or deleted the
+// volume in between. Every other answer is read from the API.
 func (b *Backend) Volume(ctx context.Context, id string) (*backend.Volume, error) {
+	return b.volumeOf(ctx, id, true)
+}
+
+// readVolume is Volume always asking the API: what the node side uses.
+func (b *Backend) readVolume(ctx context.Context, id string) (*backend.Volume, error) {
+	return b.volumeOf(ctx, id, false)
+}
+
+func (b *Backend) volumeOf(ctx context.Context, id string, idle bool) (*backend.Volume, error) {
 	vid, ok := parseID(id)
 	if !ok {
 		return nil, csierr.NotFound("volume %q is not a Hetzner Cloud volume id", id)
@@ -227,26 +247,33 @@ func (b *Backend) Volume(ctx context.Context, id string) (*backend.Volume, error
 		return nil, err
 	}
 	defer o.done()
-	hv, err := o.volume(vid)
-	if err != nil {
-		return nil, o.fail(err, fmt.Sprintf("looking up volume %d", vid))
+	var h handed
+	if idle {
+		h = handed{hv: o.takeIdle(vid), fromMemory: true}
 	}
-	v, err := toVolume(hv)
+	if h.hv == nil {
+		if h.hv, err = o.volume(vid); err != nil {
+			return nil, o.fail(err, fmt.Sprintf("looking up volume %d", vid))
+		}
+		h.fromMemory = false
+	}
+	v, err := toVolume(h.hv)
 	if err == nil {
-		b.remember(v, hv)
+		b.remember(v, h)
 	}
 	return v, err
 }
 
-// ListVolumes implements backend.Controller: this cluster's volumes. A
-// volume whose labels were changed beyond reading is left out.
+// ListVolumes implements backend.Controller: this cluster's volumes, as
+// the last listing and this process's own changes since have them (see
+// view). A volume whose labels were changed beyond reading is left out.
 func (b *Backend) ListVolumes(ctx context.Context) ([]*backend.Volume, error) {
 	o, err := b.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer o.done()
-	hvs, err := o.api.Volume.AllWithOpts(o.ctx, hcloud.VolumeListOpts{ListOpts: hcloud.ListOpts{LabelSelector: b.clusterSelector()}})
+	hvs, err := o.listing()
 	if err != nil {
 		return nil, o.fail(err, "listing volumes")
 	}
@@ -293,6 +320,8 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, size int64) (int6
 			if err := o.await(action); err != nil {
 				return 0, o.fail(err, what)
 			}
+			hv.Size = gib
+			o.saw(hv, false)
 			return int64(gib) * backend.GiB, nil
 		}
 		if !hcloud.IsError(err, hcloud.ErrorCodeLocked) {
