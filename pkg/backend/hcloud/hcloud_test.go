@@ -675,8 +675,16 @@ func TestNodeWithoutDevices(t *testing.T) {
 	if dev, err := n.Device(ctx, v.ID); dev != "" || err != nil {
 		t.Fatalf("Device of an unattached volume: %q, %v", dev, err)
 	}
-	if _, err := e.be.Publish(ctx, v, backend.Attachment{NodeID: sid(e.servers[0])}); err != nil {
-		t.Fatal(err)
+	// The wait is short for the missing device below: under load the
+	// attach may outlast it, and Aborted asks for the retry Swarm makes.
+	for i := 0; ; i++ {
+		_, err := e.be.Publish(ctx, v, backend.Attachment{NodeID: sid(e.servers[0])})
+		if err == nil {
+			break
+		}
+		if csierr.Code(err) != codes.Aborted || i == 50 {
+			t.Fatal(err)
+		}
 	}
 	// Without root the by-id link leads to the image file, not a device.
 	v = must[*backend.Volume](t)(n.Volume(ctx, v.ID))
