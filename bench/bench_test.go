@@ -38,20 +38,21 @@ func TestQuickRun(t *testing.T) {
 }
 
 // TestQuickRunStore runs the benchmark with --store on a small store: the
-// filler volumes are created and timed, the driver restarted on them, the
-// calls beside the lifecycle timed, and the usual tables follow. It
-// asserts no timings.
+// filler volumes are created (3 at a time) and timed, the driver restarted
+// on them, the calls beside the lifecycle timed, and the usual tables
+// follow. It asserts no timings.
 func TestQuickRunStore(t *testing.T) {
 	requireSystem(t)
 	cfg := defaultConfig()
 	cfg.applyQuick(nil)
-	cfg.Volumes, cfg.RSSVolumes = 2, 0
+	cfg.Volumes, cfg.RSSVolumes, cfg.FillParallel = 2, 0, 3
 	n := 30
 	cfg.Store = &n
 	rep := quickRun(t, cfg)
 	checkModes(t, rep, cfg, 8, 7)
 	st := rep.Store
-	if st == nil || st.Volumes != n || st.Create.Samples != n || st.Create.P50ms <= 0 || st.FillSeconds <= 0 || st.RestartMs <= 0 {
+	if st == nil || st.Volumes != n || st.Parallel != 3 || st.Create.Samples != n || st.Create.P50ms <= 0 || st.Create.P95ms <= 0 ||
+		st.FillSeconds <= 0 || st.RestartMs <= 0 {
 		t.Fatalf("store figures: %+v", st)
 	}
 	if len(st.Calls) != 6 {

@@ -6,7 +6,7 @@
 //	go run ./bench [--volumes 20] [--size 1GiB] [--fs ext4] [--parallel 8] [--json] [--quick]
 //	go run ./bench --backend hcloud [--action-delay 0s,1s] [--other-volumes 1000] [--volumes 20] ...
 //	go run ./bench --backend rbd [--volumes 20] ...
-//	go run ./bench --store 20000 [--volumes 20] ...
+//	go run ./bench --store 20000 [--fill-parallel 1] [--volumes 20] ...
 //	go run ./bench --io [--backend loop|rbd] [--fs ext4] [--runtime 4s] [--rounds 5] [--direct-io true,false]
 //
 // Driver and raw rounds alternate (per volume, or per batch of --parallel
@@ -43,7 +43,8 @@
 // parameter.
 //
 // With --store N it first fills the store with N volumes, created through
-// the driver one at a time (each CreateVolume timed), restarts the driver
+// the driver one at a time, or --fill-parallel at a time (each CreateVolume
+// timed), restarts the driver
 // on them (timed until it serves), times the per-volume calls the
 // lifecycle has not (expand, snapshot create and delete) with the
 // listings and GetCapacity, and then measures as usual: the per-step
@@ -93,18 +94,22 @@ type config struct {
 	// Store is how many volumes fill the store before measuring (--store;
 	// nil: none, and no store figures).
 	Store *int `json:"store,omitempty"`
+	// FillParallel is how many CreateVolume calls fill the store at once
+	// (--fill-parallel).
+	FillParallel int `json:"fill_parallel,omitempty"`
 }
 
 func defaultConfig() config {
 	return config{
-		Backend:    "loop",
-		Dir:        "/var/tmp",
-		Volumes:    20,
-		Size:       gib,
-		FS:         "ext4",
-		Parallel:   8,
-		RSSVolumes: 100,
-		RSSSize:    64 * mib,
+		Backend:      "loop",
+		Dir:          "/var/tmp",
+		Volumes:      20,
+		Size:         gib,
+		FS:           "ext4",
+		Parallel:     8,
+		RSSVolumes:   100,
+		FillParallel: 1,
+		RSSSize:      64 * mib,
 	}
 }
 
@@ -161,8 +166,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("--size %s: xfs needs at least 300MiB", formatSize(c.Size))
 	case c.Size <= 0 || c.RSSSize <= 0:
 		return fmt.Errorf("sizes must be positive")
-	case c.Volumes < 1 || c.Parallel < 1 || c.RSSVolumes < 0:
-		return fmt.Errorf("--volumes and --parallel must be >= 1, --rss-volumes >= 0")
+	case c.Volumes < 1 || c.Parallel < 1 || c.RSSVolumes < 0 || c.FillParallel < 1:
+		return fmt.Errorf("--volumes, --parallel and --fill-parallel must be >= 1, --rss-volumes >= 0")
 	}
 	return c.validateIO()
 }
@@ -174,6 +179,7 @@ func main() {
 	flag.Var(&cfg.ActionDelays, "action-delay", "hcloud: how long the fake cloud's actions take, comma-separated for a round each (default 0s,1s)")
 	flag.IntVar(&cfg.OtherVolumes, "other-volumes", cfg.OtherVolumes, "hcloud: volumes of the cluster in the project during the crowded round (default 1000; 0 skips it)")
 	flag.Var(storeFlag{&cfg.Store}, "store", "fill the store with N volumes through the driver before measuring, and time that, a restart on them and the calls beside the lifecycle")
+	flag.IntVar(&cfg.FillParallel, "fill-parallel", cfg.FillParallel, "--store: CreateVolume calls in flight while filling the store")
 	flag.StringVar(&cfg.Driver, "driver", "", "driver binary (default: build ./cmd/swarm-csi)")
 	flag.StringVar(&cfg.Dir, "dir", cfg.Dir, "parent of the run's temp dir, which holds the driver data dir, raw files and mounts")
 	flag.IntVar(&cfg.Volumes, "volumes", cfg.Volumes, "volumes per mode and side")

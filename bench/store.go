@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -22,8 +25,9 @@ const fillerSize = 16 * mib
 type StoreReport struct {
 	Volumes int `json:"volumes"`
 	// Create is the CreateVolume of each of the N volumes, one at a time
-	// as Swarm sends them; FillSeconds all of them.
+	// as Swarm sends them, or Parallel at a time; FillSeconds all of them.
 	Create      Stat    `json:"create"`
+	Parallel    int     `json:"parallel"`
 	FillSeconds float64 `json:"fill_s"`
 	// RestartMs is from the driver's start on the filled store until it
 	// answers Probe and its capabilities (polled every 50 ms).
@@ -74,25 +78,42 @@ func (b *bench) store(ctx context.Context, restart func() (*driver, time.Duratio
 	return rep, nil
 }
 
-// fillStore creates cfg.Store volumes through the driver, one at a time,
-// and times each.
+// fillStore creates cfg.Store volumes through the driver, one at a time
+// or cfg.FillParallel at a time, and times each.
 func (b *bench) fillStore(ctx context.Context) (*StoreReport, error) {
 	n := *b.cfg.Store
-	rep := &StoreReport{Volumes: n}
-	ds := make([]time.Duration, 0, n)
+	rep := &StoreReport{Volumes: n, Parallel: b.cfg.FillParallel}
+	ds := make([]time.Duration, n)
+	var next, done atomic.Int64
+	errs := make([]error, b.cfg.FillParallel)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	start := time.Now()
-	for i := range n {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		t := time.Now()
-		if _, err := b.createVolume(ctx, fmt.Sprintf("store-%06d", i)); err != nil {
-			return nil, fmt.Errorf("filling the store, volume %d: %w", i, err)
-		}
-		ds = append(ds, time.Since(t))
-		if (i+1)%max(n/10, 1) == 0 {
-			fmt.Fprintf(b.log, "  %d volumes in %.1fs\n", i+1, time.Since(start).Seconds())
-		}
+	var wg sync.WaitGroup
+	for w := range b.cfg.FillParallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < n && ctx.Err() == nil; i = int(next.Add(1) - 1) {
+				t := time.Now()
+				if _, err := b.createVolume(ctx, fmt.Sprintf("store-%06d", i)); err != nil {
+					errs[w] = fmt.Errorf("filling the store, volume %d: %w", i, err)
+					cancel()
+					return
+				}
+				ds[i] = time.Since(t)
+				if d := done.Add(1); d%int64(max(n/10, 1)) == 0 {
+					fmt.Fprintf(b.log, "  %d volumes in %.1fs\n", d, time.Since(start).Seconds())
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	rep.FillSeconds = time.Since(start).Seconds()
 	rep.Create = stat("CreateVolume", ds)
@@ -177,8 +198,8 @@ func (r *StoreReport) print(w io.Writer) {
 	if r == nil {
 		return
 	}
-	fmt.Fprintf(w, "\nstore: %d volumes created through the driver in %.1fs, CreateVolume p50 %.1f ms, p95 %.1f ms\n",
-		r.Volumes, r.FillSeconds, r.Create.P50ms, r.Create.P95ms)
+	fmt.Fprintf(w, "\nstore: %d volumes created through the driver, %d at a time, in %.1fs, CreateVolume p50 %.1f ms, p95 %.1f ms\n",
+		r.Volumes, max(r.Parallel, 1), r.FillSeconds, r.Create.P50ms, r.Create.P95ms)
 	fmt.Fprintf(w, "  driver restarted on them: serving after %.0f ms\n", r.RestartMs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  call\t  n\t  p50 ms\t  p95 ms")

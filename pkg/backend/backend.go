@@ -298,17 +298,19 @@ type AttachmentCounter interface {
 // VolumePager is a Controller that reads a page of its volumes without
 // reading the others: ListVolumes then costs the page, not the store.
 type VolumePager interface {
-	// VolumesPage returns, sorted by id, the volumes whose ids sort after
-	// after, at most max of them (0: all), and whether more follow.
+	// VolumesPage returns, in an order of the backend's that does not
+	// change (by id, unless it says otherwise), the volumes that come
+	// after the one whose id is after (which may be gone since), at most
+	// max of them (0: all), and whether more follow.
 	VolumesPage(ctx context.Context, after string, max int) ([]*Volume, bool, error)
 }
 
 // SnapshotPager is a Snapshotter that reads a page of its snapshots
 // without reading the others.
 type SnapshotPager interface {
-	// SnapshotsPage returns, sorted by id, the snapshots whose ids sort
-	// after after and that keep accepts (nil: all), at most max of them
-	// (0: all), and whether more follow.
+	// SnapshotsPage returns, in an order as VolumesPage's, the snapshots
+	// that come after the one whose id is after and that keep accepts
+	// (nil: all), at most max of them (0: all), and whether more follow.
 	SnapshotsPage(ctx context.Context, after string, max int, keep func(*Snapshot) bool) ([]*Snapshot, bool, error)
 }
 

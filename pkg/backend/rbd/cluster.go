@@ -47,11 +47,22 @@ type cluster interface {
 	Snapshots(ctx context.Context, cr creds, ref imageRef) ([]snapInfo, error)
 
 	// MetaGet, MetaSet, MetaRemove and MetaList are an image's metadata
-	// (rbd image-meta). Each set replaces one key atomically.
+	// (rbd image-meta). Each set replaces one key atomically. Removing a
+	// missing key is KindNotFound, but from the index, where it is no
+	// error.
 	MetaGet(ctx context.Context, cr creds, ref imageRef, key string) (string, error)
 	MetaSet(ctx context.Context, cr creds, ref imageRef, key, value string) error
 	MetaRemove(ctx context.Context, cr creds, ref imageRef, key string) error
-	MetaList(ctx context.Context, cr creds, ref imageRef) (map[string]string, error)
+	// MetaSetKeys sets several keys of the index at once, atomically.
+	MetaSetKeys(ctx context.Context, cr creds, ref imageRef, kv map[string]string) error
+	// MetaGetKeys returns the values of those of keys the image has, in
+	// one read.
+	MetaGetKeys(ctx context.Context, cr creds, ref imageRef, keys []string) (map[string]string, error)
+	// MetaList returns, in key order, the keys that start with prefix and
+	// sort after after ("": from the first), with their values: at most
+	// max of them (0: all), and whether more follow. The keys before
+	// after, and those past the last returned, are not read.
+	MetaList(ctx context.Context, cr creds, ref imageRef, prefix, after string, max int) ([]metaEntry, bool, error)
 	// SetOption sets a librbd option of one image (rbd config image set).
 	SetOption(ctx context.Context, cr creds, ref imageRef, key, value string) error
 
@@ -72,6 +83,9 @@ type cluster interface {
 	// (ceph df's max_avail).
 	PoolAvailable(ctx context.Context, cr creds, pool string) (int64, error)
 }
+
+// metaEntry is one key of an image's metadata and its value.
+type metaEntry struct{ Key, Value string }
 
 // imageOptions are the options of a new image.
 type imageOptions struct {

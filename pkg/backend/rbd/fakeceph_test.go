@@ -22,8 +22,8 @@ import (
 // watchers, snapshots with clones, clone v2's snapshot trash). failAt makes
 // the n-th call (counting from 1) fail as if the connection had timed out
 // before doing it; down makes every call fail as when no monitor answers;
-// errs queues answers for an operation by name, before it runs. ops records
-// every call's operation name.
+// errs queues answers for an operation by name, before it runs (nil: the
+// call goes through). ops records every call's operation name.
 type fakeCeph struct {
 	mu          sync.Mutex
 	images      map[string]*fakeImage    // "pool/name"
@@ -35,6 +35,10 @@ type fakeCeph struct {
 	down        bool
 	errs        map[string][]error
 	ops         []string
+	// delay is how long every call takes (set before the calls start).
+	delay time.Duration
+	// listed counts the keys MetaList has returned.
+	listed int
 }
 
 var _ cluster = (*fakeCeph)(nil)
@@ -64,6 +68,7 @@ func newFakeCeph() *fakeCeph {
 // call counts a call of op on what and answers for a failure planned for
 // it; the caller holds f.mu until it returns.
 func (f *fakeCeph) call(op, what string) error {
+	time.Sleep(f.delay)
 	f.mu.Lock()
 	f.calls++
 	f.ops = append(f.ops, op)
@@ -321,23 +326,65 @@ func (f *fakeCeph) MetaRemove(_ context.Context, _ creds, ref imageRef, key stri
 	if err != nil {
 		return err
 	}
-	if _, ok := i.meta[key]; !ok {
+	if _, ok := i.meta[key]; !ok && !strings.HasSuffix(ref.image, "-index") {
 		return notFound(ref.String() + " " + key)
 	}
 	delete(i.meta, key)
 	return nil
 }
 
-func (f *fakeCeph) MetaList(_ context.Context, _ creds, ref imageRef) (map[string]string, error) {
+func (f *fakeCeph) MetaSetKeys(_ context.Context, _ creds, ref imageRef, kv map[string]string) error {
 	defer f.mu.Unlock()
-	if err := f.call("image-meta list", ref.String()); err != nil {
+	if err := f.call("image-meta set", ref.String()); err != nil {
+		return err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return err
+	}
+	maps.Copy(i.meta, kv)
+	return nil
+}
+
+func (f *fakeCeph) MetaGetKeys(_ context.Context, _ creds, ref imageRef, keys []string) (map[string]string, error) {
+	defer f.mu.Unlock()
+	if err := f.call("image-meta get", ref.String()); err != nil {
 		return nil, err
 	}
 	i, err := f.image(ref)
 	if err != nil {
 		return nil, err
 	}
-	return maps.Clone(i.meta), nil
+	out := map[string]string{}
+	for _, k := range keys {
+		if v, ok := i.meta[k]; ok {
+			out[k] = v
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeCeph) MetaList(_ context.Context, _ creds, ref imageRef, prefix, after string, max int) ([]metaEntry, bool, error) {
+	defer f.mu.Unlock()
+	if err := f.call("image-meta list", ref.String()); err != nil {
+		return nil, false, err
+	}
+	i, err := f.image(ref)
+	if err != nil {
+		return nil, false, err
+	}
+	var out []metaEntry
+	for _, k := range slices.Sorted(maps.Keys(i.meta)) {
+		if !strings.HasPrefix(k, prefix) || k <= after {
+			continue
+		}
+		if max > 0 && len(out) == max {
+			return out, true, nil
+		}
+		out = append(out, metaEntry{k, i.meta[k]})
+		f.listed++
+	}
+	return out, false, nil
 }
 
 // SetOption keeps the option where librbd does: image metadata "conf_".

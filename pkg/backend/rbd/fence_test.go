@@ -223,8 +223,8 @@ func TestNoSelfFence(t *testing.T) {
 	if e.log.Len() > 0 {
 		t.Errorf("a normal move logged:\n%s", e.log)
 	}
-	before = len(e.f.opsDone())
 	e.unpublish("n2")
+	before = len(e.f.opsDone())
 	e.mustPublish("n1")
 	if ops := e.f.opsDone()[before:]; slices.ContainsFunc(ops, func(op string) bool {
 		return op == "blocklist" || op == "lock break" || op == "image-meta remove"

@@ -422,30 +422,112 @@ func (g *goceph) MetaSet(ctx context.Context, cr creds, ref imageRef, key, value
 	})
 }
 
-// MetaRemove implements cluster.
-func (g *goceph) MetaRemove(ctx context.Context, cr creds, ref imageRef, key string) error {
-	return g.call(ctx, cr, "rbd image-meta remove", ref.String()+" "+key, func(c *conn) error {
-		return c.withImage(ref, true, func(img *rbd.Image) error { return img.RemoveMetadata(key) })
+// MetaSetKeys implements cluster: one write of the index's header.
+func (g *goceph) MetaSetKeys(ctx context.Context, cr creds, ref imageRef, kv map[string]string) error {
+	return g.call(ctx, cr, "rbd image-meta set", fmt.Sprintf("%s (%d keys)", ref, len(kv)), func(c *conn) error {
+		if ref != g.index {
+			return &Error{Kind: KindInvalid, Msg: "several keys are set at once on the index only"}
+		}
+		return g.onHeader(c, ref, func(io *rados.IOContext, oid string) error {
+			op := rados.CreateWriteOp()
+			defer op.Release()
+			op.AssertExists()
+			pairs := make(map[string][]byte, len(kv))
+			for k, v := range kv {
+				pairs[metaPrefix+k] = []byte(v)
+			}
+			op.SetOmap(pairs)
+			return op.Operate(io, oid, rados.OperationNoFlag)
+		})
 	})
 }
 
-// MetaList implements cluster.
-func (g *goceph) MetaList(ctx context.Context, cr creds, ref imageRef) (map[string]string, error) {
-	var m map[string]string
-	err := g.call(ctx, cr, "rbd image-meta list", ref.String(), func(c *conn) error {
+// MetaGetKeys implements cluster: one read of the header's omap.
+func (g *goceph) MetaGetKeys(ctx context.Context, cr creds, ref imageRef, keys []string) (map[string]string, error) {
+	m := make(map[string]string, len(keys))
+	if len(keys) == 0 {
+		return m, nil
+	}
+	err := g.call(ctx, cr, "rbd image-meta get", fmt.Sprintf("%s (%d keys)", ref, len(keys)), func(c *conn) error {
 		return g.onHeader(c, ref, func(io *rados.IOContext, oid string) error {
-			raw, err := io.GetAllOmapValues(oid, "", metaPrefix, 1024)
-			if err != nil {
+			op := rados.CreateReadOp()
+			defer op.Release()
+			op.AssertExists()
+			want := make([]string, len(keys))
+			for i, k := range keys {
+				want[i] = metaPrefix + k
+			}
+			step := op.GetOmapValuesByKeys(want)
+			if err := op.Operate(io, oid, rados.OperationNoFlag); err != nil {
 				return err
 			}
-			m = make(map[string]string, len(raw))
-			for k, v := range raw {
-				m[strings.TrimPrefix(k, metaPrefix)] = string(v)
+			for {
+				kv, err := step.Next()
+				if err != nil || kv == nil {
+					return err
+				}
+				m[strings.TrimPrefix(kv.Key, metaPrefix)] = string(kv.Value)
 			}
-			return nil
 		})
 	})
 	return m, err
+}
+
+// MetaRemove implements cluster. A record goes straight from the index's
+// header, as MetaSet writes it.
+func (g *goceph) MetaRemove(ctx context.Context, cr creds, ref imageRef, key string) error {
+	return g.call(ctx, cr, "rbd image-meta remove", ref.String()+" "+key, func(c *conn) error {
+		if ref != g.index {
+			return c.withImage(ref, true, func(img *rbd.Image) error { return img.RemoveMetadata(key) })
+		}
+		return g.onHeader(c, ref, func(io *rados.IOContext, oid string) error {
+			op := rados.CreateWriteOp()
+			defer op.Release()
+			op.AssertExists()
+			op.RmOmapKeys([]string{metaPrefix + key})
+			return op.Operate(io, oid, rados.OperationNoFlag)
+		})
+	})
+}
+
+// MetaList implements cluster: the OSD starts each read at the first key
+// after after with the prefix, so a page costs its own keys only.
+func (g *goceph) MetaList(ctx context.Context, cr creds, ref imageRef, prefix, after string, max int) ([]metaEntry, bool, error) {
+	var out []metaEntry
+	more := false
+	err := g.call(ctx, cr, "rbd image-meta list", ref.String()+" "+prefix, func(c *conn) error {
+		out, more = nil, false
+		return g.onHeader(c, ref, func(io *rados.IOContext, oid string) error {
+			start := ""
+			if after != "" {
+				start = metaPrefix + after
+			}
+			for {
+				n := metaChunk
+				if max > 0 {
+					n = min(n, max-len(out))
+				}
+				op := rados.CreateReadOp()
+				op.AssertExists()
+				step := op.GetOmapValues(start, metaPrefix+prefix, uint64(n))
+				err := op.Operate(io, oid, rados.OperationNoFlag)
+				for err == nil {
+					var kv *rados.OmapKeyValue
+					if kv, err = step.Next(); kv == nil {
+						break
+					}
+					out = append(out, metaEntry{Key: strings.TrimPrefix(kv.Key, metaPrefix), Value: string(kv.Value)})
+					start = kv.Key
+				}
+				more = err == nil && step.More()
+				op.Release()
+				if err != nil || !more || (max > 0 && len(out) >= max) {
+					return err
+				}
+			}
+		})
+	})
+	return out, more, err
 }
 
 // SetOption implements cluster: as rbd config image set, the option goes

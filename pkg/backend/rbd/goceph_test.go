@@ -300,13 +300,20 @@ func (e *gocephEnv) testMetadata(t *testing.T) {
 		if err != nil || strings.TrimSuffix(string(out), "\n") != "replaced" {
 			t.Errorf("%s: rbd image-meta get vol.a: %q, %v", ref, out, err)
 		}
-		m, err := g.MetaList(ctx, cr, ref)
-		must(t, err)
+		m := metaMap(t, g, ctx, cr, ref)
 		if len(m) != 2 || m["vol.a"] != "replaced" || m["vol.b"] != "two words\nand a line" {
 			t.Errorf("%s: list %q", ref, m)
 		}
+		got, err := g.MetaGetKeys(ctx, cr, ref, []string{"vol.b", "vol.none", "vol.a"})
+		if err != nil || len(got) != 2 || got["vol.a"] != "replaced" || got["vol.b"] != m["vol.b"] {
+			t.Errorf("%s: get of three keys = %q, %v", ref, got, err)
+		}
 		must(t, g.MetaRemove(ctx, cr, ref, "vol.a"))
-		wantKind(t, g.MetaRemove(ctx, cr, ref, "vol.a"), KindNotFound, "rbd image-meta remove")
+		if ref == e.g.index {
+			must(t, g.MetaRemove(ctx, cr, ref, "vol.a")) // gone already: no error
+		} else {
+			wantKind(t, g.MetaRemove(ctx, cr, ref, "vol.a"), KindNotFound, "rbd image-meta remove")
+		}
 		if _, err := g.MetaGet(ctx, cr, ref, "vol.a"); !errors.Is(err, KindNotFound) {
 			t.Errorf("%s: get of a removed key: %v", ref, err)
 		}
@@ -314,9 +321,12 @@ func (e *gocephEnv) testMetadata(t *testing.T) {
 	missing := e.ref("missing")
 	_, err := g.MetaGet(ctx, cr, missing, "k")
 	wantKind(t, err, KindNotFound, "rbd image-meta get")
-	_, err = g.MetaList(ctx, cr, missing)
+	_, _, err = g.MetaList(ctx, cr, missing, "", "", 0)
 	wantKind(t, err, KindNotFound, "rbd image-meta list")
+	_, err = g.MetaGetKeys(ctx, cr, missing, []string{"k"})
+	wantKind(t, err, KindNotFound, "rbd image-meta get")
 	wantKind(t, g.MetaSet(ctx, cr, missing, "k", "v"), KindNotFound, "rbd image-meta set")
+	wantKind(t, g.MetaSetKeys(ctx, cr, missing, map[string]string{"k": "v"}), KindInvalid, "rbd image-meta set")
 
 	// Options: rbd config image set.
 	ref := e.ref("meta")
@@ -349,8 +359,9 @@ func (e *gocephEnv) testIndexRecreated(t *testing.T) {
 	must(t, g.Remove(ctx, cr, idx))
 	_, err := g.MetaGet(ctx, cr, idx, "vol.x")
 	wantKind(t, err, KindNotFound, "rbd image-meta get")
-	_, err = g.MetaList(ctx, cr, idx)
+	_, _, err = g.MetaList(ctx, cr, idx, "", "", 0)
 	wantKind(t, err, KindNotFound, "rbd image-meta list")
+	wantKind(t, g.MetaSetKeys(ctx, cr, idx, map[string]string{"k": "v"}), KindNotFound, "rbd image-meta set")
 
 	must(t, g.Create(ctx, cr, idx, 0, imageOptions{Features: "layering"}))
 	must(t, g.MetaSet(ctx, cr, idx, "vol.x", "new"))
@@ -364,8 +375,8 @@ func (e *gocephEnv) testIndexRecreated(t *testing.T) {
 	must(t, err)
 	_, err = e.cl.Admin(ctx, "rbd", "image-meta", "set", idx.String(), "vol.y", "other")
 	must(t, err)
-	if m, err := g.MetaList(ctx, cr, idx); err != nil || len(m) != 1 || m["vol.y"] != "other" {
-		t.Errorf("list of the new index: %q, %v", m, err)
+	if m := metaMap(t, g, ctx, cr, idx); len(m) != 1 || m["vol.y"] != "other" {
+		t.Errorf("list of the new index: %q", m)
 	}
 
 	// A listing larger than librbd's through go-ceph (256 KiB).
@@ -375,15 +386,51 @@ func (e *gocephEnv) testIndexRecreated(t *testing.T) {
 		must(t, h.img.SetMetadata(fmt.Sprintf("vol.%04d", i), value))
 	}
 	h.close()
-	m, err := g.MetaList(ctx, cr, idx)
-	must(t, err)
+	m := metaMap(t, g, ctx, cr, idx)
 	if len(m) != 401 || m["vol.0399"] != value || m["vol.y"] != "other" {
 		t.Errorf("list of 401 records: %d keys", len(m))
+	}
+	// Pages: from a key on, so many, in order; a prefix alone.
+	must(t, g.MetaSetKeys(ctx, cr, idx, map[string]string{"att.n1/a": "1", "att.n1/b": "2", "att.n10/a": "3"}))
+	for _, c := range []struct {
+		prefix, after string
+		max           int
+		first, last   string
+		n             int
+		more          bool
+	}{
+		{"vol.", "vol.0100", 50, "vol.0101", "vol.0150", 50, true},
+		{"vol.", "vol.0390", 50, "vol.0391", "vol.y", 10, false},
+		{"vol.", "vol.0390", 10, "vol.0391", "vol.y", 10, false},
+		{"vol.", "vol.0390", 9, "vol.0391", "vol.0399", 9, true},
+		{"vol.", "", 0, "vol.0000", "vol.y", 401, false},
+		{"att.n1/", "", 0, "att.n1/a", "att.n1/b", 2, false},
+		{"att.n1/", "att.n1/a", 5, "att.n1/b", "att.n1/b", 1, false},
+	} {
+		page, more, err := g.MetaList(ctx, cr, idx, c.prefix, c.after, c.max)
+		if err != nil || len(page) != c.n || more != c.more || page[0].Key != c.first || page[len(page)-1].Key != c.last ||
+			!slices.IsSortedFunc(page, func(a, b metaEntry) int { return strings.Compare(a.Key, b.Key) }) {
+			t.Errorf("list %+v: %d keys, more %v, %v", c, len(page), more, err)
+		}
 	}
 	if v, err := g.MetaGet(ctx, cr, idx, "vol.0200"); err != nil || v != value {
 		t.Errorf("get vol.0200: %d bytes, %v", len(v), err)
 	}
 	must(t, g.Remove(ctx, cr, idx))
+}
+
+// metaMap lists all of an image's metadata.
+func metaMap(t *testing.T, g *goceph, ctx context.Context, cr creds, ref imageRef) map[string]string {
+	t.Helper()
+	all, more, err := g.MetaList(ctx, cr, ref, "", "", 0)
+	if err != nil || more {
+		t.Fatalf("list %s: more %v, %v", ref, more, err)
+	}
+	m := map[string]string{}
+	for _, e := range all {
+		m[e.Key] = e.Value
+	}
+	return m
 }
 
 func (e *gocephEnv) testWatchers(t *testing.T) {
@@ -694,7 +741,7 @@ func (e *gocephEnv) testLatency(t *testing.T) {
 		timed("create", func() error { return g.Create(ctx, cr, vol, 1<<30, imageOptions{Features: "layering,exclusive-lock"}) })
 		timed("image-meta set (index)", func() error { return g.MetaSet(ctx, cr, idx, "vol.lat", "x") })
 		timed("image-meta get (index)", func() error { _, err := g.MetaGet(ctx, cr, idx, "vol.lat"); return err })
-		timed("image-meta list (index)", func() error { _, err := g.MetaList(ctx, cr, idx); return err })
+		timed("image-meta list (index)", func() error { _, _, err := g.MetaList(ctx, cr, idx, "", "", 0); return err })
 		timed("image-meta set (volume)", func() error { return g.MetaSet(ctx, cr, vol, "k", "v") })
 		timed("image-meta get (volume, open+close)", func() error { _, err := g.MetaGet(ctx, cr, vol, "k"); return err })
 		timed("info", func() error { _, err := g.Info(ctx, cr, vol); return err })

@@ -122,12 +122,20 @@ type Backend struct {
 	now   func() time.Time
 	// known caches the nodes found registered: nodes never unregister.
 	known sync.Map
+	// attIndex remembers that the attachments are indexed by node.
+	attIndex attachmentIndex
 	// localIP reports whether an IP is this host's (hostHasIP): its
 	// clients are never fenced.
 	localIP func(net.IP) bool
 }
 
-var _ backend.Complete = (*Backend)(nil)
+var (
+	_ backend.Complete          = (*Backend)(nil)
+	_ backend.AttachmentCounter = (*Backend)(nil)
+	_ backend.VolumePager       = (*Backend)(nil)
+	_ backend.SnapshotPager     = (*Backend)(nil)
+	_ backend.NameFinder        = (*Backend)(nil)
+)
 
 // New checks cfg and writes the Ceph configuration and keyring it needs.
 // It does not contact Ceph: the driver must answer Probe at once, even

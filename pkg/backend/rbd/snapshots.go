@@ -3,6 +3,7 @@ package rbd
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/csierr"
@@ -107,4 +108,47 @@ func (b *Backend) ListSnapshots(ctx context.Context) ([]*backend.Snapshot, error
 		out[i] = &r.Snapshot
 	}
 	return out, nil
+}
+
+// SnapshotsPage implements backend.SnapshotPager, in the order of the
+// keys as VolumesPage: that of the snapshot names' hashes.
+func (b *Backend) SnapshotsPage(ctx context.Context, after string, max int, keep func(*backend.Snapshot) bool) ([]*backend.Snapshot, bool, error) {
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	start := ""
+	if after != "" {
+		_, hash, ok := b.names.parseSnapshotID(after)
+		if !ok {
+			return nil, false, fmt.Errorf("%w: starting_token names no rbd snapshot of this cluster (%q)", csierr.ErrAborted, after)
+		}
+		start = snapshotKeyPrefix + hash
+	}
+	var kept func(*snapshotRecord) bool
+	if keep != nil {
+		kept = func(r *snapshotRecord) bool { return keep(&r.Snapshot) }
+	}
+	recs, more, err := page(ctx, b.index, cr, snapshotKeyPrefix, start, max, kept)
+	if err != nil {
+		return nil, false, err
+	}
+	out := make([]*backend.Snapshot, len(recs))
+	for i, r := range recs {
+		out[i] = &r.Snapshot
+	}
+	return out, more, nil
+}
+
+// SnapshotNamed implements backend.NameFinder.
+func (b *Backend) SnapshotNamed(ctx context.Context, name string) (*backend.Snapshot, error) {
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rec snapshotRecord
+	if err := b.index.get(ctx, cr, snapshotKeyPrefix+nameHash(name), &rec); err != nil {
+		return nil, notFoundAs(err, "no snapshot is named %q", name)
+	}
+	return &rec.Snapshot, nil
 }

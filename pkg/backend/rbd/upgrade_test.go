@@ -52,8 +52,9 @@ func TestUpgradeFromToolRecords(t *testing.T) {
 		rbdTool("image-meta", "set", cl.Pool+"/"+image, key, "--", string(b))
 	}
 
-	// What the tool-driven release did for a volume "pgdata" of 64 MiB, a
-	// snapshot "nightly" of it, and a node "node-1", command by command.
+	// What the tool-driven release did for a volume "pgdata" of 64 MiB
+	// published to a node "node-1", and a snapshot "nightly" of it,
+	// command by command. It kept no index of attachments by node.
 	n := names{prefix: "upg"}
 	hash, snapHash := nameHash("pgdata"), nameHash("nightly")
 	index, image := n.index(), n.volumeImage(hash)
@@ -65,8 +66,9 @@ func TestUpgradeFromToolRecords(t *testing.T) {
 	meta(image, metaName, "pgdata")
 	rbdTool("create", "--size", "0", "--image-feature", "layering", cl.Pool+"/"+index)
 	meta(index, volumeKeyPrefix+hash, volumeRecord{
-		Volume: backend.Volume{ID: ref.String(), VolumeSpec: spec, CreatedAt: created},
-		Pool:   cl.Pool, Image: image,
+		Volume: backend.Volume{ID: ref.String(), VolumeSpec: spec, CreatedAt: created,
+			Attachments: []backend.Attachment{{NodeID: "node-1"}}},
+		Pool: cl.Pool, Image: image,
 	})
 	rbdTool("snap", "create", "--no-progress", snap.String())
 	meta(index, snapshotKeyPrefix+snapHash, snapshotRecord{
@@ -100,6 +102,23 @@ func TestUpgradeFromToolRecords(t *testing.T) {
 		t.Fatalf("NodeKnown(node-1) = %v, %v", known, err)
 	}
 
+	// The node's attachments are counted right from the first count, which
+	// indexes them.
+	count := func(want int64) {
+		t.Helper()
+		if n, err := b.NodeAttachments(ctx, "node-1"); err != nil || n != want {
+			t.Fatalf("NodeAttachments(node-1) = %d, %v; want %d", n, err, want)
+		}
+	}
+	count(1)
+	if err := b.DeleteVolume(ctx, v.ID); csierr.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("DeleteVolume of a published volume: %v", err)
+	}
+	if err := b.Unpublish(ctx, v.ID, "node-1"); err != nil {
+		t.Fatal(err)
+	}
+	count(0)
+
 	// Managed as any volume from here on: restore the snapshot, grow,
 	// publish, and delete it all.
 	restored, err := b.CreateVolume(ctx, backend.VolumeSpec{Name: "restored", CapacityBytes: 128 * backend.MiB,
@@ -110,15 +129,17 @@ func TestUpgradeFromToolRecords(t *testing.T) {
 	if size, err := b.ExpandVolume(ctx, v.ID, 96*backend.MiB); err != nil || size != 96*backend.MiB {
 		t.Fatalf("ExpandVolume = %d, %v", size, err)
 	}
+	if v, err = b.Volume(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := b.Publish(ctx, v, backend.Attachment{NodeID: "node-1"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.DeleteVolume(ctx, v.ID); csierr.Code(err) != codes.FailedPrecondition {
-		t.Fatalf("DeleteVolume of a published volume: %v", err)
-	}
+	count(1)
 	if err := b.Unpublish(ctx, v.ID, "node-1"); err != nil {
 		t.Fatal(err)
 	}
+	count(0)
 	for _, step := range []func() error{
 		func() error { return b.DeleteSnapshot(ctx, snap.String()) },
 		func() error { return b.DeleteVolume(ctx, v.ID) },

@@ -294,6 +294,48 @@ func (b *Backend) ListVolumes(ctx context.Context) ([]*backend.Volume, error) {
 	return out, nil
 }
 
+// VolumesPage implements backend.VolumePager: the records are read in the
+// order of their keys, that of the volume names' hashes, which is the ids'
+// within a pool; after, the id of the last volume of a page, gives the
+// next page's place.
+func (b *Backend) VolumesPage(ctx context.Context, after string, max int) ([]*backend.Volume, bool, error) {
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	start := ""
+	if after != "" {
+		_, hash, ok := b.names.parseVolumeID(after)
+		if !ok {
+			return nil, false, fmt.Errorf("%w: starting_token names no rbd volume of this cluster (%q)", csierr.ErrAborted, after)
+		}
+		start = volumeKeyPrefix + hash
+	}
+	recs, more, err := page[volumeRecord](ctx, b.index, cr, volumeKeyPrefix, start, max, nil)
+	if err != nil {
+		return nil, false, err
+	}
+	out := make([]*backend.Volume, len(recs))
+	for i, r := range recs {
+		out[i] = &r.Volume
+	}
+	return out, more, nil
+}
+
+// VolumeNamed implements backend.NameFinder: the record is kept under the
+// name's hash.
+func (b *Backend) VolumeNamed(ctx context.Context, name string) (*backend.Volume, error) {
+	cr, err := b.credsFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rec volumeRecord
+	if err := b.index.get(ctx, cr, volumeKeyPrefix+nameHash(name), &rec); err != nil {
+		return nil, notFoundAs(err, "no volume is named %q", name)
+	}
+	return &rec.Volume, nil
+}
+
 // DeleteVolume implements backend.Controller. An image still open on a
 // node, or with snapshots, is not deleted (FailedPrecondition). An image
 // that clones depend on goes to the rbd trash and is removed with its last
@@ -471,6 +513,9 @@ func (b *Backend) Publish(ctx context.Context, v *backend.Volume, a backend.Atta
 				return nil, err
 			}
 		}
+		if err := b.markAttachment(ctx, cr, a.NodeID, hash, v.ID); err != nil {
+			return nil, err
+		}
 		rec.SetAttachment(a) // a new slice: v's stays as it was
 		if err := b.index.set(ctx, cr, volumeKeyPrefix+hash, rec); err != nil {
 			return nil, err
@@ -496,25 +541,37 @@ func publishContext(r *volumeRecord) map[string]string {
 	return pc
 }
 
-// Unpublish implements backend.Controller.
+// Unpublish implements backend.Controller. The record first, the key of
+// the attachment after: a retry after a crash in between removes the key.
 func (b *Backend) Unpublish(ctx context.Context, id, nodeID string) error {
 	cr, err := b.credsFor(ctx)
 	if err != nil {
 		return err
 	}
-	rec, err := b.record(ctx, cr, id)
-	if errors.Is(err, csierr.ErrNotFound) {
+	_, hash, ok := b.names.parseVolumeID(id)
+	if !ok {
 		return nil
 	}
-	if err != nil {
+	var rec volumeRecord
+	err = b.index.get(ctx, cr, volumeKeyPrefix+hash, &rec)
+	switch {
+	case errors.Is(err, KindNotFound):
+	case err != nil:
 		return err
+	case rec.ID != id:
+		return nil // the name's volume is another: the key is its own
+	default:
+		if _, ok := rec.AttachedTo(nodeID); ok {
+			rec.RemoveAttachment(nodeID)
+			if err := b.index.set(ctx, cr, volumeKeyPrefix+hash, &rec); err != nil {
+				return err
+			}
+		}
 	}
-	if _, ok := rec.AttachedTo(nodeID); !ok {
-		return nil
+	if !backend.ValidNodeID(nodeID) {
+		return nil // never marked
 	}
-	rec.RemoveAttachment(nodeID)
-	_, hash, _ := b.names.parseVolumeID(id)
-	return b.index.set(ctx, cr, volumeKeyPrefix+hash, rec)
+	return b.index.remove(ctx, cr, attachmentKey(nodeID, hash))
 }
 
 // ExpandVolume implements backend.Expander. The image grows first, the

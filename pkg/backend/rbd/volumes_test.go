@@ -2,6 +2,8 @@ package rbd
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -109,4 +111,122 @@ func TestMutableParameters(t *testing.T) {
 	if m := f.images[ref.String()].meta; len(m) != 2 || m["conf_rbd_qos_bps_limit"] != "0" || m["conf_rbd_qos_iops_limit"] != "500" {
 		t.Fatalf("image options %v", m)
 	}
+}
+
+// Pages of volumes and snapshots go through every one once, in the order
+// of their keys (the ids' in one pool), each page reading its own records
+// and one more; a page may start after a volume deleted since.
+func TestPages(t *testing.T) {
+	ctx := context.Background()
+	e := newAttEnv(t, 30)
+	for i, v := range e.vols[:12] {
+		if _, err := e.b.CreateSnapshot(ctx, backend.SnapshotSpec{Name: fmt.Sprint("s", i), SourceVolumeID: v.ID}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := e.b.ListVolumes(ctx)
+	if err != nil || len(all) != 30 {
+		t.Fatalf("ListVolumes: %d, %v", len(all), err)
+	}
+	for _, max := range []int{0, 1, 7, 29, 30, 31} {
+		var got []string
+		after, pages := "", 0
+		for {
+			before := e.f.listed
+			page, more, err := e.b.VolumesPage(ctx, after, max)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if read := e.f.listed - before; max > 0 && read > max+1 {
+				t.Errorf("a page of %d read %d records", max, read)
+			}
+			for _, v := range page {
+				got = append(got, v.ID)
+			}
+			pages++
+			if !more {
+				break
+			}
+			after = page[len(page)-1].ID
+		}
+		want := make([]string, len(all))
+		for i, v := range all {
+			want[i] = v.ID
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("pages of %d: %v, want %v", max, got, want)
+		}
+		if max > 0 && pages != (30+max-1)/max {
+			t.Errorf("pages of %d: %d pages", max, pages)
+		}
+	}
+	// After a volume that is gone: from its place on.
+	gone := e.vols[20].ID // no snapshots
+	p := slices.IndexFunc(all, func(v *backend.Volume) bool { return v.ID == gone })
+	if err := e.b.DeleteVolume(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	next, _, err := e.b.VolumesPage(ctx, gone, 2)
+	if want := all[p+1 : min(p+3, len(all))]; err != nil || len(next) != len(want) || (len(want) > 0 && next[0].ID != want[0].ID) {
+		t.Errorf("after %s: %v, %v; want %v", gone, next, err, want)
+	}
+	for _, bad := range []string{"x", "rbd/other-vol-0123", gone + "@test-snap-0"} {
+		if _, _, err := e.b.VolumesPage(ctx, bad, 2); csierr.Code(err) != codes.Aborted {
+			t.Errorf("VolumesPage after %q: %v", bad, err)
+		}
+	}
+
+	// Snapshots, with a filter: a page holds those it keeps.
+	snaps, err := e.b.ListSnapshots(ctx)
+	if err != nil || len(snaps) != 12 {
+		t.Fatalf("ListSnapshots: %d, %v", len(snaps), err)
+	}
+	var got []string
+	after := ""
+	for {
+		page, more, err := e.b.SnapshotsPage(ctx, after, 5, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sn := range page {
+			got = append(got, sn.ID)
+		}
+		if !more {
+			break
+		}
+		after = page[len(page)-1].ID
+	}
+	if len(got) != 12 || !slices.Equal(sorted(got), ids(snaps)) {
+		t.Errorf("snapshot pages: %v", got)
+	}
+	src := snaps[4].SourceVolumeID
+	one, more, err := e.b.SnapshotsPage(ctx, "", 1, func(sn *backend.Snapshot) bool { return sn.SourceVolumeID == src })
+	if err != nil || len(one) != 1 || one[0].ID != snaps[4].ID || more {
+		t.Errorf("snapshots of %s: %v, more %v, %v", src, one, more, err)
+	}
+	if _, _, err := e.b.SnapshotsPage(ctx, e.vols[0].ID, 1, nil); csierr.Code(err) != codes.Aborted {
+		t.Errorf("SnapshotsPage after a volume id: %v", err)
+	}
+
+	// Names: one read.
+	if v, err := e.b.VolumeNamed(ctx, "v7"); err != nil || v.ID != e.vols[7].ID {
+		t.Errorf("VolumeNamed(v7) = %v, %v", v, err)
+	}
+	if sn, err := e.b.SnapshotNamed(ctx, "s3"); err != nil || sn.SourceVolumeID != e.vols[3].ID {
+		t.Errorf("SnapshotNamed(s3) = %v, %v", sn, err)
+	}
+	if _, err := e.b.VolumeNamed(ctx, "nope"); csierr.Code(err) != codes.NotFound {
+		t.Errorf("VolumeNamed(nope): %v", err)
+	}
+	if _, err := e.b.SnapshotNamed(ctx, "nope"); csierr.Code(err) != codes.NotFound {
+		t.Errorf("SnapshotNamed(nope): %v", err)
+	}
+}
+
+func ids(snaps []*backend.Snapshot) []string {
+	out := make([]string, len(snaps))
+	for i, sn := range snaps {
+		out[i] = sn.ID
+	}
+	return out
 }
