@@ -281,18 +281,18 @@ func (l *Devices) DirectIO(dev string) (bool, error) {
 }
 
 // SetDirectIO switches an attached device's direct I/O on or off, if it is
-// not so already. The kernel writes the file's dirty pages back and holds
-// the device's requests while it switches: a filesystem mounted on it
-// carries on. A file whose filesystem cannot do direct I/O keeps the page
-// cache, as with Attach.
-func (l *Devices) SetDirectIO(dev string, on bool) error {
+// not so already, and reports whether it switched. The kernel writes the
+// file's dirty pages back and holds the device's requests while it
+// switches: a filesystem mounted on it carries on. A file whose filesystem
+// cannot do direct I/O keeps the page cache, as with Attach.
+func (l *Devices) SetDirectIO(dev string, on bool) (bool, error) {
 	cur, err := l.DirectIO(dev)
 	if err != nil || cur == on {
-		return err
+		return false, err
 	}
 	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", dev, err)
+		return false, fmt.Errorf("open %s: %w", dev, err)
 	}
 	defer unix.Close(fd)
 	arg := 0
@@ -300,10 +300,13 @@ func (l *Devices) SetDirectIO(dev string, on bool) error {
 		arg = 1
 	}
 	err = unix.IoctlSetInt(fd, unix.LOOP_SET_DIRECT_IO, arg)
-	if err != nil && !(on && errors.Is(err, unix.EINVAL)) {
-		return fmt.Errorf("set direct I/O of %s to %v: %w", dev, on, err)
+	if on && errors.Is(err, unix.EINVAL) {
+		return false, nil
 	}
-	return nil
+	if err != nil {
+		return false, fmt.Errorf("set direct I/O of %s to %v: %w", dev, on, err)
+	}
+	return true, nil
 }
 
 // CString returns the string in b up to its first NUL.

@@ -235,17 +235,17 @@ func TestSetDirectIO(t *testing.T) {
 	if canDirect {
 		f.Close()
 	}
-	for range 2 {
-		if err := l.SetDirectIO(dev, true); err != nil {
-			t.Fatal(err)
+	for i := range 2 {
+		if switched, err := l.SetDirectIO(dev, true); switched != (canDirect && i == 0) || err != nil {
+			t.Fatalf("SetDirectIO(true) #%d = %v, %v", i+1, switched, err)
 		}
 		if on, err := l.DirectIO(dev); on != canDirect || err != nil {
 			t.Fatalf("DirectIO after switching on = %v, %v; want %v", on, err, canDirect)
 		}
 	}
-	for range 2 {
-		if err := l.SetDirectIO(dev, false); err != nil {
-			t.Fatal(err)
+	for i := range 2 {
+		if switched, err := l.SetDirectIO(dev, false); switched != (canDirect && i == 0) || err != nil {
+			t.Fatalf("SetDirectIO(false) #%d = %v, %v", i+1, switched, err)
 		}
 		if on, err := l.DirectIO(dev); on || err != nil {
 			t.Fatalf("DirectIO after switching off = %v, %v", on, err)

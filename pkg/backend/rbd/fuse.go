@@ -160,7 +160,11 @@ func (f *fuseAttacher) attach(ctx context.Context, cr creds, ref imageRef, hash 
 	}
 	// A device attached otherwise (by a release that always used direct
 	// I/O) is switched at the volume's next stage.
-	return dev, f.loops.SetDirectIO(dev, directIO(v))
+	switched, err := f.loops.SetDirectIO(dev, directIO(v))
+	if switched {
+		f.b.cfg.Log.Info("switched the loop device of an rbd-fuse file", "volume", v.ID, "device", dev, "directIO", directIO(v))
+	}
+	return dev, err
 }
 
 // mount starts rbd-fuse for one image and waits for its mount. The key

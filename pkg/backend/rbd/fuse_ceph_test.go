@@ -78,11 +78,8 @@ func TestFuseAttachDirectIO(t *testing.T) {
 				t.Fatalf("attach again = %q, %v; want %s", again, err, dev)
 			}
 			check("attached again")
-			if err := loops.SetDirectIO(dev, !tc.want); err != nil {
-				t.Fatal(err)
-			}
-			if on, _ := loops.DirectIO(dev); on == tc.want {
-				t.Fatalf("%s: could not switch direct I/O to %v for the test", dev, !tc.want)
+			if switched, err := loops.SetDirectIO(dev, !tc.want); !switched || err != nil {
+				t.Fatalf("%s: switch direct I/O to %v for the test: %v, %v", dev, !tc.want, switched, err)
 			}
 			if again, err = n.Attach(ctx, v, nil); err != nil || again != dev {
 				t.Fatalf("attach a device attached otherwise = %q, %v; want %s", again, err, dev)
