@@ -4,6 +4,9 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/swarm-csi/swarm-csi/internal/testenv"
+	"github.com/swarm-csi/swarm-csi/pkg/backend/rbd/cephtest"
 )
 
 // TestQuickRunIO runs --io --quick: every fio job on both sides, for ext4
@@ -11,16 +14,39 @@ import (
 // ratio.
 func TestQuickRunIO(t *testing.T) {
 	requireSystem(t)
+	requireFio(t)
+	cfg := defaultConfig()
+	cfg.IO = true
+	cfg.ioDefaults(map[string]bool{}, true)
+	checkIO(t, cfg, quickRun(t, cfg))
+}
+
+// TestQuickRunIORBD is TestQuickRunIO with --backend rbd: rbd-fuse on a
+// throwaway Ceph cluster, through the driver and by hand.
+func TestQuickRunIORBD(t *testing.T) {
+	requireSystem(t)
+	testenv.Require(t, cephtest.Missing())
+	requireFio(t)
+	cfg := defaultConfig()
+	cfg.Backend = "rbd"
+	cfg.IO = true
+	cfg.ioDefaults(map[string]bool{}, true)
+	cfg.rbdDefaults(nil, true)
+	checkIO(t, cfg, quickRun(t, cfg))
+}
+
+func requireFio(t *testing.T) {
+	t.Helper()
 	if _, err := exec.LookPath("fio"); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("CI=true but the I/O benchmark cannot run: needs fio (scripts/install-deps)")
 		}
 		t.Skip("needs fio (scripts/install-deps)")
 	}
-	cfg := defaultConfig()
-	cfg.IO = true
-	cfg.ioDefaults(map[string]bool{}, true)
-	rep := quickRun(t, cfg)
+}
+
+func checkIO(t *testing.T, cfg config, rep *Report) {
+	t.Helper()
 	if len(rep.Modes) != 0 || rep.RSS != nil || len(rep.IO) != 2 {
 		t.Fatalf("report has %d lifecycle modes, memory %v, %d io reports; want only io for ext4 and xfs", len(rep.Modes), rep.RSS, len(rep.IO))
 	}

@@ -270,6 +270,45 @@ func (l *Devices) Refresh(dev, image string) error {
 	return nil
 }
 
+// DirectIO reports whether dev reads and writes its file past the page
+// cache.
+func (l *Devices) DirectIO(dev string) (bool, error) {
+	info, err := l.Status(dev)
+	if err != nil {
+		return false, err
+	}
+	return info.Flags&unix.LO_FLAGS_DIRECT_IO != 0, nil
+}
+
+// SetDirectIO switches an attached device's direct I/O on or off, if it is
+// not so already, and reports whether it switched. The kernel writes the
+// file's dirty pages back and holds the device's requests while it
+// switches: a filesystem mounted on it carries on. A file whose filesystem
+// cannot do direct I/O keeps the page cache, as with Attach.
+func (l *Devices) SetDirectIO(dev string, on bool) (bool, error) {
+	cur, err := l.DirectIO(dev)
+	if err != nil || cur == on {
+		return false, err
+	}
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	arg := 0
+	if on {
+		arg = 1
+	}
+	err = unix.IoctlSetInt(fd, unix.LOOP_SET_DIRECT_IO, arg)
+	if on && errors.Is(err, unix.EINVAL) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("set direct I/O of %s to %v: %w", dev, on, err)
+	}
+	return true, nil
+}
+
 // CString returns the string in b up to its first NUL.
 func CString(b []byte) string {
 	if i := bytes.IndexByte(b, 0); i >= 0 {

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/swarm-csi/swarm-csi/internal/testenv"
 	"github.com/swarm-csi/swarm-csi/pkg/blockdev"
 )
@@ -203,5 +205,50 @@ func TestAttachWaitsForDeviceNode(t *testing.T) {
 	}
 	if info, err := l.Status(dev); err != nil || CString(info.File_name[:]) != tag {
 		t.Fatalf("Status of %s: %v, %v", dev, info, err)
+	}
+}
+
+// SetDirectIO switches an attached device between the page cache and
+// direct I/O, and leaves it as it is when it is so already.
+func TestSetDirectIO(t *testing.T) {
+	testenv.RequireRoot(t)
+	l := New()
+	file := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(file, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := l.Attach(file, Tag("vol-dio", "node"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Detach(dev) })
+	if on, err := l.DirectIO(dev); on || err != nil {
+		t.Fatalf("DirectIO after attaching without = %v, %v", on, err)
+	}
+	// The kernel switches only where the file's filesystem can do direct
+	// I/O (not tmpfs); elsewhere the device keeps the page cache.
+	f, err := os.OpenFile(file, os.O_RDONLY|unix.O_DIRECT, 0)
+	canDirect := err == nil
+	if canDirect {
+		f.Close()
+	}
+	for i := range 2 {
+		if switched, err := l.SetDirectIO(dev, true); switched != (canDirect && i == 0) || err != nil {
+			t.Fatalf("SetDirectIO(true) #%d = %v, %v", i+1, switched, err)
+		}
+		if on, err := l.DirectIO(dev); on != canDirect || err != nil {
+			t.Fatalf("DirectIO after switching on = %v, %v; want %v", on, err, canDirect)
+		}
+	}
+	for i := range 2 {
+		if switched, err := l.SetDirectIO(dev, false); switched != (canDirect && i == 0) || err != nil {
+			t.Fatalf("SetDirectIO(false) #%d = %v, %v", i+1, switched, err)
+		}
+		if on, err := l.DirectIO(dev); on || err != nil {
+			t.Fatalf("DirectIO after switching off = %v, %v", on, err)
+		}
 	}
 }

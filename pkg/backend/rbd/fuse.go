@@ -16,9 +16,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/loopdev"
 	"github.com/swarm-csi/swarm-csi/pkg/mountinfo"
 	"github.com/swarm-csi/swarm-csi/pkg/procs"
+	"github.com/swarm-csi/swarm-csi/pkg/volcap"
 )
 
 // fuseAttacher exposes an image as a file with rbd-fuse (one process and
@@ -92,7 +94,27 @@ func (f *fuseAttacher) device(_ context.Context, ref imageRef, hash string) (str
 	return f.loops.Find(f.file(ref), f.loopTag(hash))
 }
 
-func (f *fuseAttacher) attach(ctx context.Context, cr creds, ref imageRef, hash string, size int64) (string, error) {
+// directIO reports whether the loop device of v reads and writes the
+// rbd-fuse file past the page cache. It follows from the access mode v was
+// created with, which never changes, so every stage of v decides alike.
+//
+// Page cache, where one node at a time may write (the single-node modes)
+// or none ever does (MULTI_NODE_READER_ONLY): reads are served from memory,
+// as from a hand-made losetup, and the cache goes with the rbd-fuse mount
+// when the node lets go of the volume. An fsync stays durable: the loop
+// device turns a flush into an fsync of the file, which rbd-fuse turns
+// into rbd_flush, and it writes every write through to librbd at once.
+//
+// Direct I/O, where one node may write while another reads the image
+// (MULTI_NODE_SINGLE_WRITER, MULTI_NODE_MULTI_WRITER): each node's page
+// cache would keep serving what the other has overwritten since. So does a
+// volume recorded without an access mode.
+func directIO(v *backend.Volume) bool {
+	m := volcap.ParseMode(v.AccessMode)
+	return !volcap.SingleNode(m) && !volcap.ReadOnly(m)
+}
+
+func (f *fuseAttacher) attach(ctx context.Context, cr creds, ref imageRef, hash string, v *backend.Volume) (string, error) {
 	st, err := f.state(ref)
 	if err != nil {
 		return "", err
@@ -116,9 +138,9 @@ func (f *fuseAttacher) attach(ctx context.Context, cr creds, ref imageRef, hash 
 	// After an expansion rbd-fuse shows the new size within about a second.
 	if err := f.waitFor(ctx, func() bool {
 		fi, err := os.Stat(file)
-		return err == nil && fi.Size() >= size
+		return err == nil && fi.Size() >= v.CapacityBytes
 	}); err != nil {
-		return "", fmt.Errorf("rbd-fuse did not show %s at %d bytes: %w", ref, size, err)
+		return "", fmt.Errorf("rbd-fuse did not show %s at %d bytes: %w", ref, v.CapacityBytes, err)
 	}
 	// A file just mounted has no loop device yet: no need to look through
 	// every device for one. That look asks each device's file for its
@@ -131,9 +153,18 @@ func (f *fuseAttacher) attach(ctx context.Context, cr creds, ref imageRef, hash 
 		}
 	}
 	if dev == "" {
-		return f.loops.Attach(file, f.loopTag(hash), true)
+		return f.loops.Attach(file, f.loopTag(hash), directIO(v))
 	}
-	return dev, f.loops.Refresh(dev, file)
+	if err := f.loops.Refresh(dev, file); err != nil {
+		return "", err
+	}
+	// A device attached otherwise (by a release that always used direct
+	// I/O) is switched at the volume's next stage.
+	switched, err := f.loops.SetDirectIO(dev, directIO(v))
+	if switched {
+		f.b.cfg.Log.Info("switched the loop device of an rbd-fuse file", "volume", v.ID, "device", dev, "directIO", directIO(v))
+	}
+	return dev, err
 }
 
 // mount starts rbd-fuse for one image and waits for its mount. The key

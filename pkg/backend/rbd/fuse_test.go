@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 )
 
 // The fuse mode's paths come from parsed ids only: <state>/fuse/<node
@@ -44,5 +46,27 @@ func TestFusePaths(t *testing.T) {
 	}
 	if _, err := os.Stat(mp); !os.IsNotExist(err) {
 		t.Fatalf("detach left %s: %v", mp, err)
+	}
+}
+
+// The fuse mode's loop device keeps the page cache unless one node may
+// write the image while another reads it.
+func TestFuseDirectIO(t *testing.T) {
+	for mode, want := range map[string]bool{
+		"SINGLE_NODE_WRITER":        false,
+		"SINGLE_NODE_READER_ONLY":   false,
+		"SINGLE_NODE_SINGLE_WRITER": false,
+		"SINGLE_NODE_MULTI_WRITER":  false,
+		"MULTI_NODE_READER_ONLY":    false,
+		"MULTI_NODE_SINGLE_WRITER":  true,
+		"MULTI_NODE_MULTI_WRITER":   true,
+		"":                          true, // unknown: the safe choice
+	} {
+		for _, block := range []bool{false, true} {
+			v := &backend.Volume{VolumeSpec: backend.VolumeSpec{AccessMode: mode, Block: block}}
+			if got := directIO(v); got != want {
+				t.Errorf("%q (block %v): direct I/O %v, want %v", mode, block, got, want)
+			}
+		}
 	}
 }

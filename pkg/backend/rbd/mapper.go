@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 )
 
 // mapper attaches images as /dev/rbdN (krbd) or /dev/nbdN (nbd) with
@@ -54,7 +56,7 @@ func (m *mapper) device(ctx context.Context, ref imageRef, _ string) (string, er
 // attach maps the image. A mapped image follows its resizes by itself
 // (the kernel and rbd-nbd watch its header), so a mapped one is returned
 // as it is.
-func (m *mapper) attach(ctx context.Context, cr creds, ref imageRef, hash string, _ int64) (string, error) {
+func (m *mapper) attach(ctx context.Context, cr creds, ref imageRef, hash string, _ *backend.Volume) (string, error) {
 	dev, err := m.device(ctx, ref, hash)
 	if err != nil || dev != "" {
 		return dev, err

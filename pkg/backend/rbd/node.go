@@ -32,9 +32,9 @@ var Modes = []string{ModeKRBD, ModeNBD, ModeFuse}
 // attacher makes images block devices on this node, and finds them again
 // from the image alone (Swarm may send no publish context, SwarmKit #3276).
 type attacher interface {
-	// attach maps the image, or returns its device if mapped, after making
-	// the device see at least size bytes.
-	attach(ctx context.Context, cr creds, ref imageRef, hash string, size int64) (string, error)
+	// attach maps the image of v, or returns its device if mapped, after
+	// making the device see at least v's size.
+	attach(ctx context.Context, cr creds, ref imageRef, hash string, v *backend.Volume) (string, error)
 	// detach unmaps the image; an image not mapped is no error.
 	detach(ctx context.Context, ref imageRef, hash string) error
 	// device returns the image's device on this node, or "".
@@ -138,7 +138,7 @@ func (n *NodeSide) Attach(ctx context.Context, v *backend.Volume, _ map[string]s
 	if err != nil {
 		return "", err
 	}
-	return n.att.attach(ctx, cr, ref, hash, v.CapacityBytes)
+	return n.att.attach(ctx, cr, ref, hash, v)
 }
 
 // Detach implements backend.Node.
