@@ -76,7 +76,7 @@ func TestDirSharedVolume(t *testing.T) {
 	if len(onNode) != 3 {
 		t.Fatalf("the three replicas run on %d nodes, want one on each:\n%s", len(onNode), e.servicePS("dir-app"))
 	}
-	time.Sleep(time.Second)
+	e.waitWritten(tasks, []int{1, 2, 3}, 60*time.Second)
 	for _, tk := range tasks {
 		e.checkSharedView(tk, []int{1, 2, 3})
 	}
@@ -190,6 +190,30 @@ func (e *env) checkSharedView(tk harness.Task, slots []int) {
 		if counts[s] == 0 {
 			e.t.Errorf("replica %d sees no line of replica %d in shared.log (counts %v)", tk.Slot, s, counts)
 		}
+	}
+}
+
+// waitWritten waits until every slot's own file and a line of it in
+// shared.log are there, as the first of tasks reads them: a running task's
+// container may not have started writing yet on a loaded machine.
+func (e *env) waitWritten(tasks []harness.Task, slots []int, timeout time.Duration) {
+	e.t.Helper()
+	tk := tasks[0]
+	script := ""
+	for _, s := range slots {
+		script += fmt.Sprintf("test -e /data/own-%d && grep -q '^%d ' /data/shared.log && ", s, s)
+	}
+	script += "true"
+	start := time.Now()
+	for {
+		out, err := e.nodeOf(tk).Docker(e.ctx, "exec", tk.Status.ContainerStatus.ContainerID, "sh", "-c", script)
+		if err == nil {
+			return
+		}
+		if time.Since(start) > timeout {
+			e.t.Fatalf("replicas %v have not all written %s after they run: %v %s", slots, timeout, err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
 
