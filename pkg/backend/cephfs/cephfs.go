@@ -212,7 +212,9 @@ func newBackend(cfg Config, open func(Config, string, string) (cluster, error)) 
 
 // cephConf is the client configuration: the monitors, cephx with the
 // keyring, the timeouts of connecting and of OSD operations, and nothing
-// written to disk. Monitor and mgr commands get no timeout of librados's
+// written to disk. ceph-fuse, as a daemon, would otherwise create its run
+// directory, /var/run/ceph, and abort where it cannot (the plugin's
+// rootfs has no /var/run). Monitor and mgr commands get no timeout of librados's
 // own: a mgr command that timed out inside librados 16.2 freed an invalid
 // pointer and aborted the process when its answer came late. The driver
 // bounds each call by its context instead (goceph.go).
@@ -228,6 +230,7 @@ keyring = %s
 rados osd op timeout = %d
 client mount timeout = %d
 admin socket =
+run dir =
 log file =
 log to stderr = false
 err to stderr = true
