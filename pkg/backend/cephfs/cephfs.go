@@ -214,10 +214,14 @@ func newBackend(cfg Config, open func(Config, string, string) (cluster, error)) 
 // keyring, the timeouts of connecting and of OSD operations, and nothing
 // written to disk. ceph-fuse, as a daemon, would otherwise create its run
 // directory, /var/run/ceph, and abort where it cannot (the plugin's
-// rootfs has no /var/run). Monitor and mgr commands get no timeout of librados's
-// own: a mgr command that timed out inside librados 16.2 freed an invalid
-// pointer and aborted the process when its answer came late. The driver
-// bounds each call by its context instead (goceph.go).
+// rootfs has no /var/run). It trims the kernel's dentries through FUSE's
+// invalidation, not by running `mount -o remount`, which the plugin does
+// not carry: a ceph-fuse whose remount fails aborts, within seconds of
+// a second client writing the volume. Monitor and mgr commands get no
+// timeout of librados's own: a mgr command that timed out inside librados
+// 16.2 freed an invalid pointer and aborted the process when its answer
+// came late. The driver bounds each call by its context instead
+// (goceph.go).
 func cephConf(c Config, keyring string) string {
 	t := int(c.CallTimeout.Seconds())
 	return fmt.Sprintf(`[global]
@@ -231,6 +235,7 @@ rados osd op timeout = %d
 client mount timeout = %d
 admin socket =
 run dir =
+client try dentry invalidate = true
 log file =
 log to stderr = false
 err to stderr = true
