@@ -54,6 +54,11 @@ func TestCephFSSharedVolume(t *testing.T) {
 	t.Logf("four-node cephfs swarm up in %s (ceph with an MDS up in %s on %s)", time.Since(start).Round(time.Millisecond),
 		cl.StartTime.Round(time.Millisecond), cl.MonHost)
 	e := newEnv(t, c)
+	t.Cleanup(func() {
+		if t.Failed() {
+			e.containerLogs("fs-app", "fs-quota")
+		}
+	})
 	tools := filepath.Join(c.Root, "cephfs-tools")
 	if err := harness.BuildCommand(e.ctx, "./e2e/internal/lockappend", filepath.Join(tools, "lockappend")); err != nil {
 		t.Fatal(err)
@@ -472,4 +477,18 @@ func linesWith(log string, subs ...string) []string {
 		}
 	}
 	return out
+}
+
+// containerLogs logs the output of every container of the services, on
+// every node: what a writer said when it failed.
+func (e *env) containerLogs(services ...string) {
+	for _, n := range e.c.Nodes {
+		for _, s := range services {
+			out, _ := n.Docker(e.ctx, "ps", "-aq", "--filter", "label=com.docker.swarm.service.name="+s)
+			for _, id := range strings.Fields(out) {
+				log, _ := n.Docker(e.ctx, "logs", id)
+				e.t.Logf("[%s] docker logs %s (%s):\n%s", n.Name, id, s, log)
+			}
+		}
+	}
 }
