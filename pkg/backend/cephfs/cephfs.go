@@ -214,10 +214,9 @@ func newBackend(cfg Config, open func(Config, string, string) (cluster, error)) 
 // keyring, the timeouts of connecting and of OSD operations, and nothing
 // written to disk. ceph-fuse, as a daemon, would otherwise create its run
 // directory, /var/run/ceph, and abort where it cannot (the plugin's
-// rootfs has no /var/run). It trims the kernel's dentries through FUSE's
-// invalidation, not by running `mount -o remount`, which the plugin does
-// not carry: a ceph-fuse whose remount fails aborts, within seconds of
-// a second client writing the volume. Monitor and mgr commands get no
+// rootfs has no /var/run). (It also runs `mount -i -o remount` on its
+// mount point to trim the kernel's dentries, and aborts if that fails:
+// the plugin carries mount for it.) Monitor and mgr commands get no
 // timeout of librados's own: a mgr command that timed out inside librados
 // 16.2 freed an invalid pointer and aborted the process when its answer
 // came late. The driver bounds each call by its context instead
@@ -235,7 +234,6 @@ rados osd op timeout = %d
 client mount timeout = %d
 admin socket =
 run dir =
-client try dentry invalidate = true
 log file =
 log to stderr = false
 err to stderr = true

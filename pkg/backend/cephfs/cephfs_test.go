@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -85,9 +86,9 @@ func TestConfigCheck(t *testing.T) {
 	if strings.Contains(string(conf), testKey) || !strings.Contains(string(conf), "mon host = 10.0.0.1:6789") {
 		t.Errorf("ceph.conf:\n%s", conf)
 	}
-	// ceph-fuse creates none of its files and directories (a plugin's
-	// rootfs has no /var/run or /var/log) and runs no mount command.
-	for _, l := range []string{"admin socket =\n", "run dir =\n", "log file =\n", "client try dentry invalidate = true\n"} {
+	// ceph-fuse creates none of its files and directories: a plugin's
+	// rootfs has no /var/run or /var/log.
+	for _, l := range []string{"admin socket =\n", "run dir =\n", "log file =\n"} {
 		if !strings.Contains(string(conf), l) {
 			t.Errorf("ceph.conf does not set %q:\n%s", l, conf)
 		}
@@ -416,5 +417,37 @@ func TestKeyOf(t *testing.T) {
 func TestUnescape(t *testing.T) {
 	if got := unescape(`/a\040b\011c\134`); got != "/a b\tc\\" {
 		t.Errorf("unescape: %q", got)
+	}
+}
+
+// A ceph-fuse that ended after its unmount is not a live one, and the
+// driver, its parent once it is orphaned in the plugin, reaps it.
+func TestFusePidsReapsEndedCephFuse(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "ceph-fuse")
+	b, err := os.ReadFile("/bin/true")
+	if err != nil {
+		t.Skip(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "/mnt/x")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, zombie := procState(pid); zombie {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d did not end", pid)
+		}
+	}
+	if p := fusePids("/mnt/x"); len(p) != 0 {
+		t.Errorf("fusePids counts the ended ceph-fuse: %v", p)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+		t.Errorf("the ended ceph-fuse %d was not reaped", pid)
 	}
 }
