@@ -351,8 +351,10 @@ func (n *NodeSide) endFuse(mountpoint string, grace time.Duration) bool {
 	}
 }
 
-// fusePids returns the ceph-fuse processes whose last argument is
-// mountpoint.
+// fusePids returns the live ceph-fuse processes whose last argument is
+// mountpoint. A ceph-fuse that ended is reaped if it was this process's
+// child: in the plugin the driver is its container's init, and the
+// daemonized ceph-fuse, orphaned, becomes its child.
 func fusePids(mountpoint string) []int {
 	entries, _ := os.ReadDir("/proc")
 	var out []int
@@ -363,6 +365,10 @@ func fusePids(mountpoint string) []int {
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 		if err != nil || len(b) == 0 {
+			// A zombie has no command line: reap ours.
+			if ppid, zombie := procState(pid); zombie && ppid == os.Getpid() && procComm(pid) == "ceph-fuse" {
+				_, _ = unix.Wait4(pid, nil, unix.WNOHANG, nil)
+			}
 			continue
 		}
 		args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
@@ -371,6 +377,26 @@ func fusePids(mountpoint string) []int {
 		}
 	}
 	return out
+}
+
+// procState reads a process's parent and whether it is a zombie.
+func procState(pid int) (ppid int, zombie bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 2 {
+		return 0, false
+	}
+	ppid, _ = strconv.Atoi(f[1])
+	return ppid, f[0] == "Z"
+}
+
+func procComm(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return strings.TrimSpace(string(b))
 }
 
 // Check implements backend.FilesystemNode: a volume this process mounted
