@@ -23,9 +23,10 @@ import (
 )
 
 // rbdPrograms are the programs the rbd flavour adds to PATH: the tools
-// that attach images. The driver does everything else through librados
-// and librbd, so there is no ceph tool and no Python.
-var rbdPrograms = []string{"rbd", "rbd-nbd", "rbd-fuse"}
+// that attach images, and ceph-fuse with what it runs (fusermount, and
+// mount for its remounts). The driver does everything else through
+// librados, librbd and libcephfs, so there is no ceph tool and no Python.
+var rbdPrograms = []string{"rbd", "rbd-nbd", "rbd-fuse", "ceph-fuse", "fusermount", "mount"}
 
 // cephLibraries are what the driver of the rbd flavour links, and the
 // plain one must not.
