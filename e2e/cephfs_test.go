@@ -209,7 +209,10 @@ func TestCephFSSharedVolume(t *testing.T) {
 	// Read-only sharing: ceph-fuse mounts read-only on every node.
 	e.createVolume("fs-ro", "--type", "mount", "--scope", "multi", "--sharing", "readonly")
 	ro, _ := e.waitCreated("fs-ro", 60*time.Second)
-	e.service("fs-ro-app", "ls /data >/dev/null", "--mode", "global", "--mount", "type=cluster,src=fs-ro,dst=/data,readonly")
+	// One replica per node. (A global service's tasks on a new volume
+	// stay "Preparing": Swarm's agents unpublish it instead of staging it.)
+	e.service("fs-ro-app", "ls /data >/dev/null", "--replicas", fmt.Sprint(len(c.Nodes)), "--replicas-max-per-node", "1",
+		"--mount", "type=cluster,src=fs-ro,dst=/data,readonly")
 	for _, tk := range e.waitRunningN("fs-ro-app", len(c.Nodes), 120*time.Second) {
 		n := e.nodeOf(tk)
 		if out := e.exec(tk, "touch /data/x 2>&1 || true"); !strings.Contains(out, "Read-only file system") {
@@ -230,7 +233,7 @@ func TestCephFSSharedVolume(t *testing.T) {
 	e.removeService("fs-app")
 	e.waitUnpublished("fs-shared", 90*time.Second)
 	e.service("fs-quota", "dd if=/dev/zero of=/data/big bs=1M count=128 conv=fsync 2>/tmp/dd.err; echo $? > /tmp/dd.rc",
-		"--mount", "type=cluster,src=fs-shared,dst=/data")
+		"--mount", "type=cluster,src=fs-shared,dst=/data", "--mount", toolsMount)
 	q := e.waitRunning("fs-quota", 120*time.Second)
 	e.waitFile(q, "/tmp/dd.rc", 120*time.Second)
 	if out := e.exec(q, "cat /tmp/dd.rc /tmp/dd.err"); !strings.Contains(out, "Disk quota exceeded") || strings.HasPrefix(out, "0") {
@@ -412,15 +415,14 @@ func (e *env) waitSlotAgain(service string, old harness.Task, timeout time.Durat
 
 // cephfsLines reads shared.log in the task and counts the lines of each
 // writer (task id). A line that is not whole, or a writer's line out of
-// sequence (one lost or written twice), fails the test. The end of a line
-// being appended meanwhile is no line yet: cat takes no lock, and a write
-// across a page boundary reaches the file in two parts.
+// sequence (one lost or written twice), fails the test. It reads under a
+// shared lock, as a reader of a file other nodes append to must: without
+// one, cat may see the end of a line being appended (a write across a
+// page boundary reaches the file in two parts), or stale pages.
 func (e *env) cephfsLines(tk harness.Task) map[string]int {
 	e.t.Helper()
 	counts := map[string]int{}
-	out := strings.TrimSuffix(e.exec(tk, "cat /data/shared.log; echo .end"), ".end")
-	lines := strings.Split(out, "\n")
-	for _, l := range lines[:len(lines)-1] {
+	for _, l := range strings.Split(e.exec(tk, "/tools/lockappend -cat /data/shared.log"), "\n") {
 		m := cephfsLine.FindStringSubmatch(l)
 		if m == nil {
 			e.t.Errorf("shared.log as replica %d reads it has a torn line %q", tk.Slot, l)

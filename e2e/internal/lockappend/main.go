@@ -7,11 +7,16 @@
 // date), writes "PREFIX N", fsyncs and closes it, which releases the
 // lock. It exits with status 1 at the first error, naming it.
 //
+// With -cat it prints the file under a shared lock instead: a reader
+// without one may see the end of a line being appended, or a stale page.
+//
 //	lockappend FILE PREFIX INTERVAL
+//	lockappend -cat FILE
 package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -19,8 +24,15 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "-cat" {
+		if err := cat(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "lockappend:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) != 4 {
-		fmt.Fprintln(os.Stderr, "usage: lockappend FILE PREFIX INTERVAL")
+		fmt.Fprintln(os.Stderr, "usage: lockappend FILE PREFIX INTERVAL | -cat FILE")
 		os.Exit(2)
 	}
 	every, err := time.ParseDuration(os.Args[3])
@@ -57,4 +69,21 @@ func appendLine(path, line string) error {
 		return err
 	}
 	return f.Close()
+}
+
+func cat(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	lk := unix.Flock_t{Type: unix.F_RDLCK}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_SETLKW, &lk); err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	if _, err := f.Stat(); err != nil {
+		return err
+	}
+	_, err = io.Copy(os.Stdout, f)
+	return err
 }
