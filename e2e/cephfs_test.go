@@ -175,9 +175,12 @@ func TestCephFSSharedVolume(t *testing.T) {
 		t.Fatalf("replica %d started again on %s, not on %s", old.Slot, n.Name, victim.Name)
 	}
 	log, _ := victim.LogSince(logStart)
-	t.Logf("killed %s's ceph-fuse (pid %d) under replica %d: the mount check mounted the volume again %s later (0: not before the new task), "+
-		"the replica ran again on %s %s later, reading and writing %s later; plugin: %s",
-		victim.Name, fuse[0], old.Slot, healed.Round(time.Millisecond), victim.Name, restarted.Round(time.Millisecond),
+	how := "the new task's publish mounted the volume again"
+	if healed > 0 {
+		how = fmt.Sprintf("the mount check mounted the volume again %s later", healed.Round(time.Millisecond))
+	}
+	t.Logf("killed %s's ceph-fuse (pid %d) under replica %d: its writer failed, %s; the replica ran again on %s %s later, "+
+		"reading and writing %s later; plugin: %s", victim.Name, fuse[0], old.Slot, how, victim.Name, restarted.Round(time.Millisecond),
 		writing.Round(time.Millisecond), strings.Join(linesWith(log, "dead mount", "evicted", "mounted again"), " | "))
 	// The killed writer's lines: all it fsynced, and maybe the one in flight.
 	out, _ := victim.Docker(e.ctx, "logs", old.Status.ContainerStatus.ContainerID)
