@@ -123,7 +123,7 @@ func TestCephFSSharedVolume(t *testing.T) {
 	}
 	t.Logf("drained %s: replica %d runs on %s %s later", drained.Name, moved.Slot, idle.Name, time.Since(moveStart).Round(time.Millisecond))
 	gone := e.waitNoCephFuse(drained, 30*time.Second)
-	t.Logf("%s's ceph-fuse ended and its mounts went %s after the drain", drained.Name, gone.Round(time.Millisecond))
+	t.Logf("%s's ceph-fuse and mounts were gone %s after that", drained.Name, gone.Round(time.Millisecond))
 	e.checkStillRunning("fs-app", staying)
 	time.Sleep(time.Second)
 	tasks = append(slices.Clone(staying), moved)
