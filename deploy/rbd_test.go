@@ -25,10 +25,10 @@ import (
 )
 
 // rbdPrograms are the programs the rbd flavour adds to PATH: the tools
-// that attach images, and the cephfs backend's FUSE client with
-// fusermount. The driver does everything else through librados, librbd
-// and libcephfs, so there is no ceph tool and no Python.
-var rbdPrograms = []string{"rbd", "rbd-nbd", "rbd-fuse", "ceph-fuse", "fusermount"}
+// that attach images, and ceph-fuse with what it runs (fusermount, and
+// mount for its remounts). The driver does everything else through
+// librados, librbd and libcephfs, so there is no ceph tool and no Python.
+var rbdPrograms = []string{"rbd", "rbd-nbd", "rbd-fuse", "ceph-fuse", "fusermount", "mount"}
 
 // commandModules are modules of the operator's commands only, which the
 // rbd flavour's driver (built with the tag nocli) leaves out.

@@ -1,10 +1,13 @@
 package procs
 
 import (
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 )
 
 func TestServing(t *testing.T) {
@@ -24,5 +27,37 @@ func TestServing(t *testing.T) {
 	}
 	if got := Serving("ceph-fuse", last); len(got) != 0 {
 		t.Errorf("another command matched: %v", got)
+	}
+}
+
+// A daemon that ended is not a live one, and its parent, this process,
+// reaps it.
+func TestServingReapsEnded(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "ceph-fuse")
+	b, err := os.ReadFile("/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "/mnt/x")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, zombie := state(pid); zombie {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d did not end", pid)
+		}
+	}
+	if p := Serving("ceph-fuse", "/mnt/x"); len(p) != 0 {
+		t.Errorf("Serving counts the ended ceph-fuse: %v", p)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+		t.Errorf("the ended ceph-fuse %d was not reaped", pid)
 	}
 }

@@ -212,10 +212,15 @@ func newBackend(cfg Config, open func(Config, string, string) (cluster, error)) 
 
 // cephConf is the client configuration: the monitors, cephx with the
 // keyring, the timeouts of connecting and of OSD operations, and nothing
-// written to disk. Monitor and mgr commands get no timeout of librados's
-// own: a mgr command that timed out inside librados 16.2 freed an invalid
-// pointer and aborted the process when its answer came late. The driver
-// bounds each call by its context instead (goceph.go).
+// written to disk. ceph-fuse, as a daemon, would otherwise create its run
+// directory, /var/run/ceph, and abort where it cannot (the plugin's
+// rootfs has no /var/run). (It also runs `mount -i -o remount` on its
+// mount point to trim the kernel's dentries, and aborts if that fails:
+// the plugin carries mount for it.) Monitor and mgr commands get no
+// timeout of librados's own: a mgr command that timed out inside librados
+// 16.2 freed an invalid pointer and aborted the process when its answer
+// came late. The driver bounds each call by its context instead
+// (goceph.go).
 func cephConf(c Config, keyring string) string {
 	t := int(c.CallTimeout.Seconds())
 	return fmt.Sprintf(`[global]
@@ -228,6 +233,7 @@ keyring = %s
 rados osd op timeout = %d
 client mount timeout = %d
 admin socket =
+run dir =
 log file =
 log to stderr = false
 err to stderr = true

@@ -85,6 +85,13 @@ func TestConfigCheck(t *testing.T) {
 	if strings.Contains(string(conf), testKey) || !strings.Contains(string(conf), "mon host = 10.0.0.1:6789") {
 		t.Errorf("ceph.conf:\n%s", conf)
 	}
+	// ceph-fuse creates none of its files and directories: a plugin's
+	// rootfs has no /var/run or /var/log.
+	for _, l := range []string{"admin socket =\n", "run dir =\n", "log file =\n"} {
+		if !strings.Contains(string(conf), l) {
+			t.Errorf("ceph.conf does not set %q:\n%s", l, conf)
+		}
+	}
 }
 
 func TestCreateIsIdempotentAndQuotaIsCapacity(t *testing.T) {

@@ -353,7 +353,8 @@ func (n *NodeSide) endFuse(mountpoint string, grace time.Duration) bool {
 	}
 }
 
-// fusePids returns the ceph-fuse processes serving mountpoint.
+// fusePids returns the live ceph-fuse processes serving mountpoint, and
+// reaps those that ended as this process's children.
 func fusePids(mountpoint string) []int { return procs.Serving("ceph-fuse", mountpoint) }
 
 // Check implements backend.FilesystemNode: a volume this process mounted
