@@ -374,7 +374,7 @@ func (r *AlternateReport) print(w io.Writer) {
 	if r.Fill == "index" {
 		how = "their records written straight into the rbd index (no images)"
 	}
-	fmt.Fprintf(w, "\nalternate: %d rounds in one process, an empty store against one of %d volumes (%d attached to %d other nodes), %s in %.1fs\n",
+	fmt.Fprintf(w, "\nalternate: %d rounds in one process, an empty store against one of %d volumes (%d of them attached to %d other node(s)), %s in %.1fs\n",
 		r.Rounds, r.Volumes, r.Attached, r.OtherNodes, how, r.FillSeconds)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "  call\t  empty p50 / p95 ms\t  %d p50 / p95 ms\t  ratio p50\t\n", r.Volumes)
