@@ -179,8 +179,8 @@ func alternate(ctx context.Context, cfg config, dir string, log io.Writer) (rep 
 	}
 	// The pages in rounds of their own: reading a listing of N names
 	// leaves the calls right after it slower (DeleteVolume of loop, 0.4
-	// ms, took twice as long after a page of 20,000), which is the
-	// listing's cost, not theirs.
+	// ms, took twice as long right after a page that read 20,000 names),
+	// which is the listing's cost, not theirs.
 	for r := range cfg.AltRounds {
 		for k := range 2 {
 			s := []*altStore{empty, full}[(k+r)%2]
