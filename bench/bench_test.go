@@ -66,6 +66,89 @@ func TestQuickRunStore(t *testing.T) {
 	rep.print(t.Output())
 }
 
+// TestQuickRunAlternate runs --store --alternate on a small store, filled
+// through the driver's controller 3 at a time: every call timed on both
+// stores in every round, with a ratio, and the page of ListVolumes full
+// on the filled store only. It asserts no timings.
+func TestQuickRunAlternate(t *testing.T) {
+	requireSystem(t)
+	cfg := defaultConfig()
+	n := 120
+	cfg.Store, cfg.Alternate, cfg.FillParallel = &n, true, 3
+	cfg.alternateDefaults(nil, true)
+	rep := quickRun(t, cfg)
+	checkAlternate(t, rep, n, 1, "driver")
+	if rep.Alternate.FillParallel != 3 {
+		t.Errorf("filled %d at a time, want 3", rep.Alternate.FillParallel)
+	}
+	rep.print(t.Output())
+}
+
+// TestAlternateConfig: --alternate needs --store and a backend with a
+// store; records go straight into the index of rbd only.
+func TestAlternateConfig(t *testing.T) {
+	n := 10
+	for _, c := range []struct {
+		backend, fill string
+		store         *int
+		io, ok        bool
+	}{
+		{"loop", "driver", &n, false, true},
+		{"rbd", "driver", &n, false, true},
+		{"rbd", "index", &n, false, true},
+		{"loop", "index", &n, false, false},
+		{"rbd", "records", &n, false, false},
+		{"loop", "driver", nil, false, false},
+		{"loop", "driver", &n, true, false},
+		{"hcloud", "driver", &n, false, false},
+	} {
+		cfg := defaultConfig()
+		cfg.Backend, cfg.Store, cfg.IO, cfg.Alternate = c.backend, c.store, c.io, true
+		cfg.alternateDefaults(map[string]bool{"fill": true}, false)
+		cfg.Fill = c.fill
+		if c.backend == "hcloud" {
+			cfg.hcloudDefaults(nil)
+		}
+		if c.io {
+			cfg.ioDefaults(nil, true)
+		}
+		if err := cfg.validate(); (err == nil) != c.ok {
+			t.Errorf("%s, --fill %s, --store %v, --io %v: %v", c.backend, c.fill, c.store != nil, c.io, err)
+		}
+	}
+	cfg := defaultConfig()
+	cfg.Backend = "rbd"
+	cfg.alternateDefaults(nil, false)
+	if cfg.Fill != "index" || cfg.AltRounds != 200 {
+		t.Errorf("rbd defaults: --fill %s, %d rounds", cfg.Fill, cfg.AltRounds)
+	}
+}
+
+// checkAlternate checks the figures of --alternate with n volumes, of
+// which every 50th is attached to another node.
+func checkAlternate(t *testing.T, rep *Report, n, otherNodes int, fill string) {
+	t.Helper()
+	a := rep.Alternate
+	if a == nil || len(rep.Modes) != 0 || rep.Store != nil {
+		t.Fatalf("report: %+v; want the alternate figures alone", rep)
+	}
+	if a.Volumes != n || a.Attached != (n+49)/50 || a.OtherNodes != otherNodes || a.Fill != fill || a.FillSeconds <= 0 || a.Rounds != 5 {
+		t.Errorf("alternate: %+v", a)
+	}
+	if len(a.Calls) != len(altCalls) {
+		t.Fatalf("%d calls, want %d", len(a.Calls), len(altCalls))
+	}
+	for i, c := range a.Calls {
+		if c.Call != altCalls[i] || c.Empty.Samples != a.Rounds || c.Full.Samples != a.Rounds ||
+			c.Empty.P50ms <= 0 || c.Full.P50ms <= 0 || c.Ratio != c.Full.P50ms/c.Empty.P50ms {
+			t.Errorf("%s: %+v", altCalls[i], c)
+		}
+	}
+	if e := a.Calls[len(a.Calls)-1].Entries; e != [2]int{0, altPage} {
+		t.Errorf("ListVolumes pages held %v entries, want none on the empty store and %d on the other", e, altPage)
+	}
+}
+
 // TestQuickRunRBD runs the rbd benchmark in --quick mode against a
 // throwaway Ceph cluster: figures for both sides, nothing left behind.
 func TestQuickRunRBD(t *testing.T) {

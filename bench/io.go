@@ -92,7 +92,7 @@ const (
 func (c *config) ioFlags() {
 	flag.BoolVar(&c.IO, "io", false, "measure I/O through a volume with fio instead of the lifecycle")
 	flag.DurationVar(&c.IORuntime, "runtime", defaultIORuntime, "io: how long each fio job runs per side and round")
-	flag.IntVar(&c.IORounds, "rounds", defaultIORounds, "io: rounds of all jobs")
+	flag.IntVar(&c.IORounds, "rounds", defaultIORounds, "io: rounds of all jobs; --alternate: rounds on each store (default 200)")
 	flag.Var((*byteSize)(&c.IOFileSize), "file-size", "io: size of fio's file on each volume (default: a quarter of --size, at most 1GiB)")
 	flag.Func("direct-io", "io, loop: the volumes' directIO setting(s), e.g. true,false (default: the backend's)", func(s string) error {
 		c.DirectIO = strings.Split(s, ",")

@@ -7,6 +7,7 @@
 //	go run ./bench --backend hcloud [--action-delay 0s,1s] [--other-volumes 1000] [--volumes 20] ...
 //	go run ./bench --backend rbd [--volumes 20] ...
 //	go run ./bench --store 20000 [--fill-parallel 1] [--volumes 20] ...
+//	go run ./bench --store 20000 --alternate [--rounds 200] [--backend loop|rbd] [--fill driver|index] [--fill-parallel 1]
 //	go run ./bench --io [--backend loop|rbd] [--fs ext4] [--runtime 4s] [--rounds 5] [--direct-io true,false]
 //
 // Driver and raw rounds alternate (per volume, or per batch of --parallel
@@ -50,6 +51,16 @@
 // listings and GetCapacity, and then measures as usual: the per-step
 // tables with N other volumes in the store. The filler volumes are 16MiB
 // sparse images, never staged.
+//
+// With --store N --alternate it starts no driver: in this process, it
+// makes two controllers of the backend, one on an empty store and one on
+// a store it fills with N volumes (through the controller, or for rbd by
+// default their records written straight into the index), every 50th
+// attached to another node, and runs --rounds rounds alternating between
+// them, each one volume's controller calls (create, publish, unpublish,
+// expand, snapshot create and delete, a ListVolumes page of 100, delete).
+// It prints each call's p50 on both stores and their ratio; the target
+// is at most 1.2.
 //
 // It needs root and loop devices. Everything it creates lives in one temp
 // dir (under --dir) and is removed at the end, also on error or Ctrl-C.
@@ -97,6 +108,12 @@ type config struct {
 	// FillParallel is how many CreateVolume calls fill the store at once
 	// (--fill-parallel).
 	FillParallel int `json:"fill_parallel,omitempty"`
+	// Alternate compares, in this process, an empty store with one of
+	// Store volumes, AltRounds rounds each (--alternate, alternate.go);
+	// Fill is how the volumes are made: "driver" or (rbd) "index".
+	Alternate bool   `json:"alternate,omitempty"`
+	AltRounds int    `json:"alt_rounds,omitempty"`
+	Fill      string `json:"fill,omitempty"`
 }
 
 func defaultConfig() config {
@@ -136,6 +153,26 @@ func (c *config) rbdDefaults(explicit map[string]bool, quick bool) {
 	}
 }
 
+// alternateDefaults sets what --alternate needs, keeping explicitly set
+// flags: 200 rounds (5 with --quick) and, for rbd, records written
+// straight into the index (through the driver, 20,000 volumes take
+// about 800 s).
+func (c *config) alternateDefaults(explicit map[string]bool, quick bool) {
+	c.AltRounds = c.IORounds // --rounds
+	if !explicit["rounds"] {
+		c.AltRounds = 200
+		if quick {
+			c.AltRounds = 5
+		}
+	}
+	if !explicit["fill"] {
+		c.Fill = "driver"
+		if c.Backend == "rbd" {
+			c.Fill = "index"
+		}
+	}
+}
+
 // applyQuick shrinks the run for a smoke test, keeping explicitly set flags.
 func (c *config) applyQuick(explicit map[string]bool) {
 	if !explicit["volumes"] {
@@ -166,6 +203,12 @@ func (c *config) validate() error {
 		return fmt.Errorf("--size %s: xfs needs at least 300MiB", formatSize(c.Size))
 	case c.Size <= 0 || c.RSSSize <= 0:
 		return fmt.Errorf("sizes must be positive")
+	case c.Alternate && (c.Store == nil || c.IO || c.Backend == "hcloud"):
+		return fmt.Errorf("--alternate: with --store N, for loop or rbd, without --io")
+	case c.Alternate && c.AltRounds < 1:
+		return fmt.Errorf("--rounds %d: want 1 or more", c.AltRounds)
+	case c.Alternate && c.Fill != "driver" && (c.Fill != "index" || c.Backend != "rbd"):
+		return fmt.Errorf("--fill %q: want driver, or index for rbd", c.Fill)
 	case c.Volumes < 1 || c.Parallel < 1 || c.RSSVolumes < 0 || c.FillParallel < 1:
 		return fmt.Errorf("--volumes, --parallel and --fill-parallel must be >= 1, --rss-volumes >= 0")
 	}
@@ -180,6 +223,8 @@ func main() {
 	flag.IntVar(&cfg.OtherVolumes, "other-volumes", cfg.OtherVolumes, "hcloud: volumes of the cluster in the project during the crowded round (default 1000; 0 skips it)")
 	flag.Var(storeFlag{&cfg.Store}, "store", "fill the store with N volumes through the driver before measuring, and time that, a restart on them and the calls beside the lifecycle")
 	flag.IntVar(&cfg.FillParallel, "fill-parallel", cfg.FillParallel, "--store: CreateVolume calls in flight while filling the store")
+	flag.BoolVar(&cfg.Alternate, "alternate", false, "--store: compare, in this process, the controller's calls on an empty store and on one of N volumes, rounds alternating")
+	flag.StringVar(&cfg.Fill, "fill", "", "--alternate: fill the store through the driver, or write the records straight into the index (rbd; its default)")
 	flag.StringVar(&cfg.Driver, "driver", "", "driver binary (default: build ./cmd/swarm-csi)")
 	flag.StringVar(&cfg.Dir, "dir", cfg.Dir, "parent of the run's temp dir, which holds the driver data dir, raw files and mounts")
 	flag.IntVar(&cfg.Volumes, "volumes", cfg.Volumes, "volumes per mode and side")
@@ -199,6 +244,9 @@ func main() {
 	}
 	if cfg.IO {
 		cfg.ioDefaults(explicit, quick)
+	}
+	if cfg.Alternate {
+		cfg.alternateDefaults(explicit, quick)
 	}
 	switch cfg.Backend {
 	case "hcloud":

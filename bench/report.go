@@ -36,6 +36,7 @@ type Report struct {
 	RSS       *RSSReport        `json:"rss,omitempty"`
 	IO        []IOReport        `json:"io,omitempty"`        // --io
 	Store     *StoreReport      `json:"store,omitempty"`     // --store
+	Alternate *AlternateReport  `json:"alternate,omitempty"` // --alternate
 	Leftovers []string          `json:"leftovers,omitempty"` // mounts and loop devices the final sweep removed
 }
 
@@ -120,6 +121,7 @@ func (r *Report) print(w io.Writer) {
 	printCloud(w, c, r.Cloud)
 	printIO(w, c, r.IO)
 	r.Store.print(w)
+	r.Alternate.print(w)
 	for _, m := range r.Modes {
 		fmt.Fprintf(w, "\n%s: %d volumes of %s %s per side, up to %d at a time\n",
 			m.Mode, c.Volumes, formatSize(c.Size), c.FS, m.Parallel)

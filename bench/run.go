@@ -59,6 +59,10 @@ func run(ctx context.Context, cfg config, log io.Writer) (rep *Report, err error
 		}
 	}
 
+	if cfg.Alternate {
+		rep.Alternate, err = alternate(ctx, cfg, dir, log)
+		return rep, err
+	}
 	bin := cfg.Driver
 	if bin == "" {
 		fmt.Fprintln(log, "building driver ...")
