@@ -76,7 +76,13 @@ func TestCephFSSharedVolume(t *testing.T) {
 
 	// Three replicas, one per node: each sees every file and every line.
 	running := time.Now()
-	e.service("fs-app", cephfsWriter, "--replicas", "3", "--replicas-max-per-node", "1", "--restart-delay", "1s",
+	// Swarm's default restart delay (5 s): with a shorter one, the task
+	// that replaces the killed writer below can start while Swarm is still
+	// unpublishing the volume from that node for the failed task; the
+	// Engine then rejects it (stat of the published path: ENOTCONN) and
+	// Swarm leaves its successor Preparing, never publishing the volume
+	// there again (seen with 1 s).
+	e.service("fs-app", cephfsWriter, "--replicas", "3", "--replicas-max-per-node", "1",
 		"--env", "SLOT={{.Task.Slot}}", "--env", "NODE={{.Node.Hostname}}", "--env", "TASK={{.Task.ID}}",
 		"--mount", "type=cluster,src=fs-shared,dst=/data", "--mount", toolsMount)
 	tasks := e.waitRunningN("fs-app", 3, 120*time.Second)
