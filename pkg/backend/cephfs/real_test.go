@@ -302,8 +302,10 @@ func TestRealNodeMounts(t *testing.T) {
 	}
 }
 
+// writeFull writes n bytes from the start of path, a new file or an
+// existing one, and fsyncs it.
 func writeFull(path string, n int) error {
-	f, err := os.Create(path)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
 	}
