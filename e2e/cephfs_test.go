@@ -50,7 +50,7 @@ func TestCephFSSharedVolume(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	start := time.Now()
-	c, cl := startCephFSSwarm(t, ctx, 4)
+	c, cl := startCephSwarm(t, ctx, 4, cephfsBackend)
 	t.Logf("four-node cephfs swarm up in %s (ceph with an MDS up in %s on %s)", time.Since(start).Round(time.Millisecond),
 		cl.StartTime.Round(time.Millisecond), cl.MonHost)
 	e := newEnv(t, c)
@@ -273,61 +273,6 @@ func TestCephFSSharedVolume(t *testing.T) {
 		t.Errorf("subvolumes left after the volumes' removal: %v %s", err, subs)
 	}
 	t.Logf("cephfs scenario done %s after the start", time.Since(start).Round(time.Millisecond))
-}
-
-// startCephFSSwarm brings up a swarm of n nodes with the Ceph flavour of
-// the plugin set to the cephfs backend, mounting through ceph-fuse, and a
-// throwaway Ceph cluster with a file system in the manager's network
-// namespace, on its address on the bridge. The swarm goes first at the
-// end (its plugins' ceph-fuse mounts with it): anything touching a
-// ceph-fuse mount whose cluster is gone hangs.
-func startCephFSSwarm(t *testing.T, ctx context.Context, n int) (*harness.Cluster, *cephtest.Cluster) {
-	t.Helper()
-	var cl *cephtest.Cluster
-	c, err := harness.Start(ctx, logf, harness.Options{
-		Nodes: n, Flavour: "rbd", Backend: "cephfs",
-		Setup: func(ctx context.Context, c *harness.Cluster) ([]string, error) {
-			var err error
-			if cl, err = cephtest.StartFSAt(ctx, c.Manager().NetNS, c.Manager().Addr); err != nil {
-				return nil, err
-			}
-			logf("ceph cluster with an MDS up in %s in %s on %s", cl.StartTime.Round(time.Millisecond), c.Manager().NetNS, c.Manager().Addr)
-			key, err := os.ReadFile(cl.FSKeyring)
-			if err == nil {
-				err = os.WriteFile(filepath.Join(c.DataDir, "ceph.keyring"), key, 0o600)
-			}
-			return []string{"BACKEND=cephfs", "CEPHFS_CLIENT=fuse", "CEPHFS_MONITORS=" + cl.MonHost, "CEPHFS_FS=" + cl.FS,
-				"CEPHFS_USER=" + cl.FSUser, "CEPHFS_KEYRING=/var/lib/swarm-csi/ceph.keyring"}, err
-		},
-	})
-	t.Cleanup(func() {
-		if cl == nil {
-			return
-		}
-		// What the swarm's teardown left mounted would hang with the
-		// cluster gone.
-		if c != nil {
-			ms, _ := harness.ReadMountinfo("/proc/self/mountinfo")
-			for _, m := range ms {
-				if m.FSType == "fuse.ceph-fuse" && strings.HasPrefix(m.MountPoint, c.Root+"/") {
-					t.Errorf("a ceph-fuse mount outlived the swarm: %s", m.MountPoint)
-					syscall.Unmount(m.MountPoint, syscall.MNT_DETACH)
-				}
-			}
-		}
-		if err := cl.Stop(); err != nil {
-			t.Errorf("ceph cluster: %v", err)
-		}
-	})
-	if err != nil {
-		t.Fatalf("bring up the cephfs swarm: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Errorf("teardown of the cephfs swarm left something behind:\n%v", err)
-		}
-	})
-	return c, cl
 }
 
 // cephFuseProcs returns the ceph-fuse processes in a node's network

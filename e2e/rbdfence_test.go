@@ -34,7 +34,7 @@ func TestRBDFenceAfterNodeLoss(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	start := time.Now()
-	c, cl := startRBDSwarm(t, ctx, 3)
+	c, cl := startCephSwarm(t, ctx, 3, rbdBackend)
 	t.Logf("three-node rbd swarm up in %s (ceph on %s)", time.Since(start).Round(time.Millisecond), cl.MonHost)
 	e := newEnv(t, c)
 	o := newOperatorCLI(t, e)
@@ -196,48 +196,6 @@ func TestRBDFenceAfterNodeLoss(t *testing.T) {
 	e.waitVolumeGone("fence-vol", 30*time.Second)
 	o.want(0, "deleted "+vid, "volume", "rm-orphan", vid)
 	t.Logf("fencing scenario done %s after the start", time.Since(start).Round(time.Millisecond))
-}
-
-// startRBDSwarm brings up a swarm of n nodes with the rbd flavour and a
-// throwaway Ceph cluster in the manager's network namespace, on its
-// address on the bridge, so that every node reaches it. Both go at the
-// end of the test: the swarm first (its plugins hold images open).
-func startRBDSwarm(t *testing.T, ctx context.Context, n int) (*harness.Cluster, *cephtest.Cluster) {
-	t.Helper()
-	var cl *cephtest.Cluster
-	c, err := harness.Start(ctx, logf, harness.Options{
-		Nodes: n, Flavour: "rbd", Backend: "rbd",
-		Setup: func(ctx context.Context, c *harness.Cluster) ([]string, error) {
-			var err error
-			if cl, err = cephtest.StartAt(ctx, c.Manager().NetNS, c.Manager().Addr); err != nil {
-				return nil, err
-			}
-			logf("ceph cluster up in %s in %s on %s", cl.StartTime.Round(time.Millisecond), c.Manager().NetNS, c.Manager().Addr)
-			key, err := os.ReadFile(cl.Keyring)
-			if err == nil {
-				err = os.WriteFile(filepath.Join(c.DataDir, "ceph.keyring"), key, 0o600)
-			}
-			return []string{"BACKEND=rbd", "RBD_ATTACH=fuse", "RBD_MONITORS=" + cl.MonHost, "RBD_POOL=" + cl.Pool,
-				"RBD_USER=" + cl.User, "RBD_KEYRING=/var/lib/swarm-csi/ceph.keyring", "RBD_PREFIX=e2e"}, err
-		},
-	})
-	t.Cleanup(func() {
-		if cl == nil {
-			return
-		}
-		if err := cl.Stop(); err != nil {
-			t.Errorf("ceph cluster: %v", err)
-		}
-	})
-	if err != nil {
-		t.Fatalf("bring up the rbd swarm: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Errorf("teardown of the rbd swarm left something behind:\n%v", err)
-		}
-	})
-	return c, cl
 }
 
 // rbdFusePIDs returns the rbd-fuse processes of an image in a node's
