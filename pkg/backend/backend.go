@@ -295,6 +295,17 @@ type AttachmentCounter interface {
 	NodeAttachments(ctx context.Context, nodeID string) (int64, error)
 }
 
+// PublishReader is a Controller that may know a volume well enough to
+// attach it without reading it first: ControllerPublishVolume looks at the
+// volume with VolumeForPublish, every other call with Volume.
+type PublishReader interface {
+	// VolumeForPublish is Volume for the Publish that follows, under the
+	// volume's lock. It may answer from what the backend remembers (a
+	// volume it has just created or detached) if its Publish checks, as
+	// it attaches, what that answer could have wrong.
+	VolumeForPublish(ctx context.Context, id string) (*Volume, error)
+}
+
 // VolumePager is a Controller that reads a page of its volumes without
 // reading the others: ListVolumes then costs the page, not the store.
 type VolumePager interface {

@@ -858,6 +858,78 @@ func TestControllerPublishNodeLimitCounted(t *testing.T) {
 	}
 }
 
+// publishReader looks at a volume to publish with VolumeForPublish, as a
+// backend that remembers what it needs to attach does, and checks that
+// Publish gets what it answered.
+type publishReader struct {
+	*fakeBackend
+	handed *backend.Volume // VolumeForPublish's last answer
+}
+
+func (p *publishReader) Volume(ctx context.Context, id string) (*backend.Volume, error) {
+	p.count("Volume")
+	return p.fakeBackend.Volume(ctx, id)
+}
+
+func (p *publishReader) VolumeForPublish(ctx context.Context, id string) (*backend.Volume, error) {
+	p.count("VolumeForPublish")
+	v, err := p.fakeBackend.Volume(ctx, id)
+	p.mu.Lock()
+	p.handed = v
+	p.mu.Unlock()
+	return v, err
+}
+
+func (p *publishReader) Publish(ctx context.Context, v *backend.Volume, a backend.Attachment) (map[string]string, error) {
+	p.mu.Lock()
+	handed := p.handed
+	p.mu.Unlock()
+	if v != handed {
+		return nil, fmt.Errorf("publishing %+v, not what VolumeForPublish answered", v)
+	}
+	return p.fakeBackend.Publish(ctx, v, a)
+}
+
+// Only ControllerPublishVolume looks at a volume with VolumeForPublish, and
+// hands Publish what it answered; every other call reads with Volume.
+func TestControllerPublishReader(t *testing.T) {
+	pr := &publishReader{fakeBackend: newFakeBackend("node-a")}
+	s := New(pr, 0)
+	ctx := context.Background()
+	id := mustCreate(t, s, mountReq("v")).GetVolumeId()
+	for _, call := range []func() error{
+		func() error {
+			_, err := s.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id})
+			return err
+		},
+		func() error {
+			_, err := s.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: id,
+				VolumeCapabilities: []*csi.VolumeCapability{mountCap(snw, "")}})
+			return err
+		},
+		func() error {
+			_, err := s.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: 2 * giB}})
+			return err
+		},
+		func() error {
+			_, err := s.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: id})
+			return err
+		},
+	} {
+		if err := call(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, m := pr.callCount("Volume"), pr.callCount("VolumeForPublish"); n != 4 || m != 0 {
+		t.Errorf("4 calls besides publishing: %d looks with Volume and %d with VolumeForPublish, want 4 and 0", n, m)
+	}
+	mustPublish(t, s, id, "node-a", mountCap(snw, ""), false)
+	if n, m := pr.callCount("Volume"), pr.callCount("VolumeForPublish"); n != 4 || m != 1 {
+		t.Errorf("the publish: %d more looks with Volume and %d with VolumeForPublish, want 0 and 1", n-4, m)
+	}
+}
+
 // At the storage's own limit nothing is counted: the storage refuses the
 // attachment beyond it.
 func TestControllerPublishStorageLimit(t *testing.T) {

@@ -107,10 +107,15 @@ func conflict(v *backend.Volume, mode volcap.Mode, want backend.Attachment) erro
 
 // publishedVolume returns the volume, and when the per-node limit is
 // counted in a listing every volume as well: one listing serves both,
-// which saves a backend whose reads are costly (rbd) a call.
+// which saves a backend whose reads are costly (rbd) a call. The volume is
+// looked at as a PublishReader looks at a volume to publish.
 func (s *Server) publishedVolume(ctx context.Context, id string) (*backend.Volume, []*backend.Volume, error) {
+	look := s.be.Volume
+	if r, ok := s.be.(backend.PublishReader); ok {
+		look = r.VolumeForPublish
+	}
 	if _, counts := s.be.(backend.AttachmentCounter); !s.countsNodeLimit() || counts {
-		v, err := s.be.Volume(ctx, id)
+		v, err := look(ctx, id)
 		return v, nil, err
 	}
 	all, err := s.be.ListVolumes(ctx)
@@ -122,8 +127,8 @@ func (s *Server) publishedVolume(ctx context.Context, id string) (*backend.Volum
 			return v, all, nil
 		}
 	}
-	// Not listed: Volume says why (NotFound, with the backend's reason).
-	v, err := s.be.Volume(ctx, id)
+	// Not listed: the look says why (NotFound, with the backend's reason).
+	v, err := look(ctx, id)
 	return v, all, err
 }
 

@@ -100,13 +100,15 @@ type serverKey struct {
 	id    int64
 }
 
-// Hetzner Cloud volumes grow and a server lists its volumes, but they have
+// Hetzner Cloud volumes grow, a server lists its volumes, and a publish
+// may attach a volume without reading it (VolumeForPublish), but they have
 // no snapshots, copies, mutable settings or capacity figure: the backend
 // implements no other optional interface.
 var _ interface {
 	backend.Controller
 	backend.Expander
 	backend.AttachmentCounter
+	backend.PublishReader
 } = (*Backend)(nil)
 
 // locationPattern is what a Hetzner Cloud location name looks like.
@@ -291,21 +293,21 @@ func (o *op) owns(id int64) bool {
 // maxReads bounds the reads remembered for Publish.
 const maxReads = 256
 
-// handed is the API's view of a volume that Volume returned: read, or
-// from memory (see view).
+// handed is the API's view of a volume that VolumeForPublish returned:
+// read, or from memory (see view).
 type handed struct {
 	hv         *hcloud.Volume
 	fromMemory bool
 }
 
-// remember keeps what Volume returned as v: the controller looks at a
-// volume, checks it and hands the same v to Publish, which then needs no
-// read of its own.
+// remember keeps what VolumeForPublish returned as v: the controller
+// looks at a volume, checks it and hands the same v to Publish, which then
+// needs no read of its own.
 func (b *Backend) remember(v *backend.Volume, h handed) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.reads) >= maxReads {
-		clear(b.reads) // reads never handed back, by other callers
+		clear(b.reads) // looks whose publish stopped before Publish
 	}
 	b.reads[v] = h
 }

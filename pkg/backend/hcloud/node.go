@@ -72,7 +72,7 @@ func (n *NodeSide) Volume(ctx context.Context, id string) (*backend.Volume, erro
 	if v := n.kept(id); v != nil {
 		return v, nil
 	}
-	v, err := n.readVolume(ctx, id)
+	v, err := n.Backend.Volume(ctx, id)
 	if err == nil {
 		n.keep(v)
 	}

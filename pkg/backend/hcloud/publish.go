@@ -21,12 +21,13 @@ import (
 // (see publishContext).
 //
 // There is no read before the attach. The volume is as the controller has
-// just seen it (Volume): read from the API, or, right after this process
-// created or detached it, from memory, which may be stale if something
-// outside this process attached it since. Either way the attach cannot
-// take the volume from anywhere: Hetzner refuses to attach a volume that
-// is attached (volume_already_attached, whichever server has it), and
-// only then does Publish read it: attached to this server is success (a
+// just seen it (VolumeForPublish): read from the API, or, after this
+// process created or detached it, from memory, which may be stale if
+// something outside this process attached it since. (A volume that did
+// not come from VolumeForPublish is read first.) Either way the attach
+// cannot take the volume from anywhere: Hetzner refuses to attach a volume
+// that is attached (volume_already_attached, whichever server has it),
+// and only then does Publish read it: attached to this server is success (a
 // retry, or the answer of an earlier attach lost in a crash), attached
 // elsewhere FailedPrecondition. A volume gone is NotFound, and one locked
 // by an action (an earlier attempt's attach still running) is waited for

@@ -2,6 +2,8 @@ package hcloud
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"net/http"
 	"strconv"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 	"google.golang.org/grpc/codes"
 
+	"github.com/swarm-csi/swarm-csi/pkg/backend"
 	"github.com/swarm-csi/swarm-csi/pkg/backend/hcloud/fakecloud"
 	"github.com/swarm-csi/swarm-csi/pkg/controller"
 )
@@ -23,6 +26,29 @@ var writer = &csi.VolumeCapability{
 
 func publishReq(id string, node fakecloud.Server) *csi.ControllerPublishVolumeRequest {
 	return &csi.ControllerPublishVolumeRequest{VolumeId: id, NodeId: sid(node), VolumeCapability: writer}
+}
+
+// createVolume creates a volume through the controller, as Swarm does,
+// and returns its id.
+func createVolume(t *testing.T, ctrl *controller.Server, name string) string {
+	t.Helper()
+	r, err := ctrl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{writer}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.GetVolume().GetVolumeId()
+}
+
+// deleteAll deletes every volume in the cloud, then checks that nothing
+// is left behind.
+func (e *env) deleteAll(t *testing.T) {
+	t.Helper()
+	for _, v := range e.cloud.Volumes() {
+		if err := e.be.DeleteVolume(context.Background(), strconv.FormatInt(v.ID, 10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.checkClean(t)
 }
 
 // attachedTo returns the server the fake has the volume attached to, or 0.
@@ -71,11 +97,7 @@ func TestPublishAttachesFirst(t *testing.T) {
 	here, there := e.servers[0], e.servers[1]
 	create := func(name string) string {
 		t.Helper()
-		r, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{writer}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.GetVolume().GetVolumeId()
+		return createVolume(t, ctrl, name)
 	}
 	attaches := func() int { return len(e.cloud.Actions("attach_volume")) }
 	requests := func(want map[string]int) {
@@ -203,12 +225,7 @@ func TestPublishAttachesFirst(t *testing.T) {
 		wantCode(t, err, codes.AlreadyExists)
 	})
 
-	for _, v := range e.cloud.Volumes() {
-		if err := e.be.DeleteVolume(ctx, strconv.FormatInt(v.ID, 10)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	e.checkClean(t)
+	e.deleteAll(t)
 }
 
 // A volume moves from one server to another: the publish after the detach
@@ -253,6 +270,137 @@ func TestStaleUnpublishLeavesTheVolume(t *testing.T) {
 	}
 	if err := e.be.DeleteVolume(ctx, id); err != nil {
 		t.Fatal(err)
+	}
+	e.checkClean(t)
+}
+
+// What this process remembers of a volume it has just created or detached
+// serves ControllerPublishVolume only. Another controller call before the
+// publish reads the volume, and sees what was changed outside this
+// process (here another driver grows it); the publish that follows still
+// sends the attach without a read, with the volume as last read.
+func TestOnlyPublishTakesWhatIsRemembered(t *testing.T) {
+	e := newEnv(t, false)
+	ctx := context.Background()
+	ctrl := controller.New(e.be, MaxVolumesPerServer)
+	outside := e.backend(t)
+	here, there := e.servers[0], e.servers[1]
+	for _, s := range e.servers {
+		must[bool](t)(e.be.NodeKnown(ctx, sid(s)))
+	}
+	getVolume := func(id string, wantGiB int64) error {
+		r, err := ctrl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id})
+		if got := r.GetVolume().GetCapacityBytes(); err == nil && got != wantGiB*backend.GiB {
+			err = fmt.Errorf("capacity %d GiB, want %d", got/backend.GiB, wantGiB)
+		}
+		return err
+	}
+	// between grows the volume from outside to 20 GiB, runs call, which
+	// must read the volume reads times, then publishes the volume to to:
+	// an attach without a read, whose publish context gives sizeGiB.
+	between := func(t *testing.T, id string, to fakecloud.Server, sizeGiB int64, call func() error, reads int) {
+		t.Helper()
+		must[int64](t)(outside.ExpandVolume(ctx, id, 20*backend.GiB))
+		e.cloud.ResetRequests()
+		if err := call(); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.cloud.Requests().ByRoute["GET /volumes/{id}"]; got != reads {
+			t.Errorf("the call read the volume %d times, want %d", got, reads)
+		}
+		e.cloud.ResetRequests()
+		r, err := ctrl.ControllerPublishVolume(ctx, publishReq(id, to))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := e.cloud.Requests().ByRoute
+		delete(got, "GET /actions")
+		if want := map[string]int{"POST /volumes/{id}/actions/attach": 1}; !maps.Equal(got, want) {
+			t.Errorf("the publish asked %v, want %v (besides polls)", got, want)
+		}
+		if pc := r.GetPublishContext(); pc[pcSizeGiB] != strconv.FormatInt(sizeGiB, 10) {
+			t.Errorf("publish context %v, want the size %d GiB", pc, sizeGiB)
+		}
+	}
+	t.Run("ControllerGetVolume", func(t *testing.T) {
+		id := createVolume(t, ctrl, "get")
+		between(t, id, here, 20, func() error { return getVolume(id, 20) }, 1)
+	})
+	t.Run("ValidateVolumeCapabilities", func(t *testing.T) {
+		id := createVolume(t, ctrl, "validate")
+		between(t, id, here, 20, func() error {
+			r, err := ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{
+				VolumeId: id, VolumeCapabilities: []*csi.VolumeCapability{writer}})
+			if err == nil && r.GetConfirmed() == nil {
+				err = fmt.Errorf("not confirmed: %s", r.GetMessage())
+			}
+			return err
+		}, 1)
+	})
+	t.Run("ControllerExpandVolume", func(t *testing.T) {
+		id := createVolume(t, ctrl, "expand")
+		between(t, id, here, 30, func() error {
+			_, err := ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{
+				VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: 30 * backend.GiB}})
+			return err
+		}, 2) // the controller's look, then the backend's before the resize
+	})
+	// A volume moving from one server to another: the publish after the
+	// detach is spared its read the same way.
+	t.Run("after a detach", func(t *testing.T) {
+		id := createVolume(t, ctrl, "moving")
+		if _, err := ctrl.ControllerPublishVolume(ctx, publishReq(id, here)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ctrl.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: id, NodeId: sid(here)}); err != nil {
+			t.Fatal(err)
+		}
+		between(t, id, there, 20, func() error { return getVolume(id, 20) }, 1)
+	})
+
+	e.deleteAll(t)
+}
+
+// What is remembered of a created volume serves a publish within
+// idleFor of the creation; a read in between does not make it last
+// longer.
+func TestRememberedForAWhile(t *testing.T) {
+	e := newEnv(t, false)
+	ctx := context.Background()
+	clk := &clock{t: time.Now()}
+	e.be.now = clk.now
+	ctrl := controller.New(e.be, MaxVolumesPerServer)
+	here := e.servers[0]
+	must[bool](t)(e.be.NodeKnown(ctx, sid(here)))
+	for _, c := range []struct {
+		name      string
+		look      bool // ControllerGetVolume before the second wait
+		wait      time.Duration
+		wantReads int
+	}{
+		{"within", false, idleFor - time.Minute, 0},
+		{"within, looked at", true, idleFor - time.Minute, 0},
+		{"too late", false, idleFor + time.Minute, 1},
+		{"too late, looked at", true, idleFor + time.Minute, 1},
+	} {
+		id := createVolume(t, ctrl, c.name)
+		clk.add(c.wait - 2*time.Minute)
+		if c.look {
+			if _, err := ctrl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		clk.add(2 * time.Minute)
+		e.cloud.ResetRequests()
+		if _, err := ctrl.ControllerPublishVolume(ctx, publishReq(id, here)); err != nil {
+			t.Fatal(err)
+		}
+		if n := e.cloud.Requests().ByRoute["GET /volumes/{id}"]; n != c.wantReads {
+			t.Errorf("%s: the publish read the volume %d times, want %d", c.name, n, c.wantReads)
+		}
+		if err := e.be.DeleteVolume(ctx, id); err != nil {
+			t.Fatal(err)
+		}
 	}
 	e.checkClean(t)
 }

@@ -18,8 +18,8 @@ import (
 //     (at most 180 requests an hour, 5% of the budget, however many
 //     volumes the project has). Changes made outside this process (by
 //     another Swarm leader, in the console) show after that time.
-//   - Volume, once, for a volume this process has just created or
-//     detached (see idle).
+//   - VolumeForPublish, once, for a volume this process has just created
+//     or detached (see idle).
 type view struct {
 	vols     map[int64]*entry
 	listed   time.Time // when the last listing started; zero: never listed
@@ -30,9 +30,11 @@ type view struct {
 type entry struct {
 	hv *hcloud.Volume // nil: deleted while a listing was under way
 	at time.Time      // when learned
-	// idle says this process created or detached the volume, and
-	// Volume has not handed it out since.
-	idle bool
+	// idle is when this process created or detached the volume, if
+	// VolumeForPublish has not handed it out since (zero: not idle).
+	// Reading or changing it meanwhile keeps it idle, with what was
+	// learned.
+	idle time.Time
 }
 
 const (
@@ -65,11 +67,21 @@ func snapshot(hv *hcloud.Volume) *hcloud.Volume {
 
 // saw records the volume as the API has just described it, or as an
 // action of this call has just left it. With idle, this call created or
-// detached it, and Volume may hand it out once without reading it.
+// detached it, and VolumeForPublish may hand it out once without reading
+// it. An attached volume is not idle.
 func (o *op) saw(hv *hcloud.Volume, idle bool) {
 	o.b.mu.Lock()
 	defer o.b.mu.Unlock()
-	o.b.viewOf(o.token).vols[hv.ID] = &entry{hv: snapshot(hv), at: o.b.now(), idle: idle && hv.Server == nil}
+	v := o.b.viewOf(o.token)
+	e := &entry{hv: snapshot(hv), at: o.b.now()}
+	switch old := v.vols[hv.ID]; {
+	case hv.Server != nil:
+	case idle:
+		e.idle = e.at
+	case old != nil:
+		e.idle = old.idle
+	}
+	v.vols[hv.ID] = e
 }
 
 // gone records that the volume is deleted, or not this cluster's. While
@@ -85,16 +97,16 @@ func (o *op) gone(id int64) {
 	}
 }
 
-// takeIdle returns, once, the volume this process has just created or
-// detached, or nil.
+// takeIdle returns, once, the volume this process has created or
+// detached within idleFor, or nil.
 func (o *op) takeIdle(id int64) *hcloud.Volume {
 	o.b.mu.Lock()
 	defer o.b.mu.Unlock()
 	e := o.b.viewOf(o.token).vols[id]
-	if e == nil || !e.idle || e.hv == nil || o.b.now().Sub(e.at) > idleFor {
+	if e == nil || e.idle.IsZero() || e.hv == nil || o.b.now().Sub(e.idle) > idleFor {
 		return nil
 	}
-	e.idle = false
+	e.idle = time.Time{}
 	return snapshot(e.hv)
 }
 
@@ -136,8 +148,8 @@ func (o *op) listing() ([]*hcloud.Volume, error) {
 		if old := v.vols[hv.ID]; old != nil {
 			if !old.at.Before(start) {
 				e = old
-			} else {
-				e.idle = old.idle && hv.Server == nil
+			} else if hv.Server == nil {
+				e.idle = old.idle
 			}
 		}
 		vols[hv.ID] = e

@@ -107,8 +107,7 @@ func TestScrapesListRarely(t *testing.T) {
 	}
 	t.Logf("an hour of scrapes every 15 s: %d requests", n)
 
-	// Volume answers from memory once, and only for a volume this
-	// process created or detached; other reads ask the API.
+	// Volume asks the API, for a listed volume too.
 	e.cloud.ResetRequests()
 	for range 2 {
 		if _, err := e.be.Volume(ctx, strconv.FormatInt(others[600], 10)); err != nil {

@@ -221,23 +221,21 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 	}
 }
 
-// Volume implements backend.Controller. A volume this process has just
-// created or detached is answered once without asking the API: in a
-// Swarm lifecycle that is the controller's look before the attach that
-// follows (see Publish), which the attach itself checks. Were it another
-// call (ControllerGetVolume, ValidateVolumeCapabilities), its answer is
-// stale only if something outside this process attached or deleted the
-// volume in between. Every other answer is read from the API.
+// Volume implements backend.Controller: the volume as the API has it.
 func (b *Backend) Volume(ctx context.Context, id string) (*backend.Volume, error) {
-	return b.volumeOf(ctx, id, true)
-}
-
-// readVolume is Volume always asking the API: what the node side uses.
-func (b *Backend) readVolume(ctx context.Context, id string) (*backend.Volume, error) {
 	return b.volumeOf(ctx, id, false)
 }
 
-func (b *Backend) volumeOf(ctx context.Context, id string, idle bool) (*backend.Volume, error) {
+// VolumeForPublish implements backend.PublishReader. A volume this
+// process has created or detached within idleFor, and not handed out
+// since, is answered once without asking the API: the attach that
+// follows checks it (see Publish). Every other answer is read from the
+// API. Publish is handed what was answered, read or not.
+func (b *Backend) VolumeForPublish(ctx context.Context, id string) (*backend.Volume, error) {
+	return b.volumeOf(ctx, id, true)
+}
+
+func (b *Backend) volumeOf(ctx context.Context, id string, forPublish bool) (*backend.Volume, error) {
 	vid, ok := parseID(id)
 	if !ok {
 		return nil, csierr.NotFound("volume %q is not a Hetzner Cloud volume id", id)
@@ -248,7 +246,7 @@ func (b *Backend) volumeOf(ctx context.Context, id string, idle bool) (*backend.
 	}
 	defer o.done()
 	var h handed
-	if idle {
+	if forPublish {
 		h = handed{hv: o.takeIdle(vid), fromMemory: true}
 	}
 	if h.hv == nil {
@@ -258,7 +256,7 @@ func (b *Backend) volumeOf(ctx context.Context, id string, idle bool) (*backend.
 		h.fromMemory = false
 	}
 	v, err := toVolume(h.hv)
-	if err == nil {
+	if err == nil && forPublish {
 		b.remember(v, h)
 	}
 	return v, err
