@@ -20,10 +20,7 @@ import (
 // if it is blank, mount it at the staging path and grow the filesystem if
 // the volume was expanded since.
 func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, csierr.Invalid("volume_id is required")
-	}
-	staging, err := cleanPath("staging_target_path", req.GetStagingTargetPath())
+	staging, err := requestPath(req.GetVolumeId(), "staging_target_path", req.GetStagingTargetPath())
 	if err != nil {
 		return nil, err
 	}
@@ -215,10 +212,7 @@ func (s *Server) grow(dev, mountPath, fsType string) error {
 // NodeUnstageVolume implements csi.NodeServer. After Swarm's last unpublish
 // the volume is released already and this is a no-op.
 func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, csierr.Invalid("volume_id is required")
-	}
-	staging, err := cleanPath("staging_target_path", req.GetStagingTargetPath())
+	staging, err := requestPath(req.GetVolumeId(), "staging_target_path", req.GetStagingTargetPath())
 	if err != nil {
 		return nil, err
 	}
