@@ -135,18 +135,7 @@ func readAll[T any](ctx context.Context, b *Backend, prefix string, read func(co
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*T, 0, len(ids))
-	for _, id := range ids {
-		r, err := read(ctx, id)
-		if errors.Is(err, csierr.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, nil
+	return backend.ReadEach(ids, func(id string) (*T, error) { return read(ctx, id) })
 }
 
 // keys lists the ids of the records whose keys start with prefix, sorted.
