@@ -135,11 +135,7 @@ func makeMountPoint(target string, block bool) error {
 // NodeUnstageVolume (SwarmKit PR #3178), so the last unpublish of a volume
 // on this node also unmounts the staging path and detaches the device.
 func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	target, err := requestPath(req.GetVolumeId(), "target_path", req.GetTargetPath())
-	if err != nil {
-		return nil, err
-	}
-	release, err := s.lock(req.GetVolumeId())
+	target, release, err := s.lockRequest(req.GetVolumeId(), "target_path", req.GetTargetPath())
 	if err != nil {
 		return nil, err
 	}

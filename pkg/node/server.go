@@ -100,13 +100,4 @@ func cleanPath(field, p string) (string, error) {
 	return trimmed, nil
 }
 
-// requestPath checks the volume id of a request and cleans its path field
-// as cleanPath does.
-func requestPath(volumeID, field, p string) (string, error) {
-	if volumeID == "" {
-		return "", csierr.Invalid("volume_id is required")
-	}
-	return cleanPath(field, p)
-}
-
 func (s *Server) lock(volumeID string) (func(), error) { return s.locks.TryLock(volumeID) }

@@ -39,6 +39,26 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
+// requestPath checks the volume id of a request and cleans its path field
+// as cleanPath does.
+func requestPath(volumeID, field, p string) (string, error) {
+	if volumeID == "" {
+		return "", csierr.Invalid("volume_id is required")
+	}
+	return cleanPath(field, p)
+}
+
+// lockRequest does what unstage and unpublish start with: check the
+// request's volume id and path field, and take the volume's lock.
+func (s *Server) lockRequest(volumeID, field, p string) (string, func(), error) {
+	path, err := requestPath(volumeID, field, p)
+	if err != nil {
+		return "", nil, err
+	}
+	release, err := s.lock(volumeID)
+	return path, release, err
+}
+
 // begin does what stage and publish start with: check the capability, take
 // the volume's lock, and look up the volume and what this node knows of it.
 func (s *Server) begin(ctx context.Context, volumeID string, c *csi.VolumeCapability) (*backend.Volume, *staged, func(), error) {
@@ -212,11 +232,7 @@ func (s *Server) grow(dev, mountPath, fsType string) error {
 // NodeUnstageVolume implements csi.NodeServer. After Swarm's last unpublish
 // the volume is released already and this is a no-op.
 func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	staging, err := requestPath(req.GetVolumeId(), "staging_target_path", req.GetStagingTargetPath())
-	if err != nil {
-		return nil, err
-	}
-	release, err := s.lock(req.GetVolumeId())
+	staging, release, err := s.lockRequest(req.GetVolumeId(), "staging_target_path", req.GetStagingTargetPath())
 	if err != nil {
 		return nil, err
 	}
