@@ -148,11 +148,8 @@ func checkMembers(members []*backend.Snapshot, ids []string, gone map[string]boo
 
 // DeleteVolumeGroupSnapshot implements csi.GroupControllerServer.
 func (s *Server) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteVolumeGroupSnapshotRequest) (*csi.DeleteVolumeGroupSnapshotResponse, error) {
-	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
+	if err := s.requireSnapshot("group_snapshot_id", req.GetGroupSnapshotId()); err != nil {
 		return nil, err
-	}
-	if req.GetGroupSnapshotId() == "" {
-		return nil, csierr.Invalid("group_snapshot_id is required")
 	}
 	release, err := s.lock(snapshotNameKey(req.GetGroupSnapshotId()))
 	if err != nil {
@@ -188,11 +185,8 @@ func (s *Server) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteV
 
 // GetVolumeGroupSnapshot implements csi.GroupControllerServer.
 func (s *Server) GetVolumeGroupSnapshot(ctx context.Context, req *csi.GetVolumeGroupSnapshotRequest) (*csi.GetVolumeGroupSnapshotResponse, error) {
-	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
+	if err := s.requireSnapshot("group_snapshot_id", req.GetGroupSnapshotId()); err != nil {
 		return nil, err
-	}
-	if req.GetGroupSnapshotId() == "" {
-		return nil, csierr.Invalid("group_snapshot_id is required")
 	}
 	members, err := s.groupMembers(ctx, req.GetGroupSnapshotId())
 	if err != nil {

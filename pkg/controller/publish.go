@@ -168,10 +168,7 @@ func (s *Server) checkNodeLimit(ctx context.Context, vols []*backend.Volume, nod
 // ControllerUnpublishVolume implements csi.ControllerServer. An empty node
 // id unpublishes the volume from every node.
 func (s *Server) ControllerUnpublishVolume(ctx context.Context, req *csi.ControllerUnpublishVolumeRequest) (*csi.ControllerUnpublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, csierr.Invalid("volume_id is required")
-	}
-	release, err := s.lock(volumeKey(req.GetVolumeId()))
+	release, err := s.lockVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}

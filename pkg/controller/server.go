@@ -132,6 +132,15 @@ func (s *Server) require(has bool, feature string) error {
 // lock takes the operation locks for keys, failing with Aborted if busy.
 func (s *Server) lock(keys ...string) (func(), error) { return s.locks.TryLock(keys...) }
 
+// lockVolume refuses a request without a volume id, and takes the
+// volume's lock.
+func (s *Server) lockVolume(id string) (func(), error) {
+	if id == "" {
+		return nil, csierr.Invalid("volume_id is required")
+	}
+	return s.lock(volumeKey(id))
+}
+
 func volumeKey(id string) string      { return "volume " + id }
 func snapshotKey(id string) string    { return "snapshot " + id }
 func nodeKey(id string) string        { return "node " + id }

@@ -48,6 +48,19 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(sn)}, nil
 }
 
+// requireSnapshot refuses a call on a snapshot, or a group of them, when
+// the backend has no snapshots or the request leaves field, the id it is
+// about, empty.
+func (s *Server) requireSnapshot(field, id string) error {
+	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
+		return err
+	}
+	if id == "" {
+		return csierr.Invalid("%s is required", field)
+	}
+	return nil
+}
+
 func csiSnapshot(sn *backend.Snapshot) *csi.Snapshot {
 	return &csi.Snapshot{
 		SnapshotId:      sn.ID,
@@ -61,11 +74,8 @@ func csiSnapshot(sn *backend.Snapshot) *csi.Snapshot {
 
 // GetSnapshot implements csi.ControllerServer.
 func (s *Server) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
-	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
+	if err := s.requireSnapshot("snapshot_id", req.GetSnapshotId()); err != nil {
 		return nil, err
-	}
-	if req.GetSnapshotId() == "" {
-		return nil, csierr.Invalid("snapshot_id is required")
 	}
 	sn, err := s.snaps.Snapshot(ctx, req.GetSnapshotId())
 	if err != nil {
@@ -76,11 +86,8 @@ func (s *Server) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (
 
 // DeleteSnapshot implements csi.ControllerServer.
 func (s *Server) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
-	if err := s.require(s.snaps != nil, "snapshots"); err != nil {
+	if err := s.requireSnapshot("snapshot_id", req.GetSnapshotId()); err != nil {
 		return nil, err
-	}
-	if req.GetSnapshotId() == "" {
-		return nil, csierr.Invalid("snapshot_id is required")
 	}
 	release, err := s.lock(snapshotKey(req.GetSnapshotId()))
 	if err != nil {

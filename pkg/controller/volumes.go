@@ -179,10 +179,7 @@ func volumeContext(v *backend.Volume) map[string]string {
 
 // DeleteVolume implements csi.ControllerServer.
 func (s *Server) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, csierr.Invalid("volume_id is required")
-	}
-	release, err := s.lock(volumeKey(req.GetVolumeId()))
+	release, err := s.lockVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}

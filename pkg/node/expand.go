@@ -14,11 +14,8 @@ import (
 // NodeExpandVolume implements csi.NodeServer: the device is made to see the
 // volume's new size, then the filesystem grows online.
 func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, csierr.Invalid("volume_id is required")
-	}
-	if req.GetVolumePath() == "" {
-		return nil, csierr.Invalid("volume_path is required")
+	if err := requireVolumePath(req.GetVolumeId(), req.GetVolumePath()); err != nil {
+		return nil, err
 	}
 	if c := req.GetVolumeCapability(); c != nil {
 		if err := volcap.Check(c); err != nil {
@@ -30,16 +27,9 @@ func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		return nil, err
 	}
 	defer release()
-	v, err := s.be.Volume(ctx, req.GetVolumeId())
+	v, path, _, err := s.volumeAt(ctx, req.GetVolumeId(), req.GetVolumePath())
 	if err != nil {
 		return nil, err
-	}
-	path, err := cleanPath("volume_path", req.GetVolumePath())
-	if err != nil {
-		return nil, csierr.NotFound("volume %s cannot be at %s: %v", v.ID, req.GetVolumePath(), err)
-	}
-	if p := s.probe(ctx, v.ID, path); p.problem != nil {
-		return nil, csierr.NotFound("volume %s at %s: %s", v.ID, path, p.problem.GetMessage())
 	}
 	if s.filesystem() != nil {
 		return &csi.NodeExpandVolumeResponse{}, nil // a directory: nothing to grow

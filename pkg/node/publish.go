@@ -18,10 +18,7 @@ import (
 // NodePublishVolume implements csi.NodeServer: bind-mount the staged
 // filesystem, or the device itself for block access, at the target path.
 func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, csierr.Invalid("volume_id is required")
-	}
-	target, err := cleanPath("target_path", req.GetTargetPath())
+	target, err := requestPath(req.GetVolumeId(), "target_path", req.GetTargetPath())
 	if err != nil {
 		return nil, err
 	}
@@ -138,14 +135,7 @@ func makeMountPoint(target string, block bool) error {
 // NodeUnstageVolume (SwarmKit PR #3178), so the last unpublish of a volume
 // on this node also unmounts the staging path and detaches the device.
 func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, csierr.Invalid("volume_id is required")
-	}
-	target, err := cleanPath("target_path", req.GetTargetPath())
-	if err != nil {
-		return nil, err
-	}
-	release, err := s.lock(req.GetVolumeId())
+	target, release, err := s.lockRequest(req.GetVolumeId(), "target_path", req.GetTargetPath())
 	if err != nil {
 		return nil, err
 	}

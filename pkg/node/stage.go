@@ -20,10 +20,7 @@ import (
 // if it is blank, mount it at the staging path and grow the filesystem if
 // the volume was expanded since.
 func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, csierr.Invalid("volume_id is required")
-	}
-	staging, err := cleanPath("staging_target_path", req.GetStagingTargetPath())
+	staging, err := requestPath(req.GetVolumeId(), "staging_target_path", req.GetStagingTargetPath())
 	if err != nil {
 		return nil, err
 	}
@@ -40,6 +37,26 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, err
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// requestPath checks the volume id of a request and cleans its path field
+// as cleanPath does.
+func requestPath(volumeID, field, p string) (string, error) {
+	if volumeID == "" {
+		return "", csierr.Invalid("volume_id is required")
+	}
+	return cleanPath(field, p)
+}
+
+// lockRequest does what unstage and unpublish start with: check the
+// request's volume id and path field, and take the volume's lock.
+func (s *Server) lockRequest(volumeID, field, p string) (string, func(), error) {
+	path, err := requestPath(volumeID, field, p)
+	if err != nil {
+		return "", nil, err
+	}
+	release, err := s.lock(volumeID)
+	return path, release, err
 }
 
 // begin does what stage and publish start with: check the capability, take
@@ -215,14 +232,7 @@ func (s *Server) grow(dev, mountPath, fsType string) error {
 // NodeUnstageVolume implements csi.NodeServer. After Swarm's last unpublish
 // the volume is released already and this is a no-op.
 func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, csierr.Invalid("volume_id is required")
-	}
-	staging, err := cleanPath("staging_target_path", req.GetStagingTargetPath())
-	if err != nil {
-		return nil, err
-	}
-	release, err := s.lock(req.GetVolumeId())
+	staging, release, err := s.lockRequest(req.GetVolumeId(), "staging_target_path", req.GetStagingTargetPath())
 	if err != nil {
 		return nil, err
 	}

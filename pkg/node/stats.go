@@ -19,23 +19,12 @@ import (
 // device is gone is NotFound at that path, with the reason; its condition
 // is reported by NodeGetVolumeHealth.
 func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, csierr.Invalid("volume_id is required")
-	}
-	if req.GetVolumePath() == "" {
-		return nil, csierr.Invalid("volume_path is required")
-	}
-	v, err := s.be.Volume(ctx, req.GetVolumeId())
-	if err != nil {
+	if err := requireVolumePath(req.GetVolumeId(), req.GetVolumePath()); err != nil {
 		return nil, err
 	}
-	path, err := cleanPath("volume_path", req.GetVolumePath())
+	v, path, p, err := s.volumeAt(ctx, req.GetVolumeId(), req.GetVolumePath())
 	if err != nil {
-		return nil, csierr.NotFound("volume %s cannot be at %s: %v", v.ID, req.GetVolumePath(), err)
-	}
-	p := s.probe(ctx, v.ID, path)
-	if p.problem != nil {
-		return nil, csierr.NotFound("volume %s at %s: %s", v.ID, path, p.problem.GetMessage())
+		return nil, err
 	}
 	if v.Block {
 		size, err := blockdev.Size(p.device)
@@ -49,6 +38,37 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		return nil, err
 	}
 	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{bytes, inodes}}, nil
+}
+
+// requireVolumePath refuses a request that leaves out the volume's id or
+// its path.
+func requireVolumePath(volumeID, volumePath string) error {
+	switch {
+	case volumeID == "":
+		return csierr.Invalid("volume_id is required")
+	case volumePath == "":
+		return csierr.Invalid("volume_path is required")
+	}
+	return nil
+}
+
+// volumeAt looks the volume up and probes it at volumePath. A path that
+// cannot be the volume's, or where the volume is not mounted or attached,
+// is NotFound, with the reason.
+func (s *Server) volumeAt(ctx context.Context, volumeID, volumePath string) (*backend.Volume, string, probed, error) {
+	v, err := s.be.Volume(ctx, volumeID)
+	if err != nil {
+		return nil, "", probed{}, err
+	}
+	path, err := cleanPath("volume_path", volumePath)
+	if err != nil {
+		return nil, "", probed{}, csierr.NotFound("volume %s cannot be at %s: %v", v.ID, volumePath, err)
+	}
+	p := s.probe(ctx, v.ID, path)
+	if p.problem != nil {
+		return nil, "", probed{}, csierr.NotFound("volume %s at %s: %s", v.ID, path, p.problem.GetMessage())
+	}
+	return v, path, p, nil
 }
 
 // volumeStats is the size and use of the mounted volume at path: from the

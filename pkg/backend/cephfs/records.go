@@ -3,6 +3,7 @@ package cephfs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -109,6 +110,32 @@ func (b *Backend) deleteKey(ctx context.Context, key string) error {
 		return b.cephErr(err, "delete record %s", key)
 	}
 	return nil
+}
+
+// recordFor returns the id recorded for a name under key (a new one, if
+// there is none) and the record of that id: nil while it is not written.
+func recordFor[T any](ctx context.Context, b *Backend, key, prefix string, valid func(string) bool, read func(context.Context, string) (*T, error)) (string, *T, error) {
+	id, err := b.idFor(ctx, key, prefix, valid)
+	if err != nil {
+		return "", nil, err
+	}
+	r, err := read(ctx, id)
+	if errors.Is(err, csierr.ErrNotFound) {
+		return id, nil, nil
+	}
+	return id, r, err
+}
+
+// readAll reads the records whose keys start with prefix, in the order of
+// their ids; one deleted meanwhile is left out.
+func readAll[T any](ctx context.Context, b *Backend, prefix string, read func(context.Context, string) (*T, error)) ([]*T, error) {
+	ctx, cancel := b.call(ctx)
+	defer cancel()
+	ids, err := b.keys(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
+	return backend.ReadEach(ids, func(id string) (*T, error) { return read(ctx, id) })
 }
 
 // keys lists the ids of the records whose keys start with prefix, sorted.

@@ -19,16 +19,12 @@ func (b *Backend) CreateSnapshot(ctx context.Context, spec backend.SnapshotSpec)
 	}
 	ctx, cancel := b.call(ctx)
 	defer cancel()
-	id, err := b.idFor(ctx, snapshotNameKey(spec.Name), "snap-", ValidSnapshotID)
-	if err != nil {
-		return nil, err
-	}
-	s, err := b.readSnapshot(ctx, id)
-	if err == nil || !errors.Is(err, csierr.ErrNotFound) {
+	id, s, err := recordFor(ctx, b, snapshotNameKey(spec.Name), "snap-", ValidSnapshotID, b.readSnapshot)
+	if err != nil || s != nil {
 		return s, err
 	}
-	if err := b.cl.SnapCreate(ctx, b.cfg.Group, src.ID, id); err != nil && !isKind(err, KindExists) {
-		return nil, b.cephErr(err, "snapshot %s of subvolume %s", id, src.ID)
+	if err := b.snapCreate(ctx, src.ID, id); err != nil {
+		return nil, err
 	}
 	s = &backend.Snapshot{ID: id, SnapshotSpec: spec, SizeBytes: src.CapacityBytes, CreatedAt: b.now().UTC().Truncate(time.Second)}
 	return s, b.putJSON(ctx, snapshotKey(id), s)
@@ -49,8 +45,8 @@ func (b *Backend) DeleteSnapshot(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if err := b.cl.SnapRemove(ctx, b.cfg.Group, s.SourceVolumeID, id); err != nil && !isKind(err, KindNotFound) {
-		return b.cephErr(err, "remove snapshot %s of subvolume %s", id, s.SourceVolumeID)
+	if err := b.snapRemove(ctx, s.SourceVolumeID, id); err != nil {
+		return err
 	}
 	if err := b.deleteKey(ctx, snapshotKey(id)); err != nil {
 		return err
@@ -67,24 +63,25 @@ func (b *Backend) Snapshot(ctx context.Context, id string) (*backend.Snapshot, e
 
 // ListSnapshots implements backend.Snapshotter.
 func (b *Backend) ListSnapshots(ctx context.Context) ([]*backend.Snapshot, error) {
-	ctx, cancel := b.call(ctx)
-	defer cancel()
-	ids, err := b.keys(ctx, "snap.")
-	if err != nil {
-		return nil, err
+	return readAll(ctx, b, "snap.", b.readSnapshot)
+}
+
+// snapCreate takes snapshot snap of subvolume sub; one taken already is
+// no error.
+func (b *Backend) snapCreate(ctx context.Context, sub, snap string) error {
+	if err := b.cl.SnapCreate(ctx, b.cfg.Group, sub, snap); err != nil && !isKind(err, KindExists) {
+		return b.cephErr(err, "snapshot %s of subvolume %s", snap, sub)
 	}
-	out := make([]*backend.Snapshot, 0, len(ids))
-	for _, id := range ids {
-		s, err := b.readSnapshot(ctx, id)
-		if errors.Is(err, csierr.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, s)
+	return nil
+}
+
+// snapRemove removes snapshot snap of subvolume sub; one gone already is
+// no error.
+func (b *Backend) snapRemove(ctx context.Context, sub, snap string) error {
+	if err := b.cl.SnapRemove(ctx, b.cfg.Group, sub, snap); err != nil && !isKind(err, KindNotFound) {
+		return b.cephErr(err, "remove snapshot %s of subvolume %s", snap, sub)
 	}
-	return out, nil
+	return nil
 }
 
 // CreateVolumeFrom implements backend.Cloner: a CephFS clone of the
@@ -151,8 +148,8 @@ func (b *Backend) startClone(ctx context.Context, r *volumeRecord, parent, snap 
 			}
 		}
 		parent, snap = r.CloneOf, r.CloneSnap
-		if err := b.cl.SnapCreate(ctx, b.cfg.Group, parent, snap); err != nil && !isKind(err, KindExists) {
-			return b.cephErr(err, "snapshot %s of subvolume %s", snap, parent)
+		if err := b.snapCreate(ctx, parent, snap); err != nil {
+			return err
 		}
 	}
 	_, err := b.cl.CloneState(ctx, b.cfg.Group, r.ID)
@@ -205,8 +202,8 @@ func (b *Backend) finishClone(ctx context.Context, r *volumeRecord) (*backend.Vo
 		}
 	}
 	if r.CloneSnap != "" {
-		if err := b.cl.SnapRemove(cctx, b.cfg.Group, r.CloneOf, r.CloneSnap); err != nil && !isKind(err, KindNotFound) {
-			return nil, b.cephErr(err, "remove snapshot %s of %s", r.CloneSnap, r.CloneOf)
+		if err := b.snapRemove(cctx, r.CloneOf, r.CloneSnap); err != nil {
+			return nil, err
 		}
 	}
 	return b.ready(ctx, r)

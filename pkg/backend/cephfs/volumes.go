@@ -54,12 +54,8 @@ func (b *Backend) begin(ctx context.Context, spec backend.VolumeSpec, state stri
 	if err := b.cephErr(b.cl.CreateGroup(ctx, b.cfg.Group), "subvolume group %s", b.cfg.Group); err != nil {
 		return nil, err
 	}
-	id, err := b.idFor(ctx, volumeNameKey(spec.Name), "vol-", ValidVolumeID)
-	if err != nil {
-		return nil, err
-	}
-	r, err := b.readVolume(ctx, id)
-	if err == nil || !errors.Is(err, csierr.ErrNotFound) {
+	id, r, err := recordFor(ctx, b, volumeNameKey(spec.Name), "vol-", ValidVolumeID, b.readVolume)
+	if err != nil || r != nil {
 		return r, err
 	}
 	r = &volumeRecord{Volume: backend.Volume{ID: id, VolumeSpec: spec, CreatedAt: b.now().UTC().Truncate(time.Second)}, State: state}
@@ -112,21 +108,12 @@ func (b *Backend) readReady(ctx context.Context, id string) (*volumeRecord, erro
 
 // ListVolumes implements backend.Controller: the ready volumes.
 func (b *Backend) ListVolumes(ctx context.Context) ([]*backend.Volume, error) {
-	ctx, cancel := b.call(ctx)
-	defer cancel()
-	ids, err := b.keys(ctx, "vol.")
+	rs, err := readAll(ctx, b, "vol.", b.readVolume)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*backend.Volume, 0, len(ids))
-	for _, id := range ids {
-		r, err := b.readVolume(ctx, id)
-		if errors.Is(err, csierr.ErrNotFound) {
-			continue // deleted meanwhile
-		}
-		if err != nil {
-			return nil, err
-		}
+	out := make([]*backend.Volume, 0, len(rs))
+	for _, r := range rs {
 		if r.State == stateReady {
 			out = append(out, volumeOf(r))
 		}
@@ -154,8 +141,8 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 		return err
 	}
 	if r != nil && r.CloneSnap != "" {
-		if err := b.cl.SnapRemove(ctx, b.cfg.Group, r.CloneOf, r.CloneSnap); err != nil && !isKind(err, KindNotFound) {
-			return b.cephErr(err, "remove snapshot %s of %s", r.CloneSnap, r.CloneOf)
+		if err := b.snapRemove(ctx, r.CloneOf, r.CloneSnap); err != nil {
+			return err
 		}
 	}
 	if err := b.deleteKey(ctx, volumeKey(id)); err != nil || r == nil {

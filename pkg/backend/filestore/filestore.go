@@ -245,18 +245,7 @@ func ReadAll[T any](s *Store, dir string, valid func(string) bool, read func(str
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*T, 0, len(ids))
-	for _, id := range ids {
-		r, err := read(id)
-		if errors.Is(err, csierr.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, nil
+	return backend.ReadEach(ids, read)
 }
 
 // ReadPage reads, in id order, the records of dir whose ids sort after

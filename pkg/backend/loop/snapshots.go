@@ -50,18 +50,12 @@ func (b *Backend) CreateSnapshot(ctx context.Context, spec backend.SnapshotSpec)
 func (b *Backend) DeleteSnapshot(_ context.Context, id string) error {
 	s, err := b.readSnapshot(id)
 	if errors.Is(err, csierr.ErrNotFound) {
-		if ValidSnapshotID(id) {
-			return filestore.RemoveFiles(b.store.snapshotImage(id), partial(b.store.snapshotImage(id)))
-		}
-		return nil
+		return b.store.removeRemains(snapshots, id)
 	}
 	if err != nil {
 		return err
 	}
-	if err := b.store.ReleaseName(snapshotPrefix, s.Name, id); err != nil {
-		return err
-	}
-	return filestore.RemoveFiles(b.store.snapshotImage(id), partial(b.store.snapshotImage(id)), b.store.snapshotRecord(id))
+	return b.store.remove(snapshots, id, s.Name)
 }
 
 // Snapshot implements backend.Snapshotter.
@@ -70,14 +64,7 @@ func (b *Backend) Snapshot(_ context.Context, id string) (*backend.Snapshot, err
 }
 
 func (b *Backend) readSnapshot(id string) (*backend.Snapshot, error) {
-	if !ValidSnapshotID(id) {
-		return nil, csierr.NotFound("snapshot %q is not a loop snapshot id", id)
-	}
-	var s backend.Snapshot
-	if err := filestore.ReadJSON(b.store.snapshotRecord(id), &s); err != nil {
-		return nil, err
-	}
-	return &s, nil
+	return readRecord[backend.Snapshot](b.store, snapshots, id)
 }
 
 // ListSnapshots implements backend.Snapshotter.

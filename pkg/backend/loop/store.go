@@ -5,6 +5,7 @@ import (
 	"regexp"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend/filestore"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 )
 
 // Layout of the data directory, beside what every filestore.Store keeps
@@ -52,7 +53,54 @@ func openStore(root string) (*store, error) {
 	return &store{s}, nil
 }
 
-func (s *store) volumeRecord(id string) string   { return s.Path(volumesDir, id+".json") }
-func (s *store) volumeImage(id string) string    { return s.Path(volumesDir, id+".img") }
-func (s *store) snapshotRecord(id string) string { return s.Path(snapshotsDir, id+".json") }
-func (s *store) snapshotImage(id string) string  { return s.Path(snapshotsDir, id+".img") }
+// kind is one of the two sorts of record the data directory keeps, each
+// beside its image: volumes and snapshots.
+type kind struct {
+	name, dir, prefix string
+	valid             func(string) bool
+}
+
+var (
+	volumes   = kind{"volume", volumesDir, volumePrefix, ValidVolumeID}
+	snapshots = kind{"snapshot", snapshotsDir, snapshotPrefix, ValidSnapshotID}
+)
+
+func (s *store) record(k kind, id string) string { return s.Path(k.dir, id+".json") }
+func (s *store) image(k kind, id string) string  { return s.Path(k.dir, id+".img") }
+
+func (s *store) volumeRecord(id string) string   { return s.record(volumes, id) }
+func (s *store) volumeImage(id string) string    { return s.image(volumes, id) }
+func (s *store) snapshotRecord(id string) string { return s.record(snapshots, id) }
+func (s *store) snapshotImage(id string) string  { return s.image(snapshots, id) }
+
+// readRecord reads the record id of kind k; an id of another form is
+// NotFound, and is never made a path.
+func readRecord[T any](s *store, k kind, id string) (*T, error) {
+	if !k.valid(id) {
+		return nil, csierr.NotFound("%s %q is not a loop %s id", k.name, id, k.name)
+	}
+	var r T
+	if err := filestore.ReadJSON(s.record(k, id), &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// removeRemains removes what a creation of id that never finished left,
+// its image whole or in part; an id of another form has none.
+func (s *store) removeRemains(k kind, id string) error {
+	if !k.valid(id) {
+		return nil
+	}
+	return filestore.RemoveFiles(s.image(k, id), partial(s.image(k, id)))
+}
+
+// remove deletes the record id of kind k, named name, and its image. The
+// name is released first: a crash after it leaves a record that a retried
+// delete still finds, and never a name pointing nowhere.
+func (s *store) remove(k kind, id, name string) error {
+	if err := s.ReleaseName(k.prefix, name, id); err != nil {
+		return err
+	}
+	return filestore.RemoveFiles(s.image(k, id), partial(s.image(k, id)), s.record(k, id))
+}

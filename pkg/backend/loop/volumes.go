@@ -106,10 +106,7 @@ func (b *Backend) sourceImage(src *backend.Source) (string, error) {
 func (b *Backend) DeleteVolume(_ context.Context, id string) error {
 	v, err := b.readVolume(id)
 	if errors.Is(err, csierr.ErrNotFound) {
-		if ValidVolumeID(id) { // remains of a creation that never finished
-			return filestore.RemoveFiles(b.store.volumeImage(id), partial(b.store.volumeImage(id)))
-		}
-		return nil
+		return b.store.removeRemains(volumes, id)
 	}
 	if err != nil {
 		return err
@@ -117,12 +114,7 @@ func (b *Backend) DeleteVolume(_ context.Context, id string) error {
 	if len(v.Attachments) > 0 {
 		return fmt.Errorf("%w: volume %s is still published to node %s", csierr.ErrInUse, id, v.Attachments[0].NodeID)
 	}
-	// Release the name first: a crash after it leaves a record that a
-	// retried DeleteVolume still finds, and never a name pointing nowhere.
-	if err := b.store.ReleaseName(volumePrefix, v.Name, id); err != nil {
-		return err
-	}
-	return filestore.RemoveFiles(b.store.volumeImage(id), partial(b.store.volumeImage(id)), b.store.volumeRecord(id))
+	return b.store.remove(volumes, id, v.Name)
 }
 
 // Volume implements backend.Controller and backend.Node.
@@ -131,14 +123,7 @@ func (b *Backend) Volume(_ context.Context, id string) (*backend.Volume, error) 
 }
 
 func (b *Backend) readVolume(id string) (*backend.Volume, error) {
-	if !ValidVolumeID(id) {
-		return nil, csierr.NotFound("volume %q is not a loop volume id", id)
-	}
-	var v backend.Volume
-	if err := filestore.ReadJSON(b.store.volumeRecord(id), &v); err != nil {
-		return nil, err
-	}
-	return &v, nil
+	return readRecord[backend.Volume](b.store, volumes, id)
 }
 
 // ListVolumes implements backend.Controller.
