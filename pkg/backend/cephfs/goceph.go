@@ -345,22 +345,9 @@ func (g *goceph) Available(ctx context.Context) (int64, error) {
 		if err != nil {
 			return err
 		}
-		var df struct {
-			Pools []struct {
-				Name  string `json:"name"`
-				Stats struct {
-					MaxAvail int64 `json:"max_avail"`
-				} `json:"stats"`
-			} `json:"pools"`
-		}
-		if err := json.Unmarshal(out, &df); err != nil {
-			return fmt.Errorf("df: %w", err)
-		}
-		for _, p := range df.Pools {
-			if p.Name == s.dataPool {
-				avail = p.Stats.MaxAvail
-				return nil
-			}
+		var listed bool
+		if avail, listed, err = cephconn.MaxAvail(out, s.dataPool); err != nil || listed {
+			return err
 		}
 		// Pools appear in ceph df once the mgr has reported their
 		// statistics; until then, the cluster's raw free space.
