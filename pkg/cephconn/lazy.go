@@ -1,8 +1,9 @@
 // Package cephconn is what the Ceph backends share to reach a cluster
 // through librados: a connection made on first use by one attempt that
 // every caller waits for (Lazy), dialled with the libraries' own output
-// silenced (Dial, in a build with the tags ceph and cgo), and the error
-// number of what the libraries answer (Errno).
+// silenced (Dial, in a build with the tags ceph and cgo), the error
+// number of what the libraries answer (Errno), and what ceph df says a
+// pool can still take (MaxAvail).
 package cephconn
 
 import (
