@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"path/filepath"
@@ -58,11 +57,7 @@ func (f *cephfsFlags) open(_ context.Context, c *config) (*openedBackend, error)
 	}
 	be, err := cephfs.New(cfg)
 	if err != nil {
-		var ce *cephfs.ConfigError
-		if errors.As(err, &ce) && cephfsSettings[ce.Field] != "" {
-			return nil, fmt.Errorf("%s: %s", cephfsSettings[ce.Field], ce.Msg)
-		}
-		return nil, err
+		return nil, settingError(err, cephfsSettings)
 	}
 	node, err := be.ForNode(c.nodeID)
 	if err != nil {

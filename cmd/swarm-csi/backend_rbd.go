@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"path/filepath"
@@ -59,11 +58,7 @@ func (f *rbdFlags) open(_ context.Context, c *config) (*openedBackend, error) {
 	}
 	be, err := rbd.New(cfg)
 	if err != nil {
-		var ce *rbd.ConfigError
-		if errors.As(err, &ce) && rbdSettings[ce.Field] != "" {
-			return nil, fmt.Errorf("%s: %s", rbdSettings[ce.Field], ce.Msg)
-		}
-		return nil, err
+		return nil, settingError(err, rbdSettings)
 	}
 	node, err := be.ForNode(c.nodeID, f.attach)
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -60,6 +61,17 @@ func configureBackends(fs *flag.FlagSet, env func(name, def string) string) map[
 
 func unknownBackend(name string) error {
 	return fmt.Errorf("--backend (BACKEND) %q: the backends are: %s", name, backendNames())
+}
+
+// settingError names the setting a backend refused (a
+// backend.ConfigError) by its flag and variable, as settings, the
+// backend's fields to those, gives them.
+func settingError(err error, settings map[string]string) error {
+	var ce *backend.ConfigError
+	if errors.As(err, &ce) && settings[ce.Field] != "" {
+		return fmt.Errorf("%s: %s", settings[ce.Field], ce.Msg)
+	}
+	return err
 }
 
 // callTimeout is a Ceph backend's bound on one call to the cluster: from

@@ -101,10 +101,8 @@ type Config struct {
 }
 
 // ConfigError is a bad setting: Field names it (monitors, user, key,
-// fs-name, group, client, default-quota).
-type ConfigError struct{ Field, Msg string }
-
-func (e *ConfigError) Error() string { return e.Field + ": " + e.Msg }
+// fs-name, group, client, default-quota, state-dir).
+type ConfigError = backend.ConfigError
 
 var (
 	namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`)

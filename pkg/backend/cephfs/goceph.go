@@ -13,6 +13,8 @@ import (
 	"github.com/ceph/go-ceph/cephfs"
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/ceph/go-ceph/rados"
+
+	"github.com/swarm-csi/swarm-csi/pkg/cephconn"
 )
 
 // CephSupport reports whether this build can reach Ceph.
@@ -28,14 +30,11 @@ const recordNamespace = "swarm-csi"
 type goceph struct {
 	cfg           Config
 	conf, keyring string
+	sess          cephconn.Lazy[*session]
 
-	mu    sync.Mutex
-	conn  *rados.Conn
-	fsa   *admin.FSAdmin
-	ioctx *rados.IOContext // the metadata pool, recordNamespace
-	mds   *cephfs.MountInfo
-	// dataPool is the file system's first data pool.
-	dataPool string
+	// mu guards mds.
+	mu  sync.Mutex
+	mds *cephfs.MountInfo
 }
 
 func openCluster(cfg Config, conf, keyring string) (cluster, error) {
@@ -44,42 +43,24 @@ func openCluster(cfg Config, conf, keyring string) (cluster, error) {
 
 // session is what one call needs, connected.
 type session struct {
-	fsa      *admin.FSAdmin
-	ioctx    *rados.IOContext
-	conn     *rados.Conn
+	fsa   *admin.FSAdmin
+	ioctx *rados.IOContext // the metadata pool, recordNamespace
+	conn  *rados.Conn
+	// dataPool is the file system's first data pool.
 	dataPool string
 }
 
-func (g *goceph) session() (*session, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.conn == nil {
-		if err := g.connect(); err != nil {
-			return nil, err
-		}
-	}
-	return &session{fsa: g.fsa, ioctx: g.ioctx, conn: g.conn, dataPool: g.dataPool}, nil
-}
-
-func (g *goceph) connect() error {
-	conn, err := rados.NewConnWithUser(g.cfg.User)
+// connect connects and finds the file system's pools.
+func (g *goceph) connect() (*session, error) {
+	conn, err := cephconn.Dial(g.conf, g.cfg.User, g.keyring, nil)
 	if err != nil {
-		return err
-	}
-	if err := conn.ReadConfigFile(g.conf); err != nil {
-		return err
-	}
-	if err := conn.SetConfigOption("keyring", g.keyring); err != nil {
-		return err
-	}
-	if err := conn.Connect(); err != nil {
-		return err
+		return nil, err
 	}
 	fsa := admin.NewFromConn(conn)
 	fss, err := fsa.ListFileSystems()
 	if err != nil {
 		conn.Shutdown()
-		return err
+		return nil, err
 	}
 	var meta, data string
 	for _, f := range fss {
@@ -89,16 +70,15 @@ func (g *goceph) connect() error {
 	}
 	if meta == "" {
 		conn.Shutdown()
-		return &Error{Op: "connect", Kind: KindNotFound, Err: fmt.Errorf("no file system %q (ceph fs ls)", g.cfg.FsName)}
+		return nil, &Error{Op: "connect", Kind: KindNotFound, Err: fmt.Errorf("no file system %q (ceph fs ls)", g.cfg.FsName)}
 	}
 	ioctx, err := conn.OpenIOContext(meta)
 	if err != nil {
 		conn.Shutdown()
-		return err
+		return nil, err
 	}
 	ioctx.SetNamespace(recordNamespace)
-	g.conn, g.fsa, g.ioctx, g.dataPool = conn, fsa, ioctx, data
-	return nil
+	return &session{fsa: fsa, ioctx: ioctx, conn: conn, dataPool: data}, nil
 }
 
 // do runs f with a session, within ctx: a call the client timeouts have
@@ -106,7 +86,7 @@ func (g *goceph) connect() error {
 func (g *goceph) do(ctx context.Context, op string, f func(s *session) error) error {
 	done := make(chan error, 1)
 	go func() {
-		s, err := g.session()
+		s, err := g.sess.Get(ctx, g.connect)
 		if err == nil {
 			err = f(s)
 		}
@@ -131,23 +111,20 @@ func classify(op string, err error) *Error {
 	if errors.As(err, &e) {
 		return e
 	}
-	var ce interface{ ErrorCode() int }
 	kind := KindOther
-	if errors.As(err, &ce) {
-		switch syscall.Errno(-ce.ErrorCode()) {
-		case syscall.ENOENT:
-			kind = KindNotFound
-		case syscall.EEXIST:
-			kind = KindExists
-		case syscall.ENOTEMPTY, syscall.EAGAIN, syscall.EBUSY:
-			kind = KindBusy
-		case syscall.EACCES, syscall.EPERM:
-			kind = KindDenied
-		case syscall.ETIMEDOUT, syscall.ENOTCONN, syscall.ESHUTDOWN, syscall.ECONNREFUSED, syscall.EINTR:
-			kind = KindUnreachable
-		case syscall.ENOSPC, syscall.EDQUOT:
-			kind = KindNoSpace
-		}
+	switch cephconn.Errno(err) {
+	case syscall.ENOENT:
+		kind = KindNotFound
+	case syscall.EEXIST:
+		kind = KindExists
+	case syscall.ENOTEMPTY, syscall.EAGAIN, syscall.EBUSY:
+		kind = KindBusy
+	case syscall.EACCES, syscall.EPERM:
+		kind = KindDenied
+	case syscall.ETIMEDOUT, syscall.ENOTCONN, syscall.ESHUTDOWN, syscall.ECONNREFUSED, syscall.EINTR:
+		kind = KindUnreachable
+	case syscall.ENOSPC, syscall.EDQUOT:
+		kind = KindNoSpace
 	}
 	return &Error{Op: op, Kind: kind, Err: err}
 }
@@ -368,22 +345,9 @@ func (g *goceph) Available(ctx context.Context) (int64, error) {
 		if err != nil {
 			return err
 		}
-		var df struct {
-			Pools []struct {
-				Name  string `json:"name"`
-				Stats struct {
-					MaxAvail int64 `json:"max_avail"`
-				} `json:"stats"`
-			} `json:"pools"`
-		}
-		if err := json.Unmarshal(out, &df); err != nil {
-			return fmt.Errorf("df: %w", err)
-		}
-		for _, p := range df.Pools {
-			if p.Name == s.dataPool {
-				avail = p.Stats.MaxAvail
-				return nil
-			}
+		var listed bool
+		if avail, listed, err = cephconn.MaxAvail(out, s.dataPool); err != nil || listed {
+			return err
 		}
 		// Pools appear in ceph df once the mgr has reported their
 		// statistics; until then, the cluster's raw free space.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ceph/go-ceph/rados"
 
+	"github.com/swarm-csi/swarm-csi/pkg/cephconn"
 	"github.com/swarm-csi/swarm-csi/pkg/metrics"
 )
 
@@ -34,28 +35,20 @@ type goceph struct {
 	conf  string   // ceph.conf: monitors and client timeouts
 	index imageRef // the image whose metadata holds the records
 
-	// mu guards conns and each conn's rados and dialing.
+	// mu guards conns.
 	mu    sync.Mutex
-	conns map[creds]*conn
+	conns map[creds]*cephconn.Lazy[*conn]
 }
 
 // conn is one identity's connection.
 type conn struct {
-	rados   *rados.Conn // nil until connected
-	dialing *dial       // the attempt under way, if any
+	rados *rados.Conn
 
 	// mu guards ioctxs and indexID.
 	mu     sync.Mutex
 	ioctxs map[string]*rados.IOContext
 	// indexID is the id of the index image, once looked up.
 	indexID string
-}
-
-// dial is an attempt to connect; the calls that want the connection
-// meanwhile wait for it rather than each making its own in turn.
-type dial struct {
-	done chan struct{}
-	err  error // set before done closes
 }
 
 var _ cluster = (*goceph)(nil)
@@ -66,7 +59,7 @@ func openCluster(cfg Config, conf string) (cluster, error) {
 	return &goceph{
 		conf:  conf,
 		index: imageRef{cfg.Pool, names{prefix: cfg.Prefix}.index()},
-		conns: map[creds]*conn{},
+		conns: map[creds]*cephconn.Lazy[*conn]{},
 	}, nil
 }
 
@@ -75,80 +68,40 @@ func openCluster(cfg Config, conf string) (cluster, error) {
 // keeps its connection if it succeeds.
 func (g *goceph) connect(ctx context.Context, cr creds) (*conn, error) {
 	g.mu.Lock()
-	c := g.conns[cr]
-	if c == nil {
-		c = &conn{ioctxs: map[string]*rados.IOContext{}}
-		g.conns[cr] = c
-	}
-	if c.rados != nil {
-		g.mu.Unlock()
-		return c, nil
-	}
-	d := c.dialing
-	if d == nil {
-		d = &dial{done: make(chan struct{})}
-		c.dialing = d
-		go func() {
-			r, err := g.dial(cr)
-			g.mu.Lock()
-			c.rados, c.dialing = r, nil
-			g.mu.Unlock()
-			d.err = err
-			close(d.done)
-		}()
+	l := g.conns[cr]
+	if l == nil {
+		l = &cephconn.Lazy[*conn]{}
+		g.conns[cr] = l
 	}
 	g.mu.Unlock()
-	select {
-	case <-d.done:
-		if d.err != nil {
-			return nil, d.err
-		}
-		return c, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return l.Get(ctx, func() (*conn, error) { return g.dial(cr) })
 }
 
 // dial connects as cr: within client_mount_timeout, or fails.
-func (g *goceph) dial(cr creds) (*rados.Conn, error) {
-	r, err := rados.NewConnWithUser(cr.user)
-	if err != nil {
-		return nil, err
-	}
-	// A handle that never connects is freed by go-ceph's finalizer:
-	// rados_shutdown is for connected ones.
-	if err := r.ReadConfigFile(g.conf); err != nil {
-		return nil, &Error{Kind: KindOther, Msg: fmt.Sprintf("read %s: %v", g.conf, err)}
-	}
-	opts := [][2]string{
-		{"keyring", cr.keyring},
-		// The libraries print nothing: the errors say what failed,
-		// and librados would print the line of a key it cannot parse.
-		{"log_to_stderr", "false"}, {"err_to_stderr", "false"},
-		{"log_to_syslog", "false"}, {"err_to_syslog", "false"},
-	}
-	// librbd waits for the exclusive lock's owner to carry out a request
-	// (a resize of a mapped image) rbd_request_timed_out_seconds, 30 by
-	// default: no longer than for an OSD.
-	if t, err := r.GetConfigOption("rados_osd_op_timeout"); err == nil && t != "0" {
-		opts = append(opts, [2]string{"rbd_request_timed_out_seconds", t})
-	}
-	for _, o := range opts {
-		if err := r.SetConfigOption(o[0], o[1]); err != nil {
-			return nil, &Error{Kind: KindOther, Msg: fmt.Sprintf("option %s: %v", o[0], err)}
+func (g *goceph) dial(cr creds) (*conn, error) {
+	r, err := cephconn.Dial(g.conf, cr.user, cr.keyring, func(r *rados.Conn) error {
+		// librbd waits for the exclusive lock's owner to carry out a
+		// request (a resize of a mapped image)
+		// rbd_request_timed_out_seconds, 30 by default: no longer than
+		// for an OSD.
+		if t, err := r.GetConfigOption("rados_osd_op_timeout"); err == nil && t != "0" {
+			return r.SetConfigOption("rbd_request_timed_out_seconds", t)
 		}
+		return nil
+	})
+	if err == nil {
+		return &conn{rados: r, ioctxs: map[string]*rados.IOContext{}}, nil
 	}
-	if err := r.Connect(); err != nil {
-		switch errno(err) {
-		case syscall.EACCES, syscall.EPERM:
-			return nil, &Error{Kind: KindAuth, Msg: "the monitors refused the cephx key of client." + cr.user + ": " + errnoText(err)}
-		case syscall.ETIMEDOUT:
-			return nil, &Error{Kind: KindUnreachable, Msg: "no Ceph monitor answered: " + errnoText(err)}
-		}
-		// EIO: among others, a keyring librados cannot read.
-		return nil, &Error{Kind: KindUnreachable, Msg: "cannot connect as client." + cr.user + " with keyring " + cr.keyring + ": " + errnoText(err)}
+	switch errno(err) {
+	case 0: // the configuration could not be read or set
+		return nil, &Error{Kind: KindOther, Msg: err.Error()}
+	case syscall.EACCES, syscall.EPERM:
+		return nil, &Error{Kind: KindAuth, Msg: "the monitors refused the cephx key of client." + cr.user + ": " + errnoText(err)}
+	case syscall.ETIMEDOUT:
+		return nil, &Error{Kind: KindUnreachable, Msg: "no Ceph monitor answered: " + errnoText(err)}
 	}
-	return r, nil
+	// EIO: among others, a keyring librados cannot read.
+	return nil, &Error{Kind: KindUnreachable, Msg: "cannot connect as client." + cr.user + " with keyring " + cr.keyring + ": " + errnoText(err)}
 }
 
 // ioctx returns the connection's I/O context for pool; a pool that does
@@ -185,18 +138,16 @@ func (c *conn) ioctx(pool string) (*rados.IOContext, error) {
 func (g *goceph) Close() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for cr, c := range g.conns {
-		c.mu.Lock()
-		for _, io := range c.ioctxs {
-			io.Destroy()
-		}
-		c.ioctxs = nil
-		if c.rados != nil {
+	for _, l := range g.conns {
+		l.Close(func(c *conn) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			for _, io := range c.ioctxs {
+				io.Destroy()
+			}
+			c.ioctxs = nil
 			c.rados.Shutdown()
-			c.rados = nil
-		}
-		c.mu.Unlock()
-		delete(g.conns, cr)
+		})
 	}
 }
 
@@ -256,15 +207,7 @@ func cephError(cmd string, err error) error {
 
 // errno is the error number of a librados or librbd error, 0 for another
 // error.
-func errno(err error) syscall.Errno {
-	var ce interface{ ErrorCode() int }
-	if errors.As(err, &ce) {
-		if n := ce.ErrorCode(); n < 0 {
-			return syscall.Errno(-n)
-		}
-	}
-	return 0
-}
+func errno(err error) syscall.Errno { return cephconn.Errno(err) }
 
 // errnoText says what an error number means ("no such file or
 // directory"), or what err says if it has none.

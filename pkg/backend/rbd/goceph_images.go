@@ -13,6 +13,8 @@ import (
 
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
+
+	"github.com/swarm-csi/swarm-csi/pkg/cephconn"
 )
 
 // withImage opens ref, read-only unless rw, runs f on it and closes it.
@@ -635,22 +637,13 @@ func (g *goceph) PoolAvailable(ctx context.Context, cr creds, pool string) (int6
 		if err != nil {
 			return err
 		}
-		var df struct {
-			Pools []struct {
-				Name  string `json:"name"`
-				Stats struct {
-					MaxAvail int64 `json:"max_avail"`
-				} `json:"stats"`
-			} `json:"pools"`
+		var listed bool
+		avail, listed, err = cephconn.MaxAvail(out, pool)
+		if err != nil {
+			return &Error{Kind: KindOther, Msg: err.Error()}
 		}
-		if err := json.Unmarshal(out, &df); err != nil {
-			return &Error{Kind: KindOther, Msg: fmt.Sprintf("unexpected output: %v", err)}
-		}
-		for _, p := range df.Pools {
-			if p.Name == pool {
-				avail = p.Stats.MaxAvail
-				return nil
-			}
+		if listed {
+			return nil
 		}
 		if _, err := c.ioctx(pool); err != nil {
 			return err

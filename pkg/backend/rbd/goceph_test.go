@@ -558,7 +558,9 @@ func (e *gocephEnv) testConnections(t *testing.T) {
 		t.Errorf("%d connections, want 2", n)
 	}
 	// librbd's wait for a lock owner is bounded as OSD operations are.
-	r := c.conns[e.cr].rados
+	kept, err := c.conns[e.cr].Get(ctx, func() (*conn, error) { return nil, errors.New("the connection is not kept") })
+	must(t, err)
+	r := kept.rados
 	osd, err := r.GetConfigOption("rados_osd_op_timeout")
 	must(t, err)
 	if v, err := r.GetConfigOption("rbd_request_timed_out_seconds"); err != nil || v != osd || v == "0" {

@@ -188,11 +188,7 @@ func newBackend(cfg Config, open func(Config, string) (cluster, error)) (*Backen
 
 // ConfigError is a bad setting: Field names it (monitors, pool, data-pool,
 // user, image-features, prefix, key, keyring, state-dir).
-type ConfigError struct {
-	Field, Msg string
-}
-
-func (e *ConfigError) Error() string { return e.Field + ": " + e.Msg }
+type ConfigError = backend.ConfigError
 
 func (c Config) check() error {
 	bad := func(field, format string, args ...any) error {
