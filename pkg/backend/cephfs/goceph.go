@@ -84,24 +84,40 @@ func (g *goceph) connect() (*session, error) {
 // do runs f with a session, within ctx: a call the client timeouts have
 // not ended by ctx's end is left to finish alone.
 func (g *goceph) do(ctx context.Context, op string, f func(s *session) error) error {
-	done := make(chan error, 1)
+	_, err := call(g, ctx, op, func(s *session) (struct{}, error) { return struct{}{}, f(s) })
+	return err
+}
+
+// call is do for a call that answers a value: the value comes back with
+// the call's end, so one left to finish alone writes nothing its caller
+// still reads.
+func call[T any](g *goceph, ctx context.Context, op string, f func(s *session) (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
 	go func() {
+		var r result
 		s, err := g.sess.Get(ctx, g.connect)
 		if err == nil {
-			err = f(s)
+			r.v, err = f(s)
 		}
-		done <- err
+		r.err = err
+		done <- r
 	}()
+	var zero T
 	select {
-	case err := <-done:
-		if err == nil {
-			return nil
+	case r := <-done:
+		if r.err != nil {
+			// The connection stays: librados finds the monitors again
+			// by itself, and a call left running (below) may still use
+			// it.
+			return zero, classify(op, r.err)
 		}
-		// The connection stays: librados finds the monitors again by
-		// itself, and a call left running (below) may still use it.
-		return classify(op, err)
+		return r.v, nil
 	case <-ctx.Done():
-		return &Error{Op: op, Kind: KindUnreachable, Err: ctx.Err()}
+		return zero, &Error{Op: op, Kind: KindUnreachable, Err: ctx.Err()}
 	}
 }
 
@@ -143,19 +159,17 @@ func (g *goceph) Create(ctx context.Context, group, name string, size int64, roo
 }
 
 func (g *goceph) Info(ctx context.Context, group, name string) (*subvolInfo, error) {
-	var out *subvolInfo
-	err := g.do(ctx, "subvolume info", func(s *session) error {
+	return call(g, ctx, "subvolume info", func(s *session) (*subvolInfo, error) {
 		i, err := s.fsa.SubVolumeInfo(g.cfg.FsName, group, name)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		out = &subvolInfo{Path: i.Path, Used: int64(i.BytesUsed), CreatedAt: i.CreatedAt.Time}
+		out := &subvolInfo{Path: i.Path, Used: int64(i.BytesUsed), CreatedAt: i.CreatedAt.Time}
 		if q, ok := i.BytesQuota.(admin.ByteCount); ok {
 			out.Quota = int64(q)
 		}
-		return nil
+		return out, nil
 	})
-	return out, err
 }
 
 func (g *goceph) Resize(ctx context.Context, group, name string, size int64) error {
@@ -177,12 +191,9 @@ func (g *goceph) Remove(ctx context.Context, group, name string) error {
 }
 
 func (g *goceph) List(ctx context.Context, group string) ([]string, error) {
-	var out []string
-	err := g.do(ctx, "subvolume ls", func(s *session) (err error) {
-		out, err = s.fsa.ListSubVolumes(g.cfg.FsName, group)
-		return err
+	return call(g, ctx, "subvolume ls", func(s *session) ([]string, error) {
+		return s.fsa.ListSubVolumes(g.cfg.FsName, group)
 	})
-	return out, err
 }
 
 func (g *goceph) SnapCreate(ctx context.Context, group, name, snap string) error {
@@ -202,12 +213,9 @@ func (g *goceph) SnapRemove(ctx context.Context, group, name, snap string) error
 }
 
 func (g *goceph) Snapshots(ctx context.Context, group, name string) ([]string, error) {
-	var out []string
-	err := g.do(ctx, "subvolume snapshot ls", func(s *session) (err error) {
-		out, err = s.fsa.ListSubVolumeSnapshots(g.cfg.FsName, group, name)
-		return err
+	return call(g, ctx, "subvolume snapshot ls", func(s *session) ([]string, error) {
+		return s.fsa.ListSubVolumeSnapshots(g.cfg.FsName, group, name)
 	})
-	return out, err
 }
 
 func (g *goceph) Clone(ctx context.Context, group, name, snap, target string) error {
@@ -217,16 +225,13 @@ func (g *goceph) Clone(ctx context.Context, group, name, snap, target string) er
 }
 
 func (g *goceph) CloneState(ctx context.Context, group, target string) (cloneState, error) {
-	var st cloneState
-	err := g.do(ctx, "clone status", func(s *session) error {
+	return call(g, ctx, "clone status", func(s *session) (cloneState, error) {
 		cs, err := s.fsa.CloneStatus(g.cfg.FsName, group, target)
 		if err != nil {
-			return err
+			return "", err
 		}
-		st = cloneState(cs.State)
-		return nil
+		return cloneState(cs.State), nil
 	})
-	return st, err
 }
 
 func (g *goceph) CancelClone(ctx context.Context, group, target string) error {
@@ -238,21 +243,18 @@ func (g *goceph) CancelClone(ctx context.Context, group, target string) error {
 func (g *goceph) object() string { return "records." + g.cfg.Group }
 
 func (g *goceph) Get(ctx context.Context, key string) ([]byte, error) {
-	var out []byte
-	err := g.do(ctx, "read record", func(s *session) error {
+	return call(g, ctx, "read record", func(s *session) ([]byte, error) {
 		// The key sorts first among the keys it prefixes.
 		m, err := s.ioctx.GetOmapValues(g.object(), "", key, 1)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		v, ok := m[key]
 		if !ok {
-			return &Error{Op: "read record", Kind: KindNotFound, Err: fmt.Errorf("no record %s", key)}
+			return nil, &Error{Op: "read record", Kind: KindNotFound, Err: fmt.Errorf("no record %s", key)}
 		}
-		out = v
-		return nil
+		return v, nil
 	})
-	return out, err
 }
 
 func (g *goceph) Put(ctx context.Context, key string, data []byte) error {
@@ -272,18 +274,17 @@ func (g *goceph) Delete(ctx context.Context, key string) error {
 }
 
 func (g *goceph) Keys(ctx context.Context, prefix string) ([]string, error) {
-	var out []string
-	err := g.do(ctx, "list records", func(s *session) error {
+	return call(g, ctx, "list records", func(s *session) ([]string, error) {
 		m, err := s.ioctx.GetAllOmapValues(g.object(), "", prefix, 256)
 		if errors.Is(err, rados.ErrNotFound) {
-			return nil
+			return nil, nil
 		}
+		var out []string
 		for k := range m {
 			out = append(out, k)
 		}
-		return err
+		return out, err
 	})
-	return out, err
 }
 
 // mdsCommand sends a command to every active MDS.
@@ -318,45 +319,39 @@ func (g *goceph) mdsCommand(s *session, cmd map[string]any) ([]byte, error) {
 }
 
 func (g *goceph) Evict(ctx context.Context, id string) (int, error) {
-	n := 0
-	err := g.do(ctx, "client evict", func(s *session) error {
+	return call(g, ctx, "client evict", func(s *session) (int, error) {
 		filter := "client_metadata." + mountKey + "=" + id
 		out, err := g.mdsCommand(s, map[string]any{"prefix": "client ls", "filters": []string{filter}, "format": "json"})
 		if err != nil {
-			return err
+			return 0, err
 		}
 		var ls []json.RawMessage
 		if err := json.Unmarshal(out, &ls); err != nil {
-			return fmt.Errorf("client ls: %w", err)
+			return 0, fmt.Errorf("client ls: %w", err)
 		}
-		if n = len(ls); n == 0 {
-			return nil
+		if len(ls) == 0 {
+			return 0, nil
 		}
 		_, err = g.mdsCommand(s, map[string]any{"prefix": "client evict", "filters": []string{filter}})
-		return err
+		return len(ls), err
 	})
-	return n, err
 }
 
 func (g *goceph) Available(ctx context.Context) (int64, error) {
-	var avail int64
-	err := g.do(ctx, "df", func(s *session) error {
+	return call(g, ctx, "df", func(s *session) (int64, error) {
 		out, _, err := s.conn.MonCommand([]byte(`{"prefix":"df","format":"json"}`))
 		if err != nil {
-			return err
+			return 0, err
 		}
-		var listed bool
-		if avail, listed, err = cephconn.MaxAvail(out, s.dataPool); err != nil || listed {
-			return err
+		if avail, listed, err := cephconn.MaxAvail(out, s.dataPool); err != nil || listed {
+			return avail, err
 		}
 		// Pools appear in ceph df once the mgr has reported their
 		// statistics; until then, the cluster's raw free space.
 		st, err := s.conn.GetClusterStats()
 		if err != nil {
-			return err
+			return 0, err
 		}
-		avail = int64(st.Kb_avail) * 1024
-		return nil
+		return int64(st.Kb_avail) * 1024, nil
 	})
-	return avail, err
 }
