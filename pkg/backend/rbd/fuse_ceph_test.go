@@ -25,27 +25,7 @@ import (
 // alike, and one finding a device attached otherwise (by a release that
 // always used direct I/O) switches it.
 func TestFuseAttachDirectIO(t *testing.T) {
-	testenv.Require(t, cephtest.Missing())
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cl, err := cephtest.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cl.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	b, err := New(Config{Monitors: cl.MonHost, Pool: cl.Pool, User: cl.User, Keyring: cl.Keyring,
-		Prefix: "dio", StateDir: filepath.Join(t.TempDir(), "rbd")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := b.ForNode("node-1", ModeFuse)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, b, n := fuseNode(t, "dio")
 	loops := n.att.(*fuseAttacher).loops
 	for _, tc := range []struct {
 		mode  string
@@ -101,27 +81,7 @@ func TestFuseAttachDirectIO(t *testing.T) {
 // search for any other loop device: the kernel answers a loop device's
 // status only after asking its file's filesystem for the file's inode.
 func TestHungFuseStallsOnlyItsVolume(t *testing.T) {
-	testenv.Require(t, cephtest.Missing())
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	t.Cleanup(cancel) // after the cleanups that use it
-	cl, err := cephtest.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cl.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	b, err := New(Config{Monitors: cl.MonHost, Pool: cl.Pool, User: cl.User, Keyring: cl.Keyring,
-		Prefix: "hang", StateDir: filepath.Join(t.TempDir(), "rbd")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := b.ForNode("node-1", ModeFuse)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, b, n := fuseNode(t, "hang")
 	devs := map[string]string{}
 	vols := map[string]*backend.Volume{}
 	for _, name := range []string{"hung", "other"} {
@@ -240,4 +200,33 @@ func promptly(t *testing.T, what string, f func()) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%s has not returned after 10 s", what)
 	}
+}
+
+// fuseNode starts a test cluster and returns a context for the test (it
+// ends after the test's cleanups), a backend on the cluster whose names
+// start with prefix, and its node "node-1" attaching in fuse mode.
+func fuseNode(t *testing.T, prefix string) (context.Context, *Backend, *NodeSide) {
+	t.Helper()
+	testenv.Require(t, cephtest.Missing())
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	t.Cleanup(cancel)
+	cl, err := cephtest.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cl.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	b, err := New(Config{Monitors: cl.MonHost, Pool: cl.Pool, User: cl.User, Keyring: cl.Keyring,
+		Prefix: prefix, StateDir: filepath.Join(t.TempDir(), "rbd")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := b.ForNode("node-1", ModeFuse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, b, n
 }
