@@ -25,7 +25,7 @@ import (
 // alike, and one finding a device attached otherwise (by a release that
 // always used direct I/O) switches it.
 func TestFuseAttachDirectIO(t *testing.T) {
-	ctx, b, n := fuseNode(t, "dio")
+	ctx, n := fuseNode(t, "dio")
 	loops := n.att.(*fuseAttacher).loops
 	for _, tc := range []struct {
 		mode  string
@@ -36,23 +36,8 @@ func TestFuseAttachDirectIO(t *testing.T) {
 		{"MULTI_NODE_MULTI_WRITER", true, true},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
-			v, err := b.CreateVolume(ctx, backend.VolumeSpec{Name: "dio-" + tc.mode, CapacityBytes: 32 * backend.MiB,
+			v, dev := attachVolume(ctx, t, n, backend.VolumeSpec{Name: "dio-" + tc.mode, CapacityBytes: 32 * backend.MiB,
 				Block: tc.block, AccessMode: tc.mode})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				if err := n.Detach(ctx, v.ID); err != nil {
-					t.Error(err)
-				}
-				if err := b.DeleteVolume(ctx, v.ID); err != nil {
-					t.Error(err)
-				}
-			})
-			dev, err := n.Attach(ctx, v, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
 			check := func(when string) {
 				t.Helper()
 				if on, err := loops.DirectIO(dev); on != tc.want || err != nil {
@@ -81,26 +66,12 @@ func TestFuseAttachDirectIO(t *testing.T) {
 // search for any other loop device: the kernel answers a loop device's
 // status only after asking its file's filesystem for the file's inode.
 func TestHungFuseStallsOnlyItsVolume(t *testing.T) {
-	ctx, b, n := fuseNode(t, "hang")
+	ctx, n := fuseNode(t, "hang")
 	devs := map[string]string{}
 	vols := map[string]*backend.Volume{}
 	for _, name := range []string{"hung", "other"} {
-		v, err := b.CreateVolume(ctx, backend.VolumeSpec{Name: name, CapacityBytes: 32 * backend.MiB, AccessMode: "SINGLE_NODE_WRITER"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if err := n.Detach(ctx, v.ID); err != nil {
-				t.Error(err)
-			}
-			if err := b.DeleteVolume(ctx, v.ID); err != nil {
-				t.Error(err)
-			}
-		})
-		if devs[name], err = n.Attach(ctx, v, nil); err != nil {
-			t.Fatal(err)
-		}
-		vols[name] = v
+		vols[name], devs[name] = attachVolume(ctx, t, n, backend.VolumeSpec{Name: name, CapacityBytes: 32 * backend.MiB,
+			AccessMode: "SINGLE_NODE_WRITER"})
 	}
 	ref, _, _ := n.names.parseVolumeID(vols["hung"].ID)
 	f := n.att.(*fuseAttacher)
@@ -159,7 +130,7 @@ func TestHungFuseStallsOnlyItsVolume(t *testing.T) {
 			t.Errorf("Find = %q, %v; want none", got, err)
 		}
 	})
-	restarted, err := b.ForNode("node-1", ModeFuse)
+	restarted, err := n.ForNode("node-1", ModeFuse)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,9 +174,9 @@ func promptly(t *testing.T, what string, f func()) {
 }
 
 // fuseNode starts a test cluster and returns a context for the test (it
-// ends after the test's cleanups), a backend on the cluster whose names
-// start with prefix, and its node "node-1" attaching in fuse mode.
-func fuseNode(t *testing.T, prefix string) (context.Context, *Backend, *NodeSide) {
+// ends after the test's cleanups) and the node "node-1" of a backend on
+// the cluster whose names start with prefix, attaching in fuse mode.
+func fuseNode(t *testing.T, prefix string) (context.Context, *NodeSide) {
 	t.Helper()
 	testenv.Require(t, cephtest.Missing())
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -228,5 +199,28 @@ func fuseNode(t *testing.T, prefix string) (context.Context, *Backend, *NodeSide
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ctx, b, n
+	return ctx, n
+}
+
+// attachVolume creates a volume of spec and attaches it on n; the test's
+// cleanup detaches and deletes it.
+func attachVolume(ctx context.Context, t *testing.T, n *NodeSide, spec backend.VolumeSpec) (*backend.Volume, string) {
+	t.Helper()
+	v, err := n.CreateVolume(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := n.Detach(ctx, v.ID); err != nil {
+			t.Error(err)
+		}
+		if err := n.DeleteVolume(ctx, v.ID); err != nil {
+			t.Error(err)
+		}
+	})
+	dev, err := n.Attach(ctx, v, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, dev
 }
