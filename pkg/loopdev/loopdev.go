@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -107,7 +106,7 @@ func (l *Devices) scan(name, tag string, want *unix.Stat_t) (string, error) {
 		if !strings.HasPrefix(e, "loop") {
 			continue
 		}
-		file, err := l.fileName(e)
+		file, err := fileName(int(dir.Fd()), e)
 		if err == nil && file == "" {
 			continue // no file attached
 		}
@@ -126,25 +125,32 @@ func (l *Devices) scan(name, tag string, want *unix.Stat_t) (string, error) {
 }
 
 // fileName returns the last path element of the file attached to the
-// loop device named dev, as sysfs shows it without asking the file's
+// loop device whose sysfs directory is dir (relative to the directory at,
+// a descriptor, or AT_FDCWD), as sysfs shows it without asking the file's
 // filesystem ("... (deleted)" once the file is removed), or "" when none
 // is attached.
-func (l *Devices) fileName(dev string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(l.sysBlock, dev, "loop", "backing_file"))
-	if errors.Is(err, fs.ErrNotExist) {
+func fileName(at int, dir string) (string, error) {
+	fd, err := unix.Openat(at, dir+"/loop/backing_file", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
 		return "", nil // the loop/ directory exists only while a file is attached
 	}
 	if err != nil {
 		return "", err
 	}
-	return filepath.Base(strings.TrimSuffix(string(b), "\n")), nil
+	defer unix.Close(fd)
+	var b [4096]byte // sysfs shows at most a page
+	n, err := unix.Read(fd, b[:])
+	if err != nil {
+		return "", err
+	}
+	return filepath.Base(strings.TrimSuffix(string(b[:n]), "\n")), nil
 }
 
 // holds reports whether dev is attached to the file want, of that name,
 // under tag. It asks for the device's status only when sysfs shows a file
 // of that name, or cannot tell.
 func (l *Devices) holds(dev, name, tag string, want *unix.Stat_t) bool {
-	if file, err := l.fileName(filepath.Base(dev)); err == nil && file != "" && file != name {
+	if file, err := fileName(unix.AT_FDCWD, filepath.Join(l.sysBlock, filepath.Base(dev))); err == nil && file != "" && file != name {
 		return false
 	}
 	info, err := l.Status(dev)

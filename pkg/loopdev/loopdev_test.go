@@ -279,7 +279,7 @@ func TestFindByFileName(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = l.Detach(dev) })
 		devs = append(devs, dev)
-		if name, err := l.fileName(filepath.Base(dev)); name != "disk" || err != nil {
+		if name, err := fileName(unix.AT_FDCWD, filepath.Join(l.sysBlock, filepath.Base(dev))); name != "disk" || err != nil {
 			t.Fatalf("file name of %s = %q, %v", dev, name, err)
 		}
 	}
@@ -298,7 +298,7 @@ func TestFindByFileName(t *testing.T) {
 	if got, err := l.Find(renamed, tag); got != devs[1] || err != nil {
 		t.Fatalf("Find of the renamed file by the process that attached it = %q, %v; want %s", got, err, devs[1])
 	}
-	if name, err := l.fileName("loop-none"); name != "" || err != nil {
+	if name, err := fileName(unix.AT_FDCWD, filepath.Join(l.sysBlock, "loop-none")); name != "" || err != nil {
 		t.Fatalf("file name of a device that does not exist = %q, %v", name, err)
 	}
 }
