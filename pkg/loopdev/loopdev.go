@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -31,18 +32,19 @@ type Devices struct {
 	// retrying.
 	attachMu sync.Mutex
 
-	// known is the device each tag was last attached to or found on, by
-	// this process. Find checks it first, with one status call, and scans
-	// every loop device only when it is wrong or missing.
+	// known is, by the name of their file (its last path element), the
+	// devices this process attached or saw attached. Find checks those of
+	// its file's name first, with one status call each, and scans every
+	// loop device only when none holds the file.
 	mu    sync.Mutex
-	known map[string]string
+	known map[string][]string
 }
 
 // New returns the loop devices of this machine's /dev and sysfs. Loop
 // devices are virtual block devices: /sys/block links to where sysfs keeps
 // them, and looking them up through the links costs three times as much.
 func New() *Devices {
-	return &Devices{sysBlock: "/sys/devices/virtual/block", dev: "/dev", known: map[string]string{}}
+	return &Devices{sysBlock: "/sys/devices/virtual/block", dev: "/dev", known: map[string][]string{}}
 }
 
 // MaxTag is the longest tag a device keeps (lo_file_name less its NUL).
@@ -55,6 +57,15 @@ func Tag(volumeID, nodeTag string) string { return volumeID + "@" + nodeTag }
 func (l *Devices) Control() string { return filepath.Join(l.dev, "loop-control") }
 
 // Find returns the device attached to image under tag, or "".
+//
+// It asks for the status of no device attached to a file of another name.
+// The kernel answers a device's status only after asking the filesystem of
+// the device's file for the file's inode: a FUSE daemon that no longer
+// answers (rbd-fuse stuck, or its cluster gone) holds that call until it
+// answers or dies, and would hold the Find of every other volume. A file
+// on such a filesystem holds the Find of its own name (its Stat, and the
+// status of its device), which the kernel lets no signal but a fatal one
+// interrupt.
 func (l *Devices) Find(image, tag string) (string, error) {
 	var want unix.Stat_t
 	if err := unix.Stat(image, &want); err != nil {
@@ -63,57 +74,85 @@ func (l *Devices) Find(image, tag string) (string, error) {
 		}
 		return "", err
 	}
+	name := filepath.Base(image)
 	l.mu.Lock()
-	dev := l.known[tag]
+	known := slices.Clone(l.known[name])
 	l.mu.Unlock()
-	if dev != "" && l.holds(dev, tag, &want) {
-		return dev, nil
+	for _, dev := range known {
+		if l.holds(dev, name, tag, &want) {
+			return dev, nil
+		}
 	}
-	dev, err := l.scan(tag, &want)
-	l.remember(tag, dev)
-	return dev, err
+	return l.scan(name, tag, &want)
 }
 
 // scan looks through the attached loop devices for the one holding the
-// file want under tag, and remembers the others' tags.
-func (l *Devices) scan(tag string, want *unix.Stat_t) (string, error) {
+// file want, of that name, under tag. It remembers every device by the
+// name of its file: after a restart, finding every device costs one scan,
+// not one each.
+func (l *Devices) scan(name, tag string, want *unix.Stat_t) (string, error) {
 	dir, err := os.Open(l.sysBlock)
 	if err != nil {
 		return "", err
 	}
 	defer dir.Close()
-	names, err := dir.Readdirnames(-1)
+	entries, err := dir.Readdirnames(-1)
 	if err != nil {
 		return "", err
 	}
-	for _, name := range names {
-		if !strings.HasPrefix(name, "loop") {
+	seen := map[string][]string{}
+	found := ""
+	for _, e := range entries {
+		if !strings.HasPrefix(e, "loop") {
 			continue
 		}
-		// The loop/ directory exists only while a file is attached.
-		var st unix.Stat_t
-		if unix.Fstatat(int(dir.Fd()), name+"/loop", &st, 0) != nil {
-			continue
+		file, err := fileName(int(dir.Fd()), e)
+		if err == nil && file == "" {
+			continue // no file attached
 		}
-		dev := filepath.Join(l.dev, name)
-		info, err := l.Status(dev)
-		if err != nil {
-			continue // detached meanwhile, or not ours to read
+		dev := filepath.Join(l.dev, e)
+		if err == nil {
+			seen[file] = append(seen[file], dev)
 		}
-		switch t := CString(info.File_name[:]); {
-		case t == tag && info.Inode == want.Ino && info.Device == want.Dev:
-			return dev, nil
-		case t != "":
-			// Remembered for the Find of that tag, which checks it: after
-			// a restart, finding every device costs one scan, not one each.
-			l.remember(t, dev)
+		if found == "" && (err != nil || file == name) && l.holds(dev, name, tag, want) {
+			found = dev
 		}
 	}
-	return "", nil
+	l.mu.Lock()
+	l.known = seen
+	l.mu.Unlock()
+	return found, nil
 }
 
-// holds reports whether dev is attached to the file want under tag.
-func (l *Devices) holds(dev, tag string, want *unix.Stat_t) bool {
+// fileName returns the last path element of the file attached to the
+// loop device whose sysfs directory is dir (relative to the directory at,
+// a descriptor, or AT_FDCWD), as sysfs shows it without asking the file's
+// filesystem ("... (deleted)" once the file is removed), or "" when none
+// is attached.
+func fileName(at int, dir string) (string, error) {
+	fd, err := unix.Openat(at, dir+"/loop/backing_file", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return "", nil // the loop/ directory exists only while a file is attached
+	}
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	var b [4096]byte // sysfs shows at most a page
+	n, err := unix.Read(fd, b[:])
+	if err != nil {
+		return "", err
+	}
+	return filepath.Base(strings.TrimSuffix(string(b[:n]), "\n")), nil
+}
+
+// holds reports whether dev is attached to the file want, of that name,
+// under tag. It asks for the device's status only when sysfs shows a file
+// of that name, or cannot tell.
+func (l *Devices) holds(dev, name, tag string, want *unix.Stat_t) bool {
+	if file, err := fileName(unix.AT_FDCWD, filepath.Join(l.sysBlock, filepath.Base(dev))); err == nil && file != "" && file != name {
+		return false
+	}
 	info, err := l.Status(dev)
 	if err != nil {
 		return false // detached meanwhile, or not ours to read
@@ -121,14 +160,12 @@ func (l *Devices) holds(dev, tag string, want *unix.Stat_t) bool {
 	return CString(info.File_name[:]) == tag && info.Inode == want.Ino && info.Device == want.Dev
 }
 
-// remember records dev as tag's device; "" forgets it.
-func (l *Devices) remember(tag, dev string) {
+// remember records dev as the device of a file named name.
+func (l *Devices) remember(name, dev string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if dev == "" {
-		delete(l.known, tag)
-	} else {
-		l.known[tag] = dev
+	if !slices.Contains(l.known[name], dev) {
+		l.known[name] = append(l.known[name], dev)
 	}
 }
 
@@ -169,7 +206,7 @@ func (l *Devices) Attach(image, tag string, directIO bool) (string, error) {
 		dev, err := l.configureFree(ctl, &cfg)
 		switch {
 		case err == nil:
-			l.remember(tag, dev)
+			l.remember(filepath.Base(image), dev)
 			return dev, nil
 		case errors.Is(err, unix.EBUSY):
 			// Another process took it first.
@@ -238,9 +275,11 @@ func (l *Devices) Detach(dev string) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for tag, d := range l.known {
-		if d == dev {
-			delete(l.known, tag)
+	for name, devs := range l.known {
+		if devs = slices.DeleteFunc(devs, func(d string) bool { return d == dev }); len(devs) == 0 {
+			delete(l.known, name)
+		} else {
+			l.known[name] = devs
 		}
 	}
 	return nil

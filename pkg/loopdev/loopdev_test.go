@@ -130,7 +130,7 @@ func TestFindRechecksRememberedDevice(t *testing.T) {
 }
 
 // One scan is enough to find every device after a restart: the scan
-// remembers the tags of the devices it passes.
+// remembers every device it passes, by the name of its file.
 func TestScanRemembersEveryTag(t *testing.T) {
 	testenv.RequireRoot(t)
 	l := New()
@@ -250,5 +250,55 @@ func TestSetDirectIO(t *testing.T) {
 		if on, err := l.DirectIO(dev); on || err != nil {
 			t.Fatalf("DirectIO after switching off = %v, %v", on, err)
 		}
+	}
+}
+
+// Find asks for the status only of devices whose file has the image's
+// name, as sysfs shows it: that name follows a rename, and two files of
+// one name are still told apart.
+func TestFindByFileName(t *testing.T) {
+	testenv.RequireRoot(t)
+	l := New()
+	var files []string
+	for range 2 {
+		f := filepath.Join(t.TempDir(), "disk")
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(f, 8<<20); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	tag := Tag("vol-name", "node")
+	var devs []string
+	for _, f := range files {
+		dev, err := l.Attach(f, tag, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = l.Detach(dev) })
+		devs = append(devs, dev)
+		if name, err := fileName(unix.AT_FDCWD, filepath.Join(l.sysBlock, filepath.Base(dev))); name != "disk" || err != nil {
+			t.Fatalf("file name of %s = %q, %v", dev, name, err)
+		}
+	}
+	for i, f := range files {
+		if got, err := New().Find(f, tag); got != devs[i] || err != nil {
+			t.Fatalf("Find of %s = %q, %v; want %s", f, got, err, devs[i])
+		}
+	}
+	renamed := filepath.Join(filepath.Dir(files[1]), "renamed")
+	if err := os.Rename(files[1], renamed); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := New().Find(renamed, tag); got != devs[1] || err != nil {
+		t.Fatalf("Find of the renamed file = %q, %v; want %s", got, err, devs[1])
+	}
+	if got, err := l.Find(renamed, tag); got != devs[1] || err != nil {
+		t.Fatalf("Find of the renamed file by the process that attached it = %q, %v; want %s", got, err, devs[1])
+	}
+	if name, err := fileName(unix.AT_FDCWD, filepath.Join(l.sysBlock, "loop-none")); name != "" || err != nil {
+		t.Fatalf("file name of a device that does not exist = %q, %v", name, err)
 	}
 }

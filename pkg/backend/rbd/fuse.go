@@ -11,12 +11,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/swarm-csi/swarm-csi/pkg/backend"
+	"github.com/swarm-csi/swarm-csi/pkg/csierr"
 	"github.com/swarm-csi/swarm-csi/pkg/loopdev"
 	"github.com/swarm-csi/swarm-csi/pkg/mountinfo"
 	"github.com/swarm-csi/swarm-csi/pkg/procs"
@@ -40,11 +42,14 @@ type fuseAttacher struct {
 	// wait bounds each wait for the kernel or rbd-fuse (mount, size,
 	// unmount, exit).
 	wait time.Duration
+
+	mu    sync.Mutex
+	stats map[string]*fileStat // by file: the stat of it under way
 }
 
 func newFuse(b *Backend, tag string) *fuseAttacher {
 	return &fuseAttacher{b: b, root: filepath.Join(b.cfg.StateDir, "fuse", tag), tag: tag,
-		loops: loopdev.New(), wait: 10 * time.Second}
+		loops: loopdev.New(), wait: 10 * time.Second, stats: map[string]*fileStat{}}
 }
 
 func (f *fuseAttacher) tools() []string { return []string{"rbd-fuse"} }
@@ -71,13 +76,13 @@ const (
 	fuseDead // rbd-fuse is gone, its mount is left: ENOTCONN
 )
 
-func (f *fuseAttacher) state(ref imageRef) (fuseState, error) {
+func (f *fuseAttacher) state(ctx context.Context, ref imageRef) (fuseState, error) {
 	mp := f.mountPoint(ref)
 	mounted, err := isFuseMount(mp)
 	if err != nil || !mounted {
 		return fuseAbsent, err
 	}
-	if _, err := os.Stat(f.file(ref)); err != nil {
+	if err := f.stat(ctx, ref); err != nil {
 		if errors.Is(err, unix.ENOTCONN) || errors.Is(err, fs.ErrNotExist) {
 			return fuseDead, nil
 		}
@@ -86,8 +91,48 @@ func (f *fuseAttacher) state(ref imageRef) (fuseState, error) {
 	return fuseLive, nil
 }
 
-func (f *fuseAttacher) device(_ context.Context, ref imageRef, hash string) (string, error) {
-	st, err := f.state(ref)
+// fileStat is a stat of an rbd-fuse file: err is set when done closes.
+type fileStat struct {
+	done chan struct{}
+	err  error
+}
+
+// stat stats the rbd-fuse file of ref, waiting for an rbd-fuse that does
+// not answer (stuck, or its cluster gone) until ctx ends or f.wait passes.
+// The kernel lets nothing but a fatal signal interrupt a stat waiting on
+// a FUSE daemon: the stat goes on in the background until rbd-fuse
+// answers or dies, and the volume's next calls wait for that same stat
+// rather than leave one more behind.
+func (f *fuseAttacher) stat(ctx context.Context, ref imageRef) error {
+	file := f.file(ref)
+	f.mu.Lock()
+	st := f.stats[file]
+	if st == nil {
+		st = &fileStat{done: make(chan struct{})}
+		f.stats[file] = st
+		go func() {
+			_, st.err = os.Stat(file)
+			f.mu.Lock()
+			delete(f.stats, file)
+			f.mu.Unlock()
+			close(st.done)
+		}()
+	}
+	f.mu.Unlock()
+	timer := time.NewTimer(f.wait)
+	defer timer.Stop()
+	select {
+	case <-st.done:
+		return st.err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: rbd-fuse for %s does not answer (%v)", csierr.ErrUnavailable, ref, ctx.Err())
+	case <-timer.C:
+		return fmt.Errorf("%w: rbd-fuse for %s has not answered for %s", csierr.ErrUnavailable, ref, f.wait)
+	}
+}
+
+func (f *fuseAttacher) device(ctx context.Context, ref imageRef, hash string) (string, error) {
+	st, err := f.state(ctx, ref)
 	if err != nil || st != fuseLive {
 		return "", err
 	}
@@ -115,7 +160,7 @@ func directIO(v *backend.Volume) bool {
 }
 
 func (f *fuseAttacher) attach(ctx context.Context, cr creds, ref imageRef, hash string, v *backend.Volume) (string, error) {
-	st, err := f.state(ref)
+	st, err := f.state(ctx, ref)
 	if err != nil {
 		return "", err
 	}
@@ -143,9 +188,10 @@ func (f *fuseAttacher) attach(ctx context.Context, cr creds, ref imageRef, hash 
 		return "", fmt.Errorf("rbd-fuse did not show %s at %d bytes: %w", ref, v.CapacityBytes, err)
 	}
 	// A file just mounted has no loop device yet: no need to look through
-	// every device for one. That look asks each device's file for its
-	// inode, and a blocklisted rbd-fuse never answers (a fenced client of
-	// another node of a test swarm sharing this kernel).
+	// the devices for one. That look asks the file of each device attached
+	// to a file of the image's name for its inode, and a blocklisted
+	// rbd-fuse never answers (a fenced client of another node of a test
+	// swarm sharing this kernel, of the same image).
 	dev := ""
 	if !fresh {
 		if dev, err = f.loops.Find(file, f.loopTag(hash)); err != nil {
