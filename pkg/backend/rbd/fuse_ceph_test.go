@@ -181,15 +181,7 @@ func fuseNode(t *testing.T, prefix string) (context.Context, *NodeSide) {
 	testenv.Require(t, cephtest.Missing())
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	t.Cleanup(cancel)
-	cl, err := cephtest.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cl.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	cl := startCluster(t, ctx)
 	b, err := New(Config{Monitors: cl.MonHost, Pool: cl.Pool, User: cl.User, Keyring: cl.Keyring,
 		Prefix: prefix, StateDir: filepath.Join(t.TempDir(), "rbd")})
 	if err != nil {

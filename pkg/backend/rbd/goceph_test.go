@@ -38,11 +38,9 @@ type gocephEnv struct {
 	ctx   context.Context
 }
 
-// TestGoceph runs every operation of the in-process cluster against a real
-// one, with its error kinds, then a monitor outage.
-func TestGoceph(t *testing.T) {
-	testenv.Require(t, cephtest.Missing())
-	ctx := context.Background()
+// startCluster starts a throwaway cluster, stopped when the test ends.
+func startCluster(t *testing.T, ctx context.Context) *cephtest.Cluster {
+	t.Helper()
 	cl, err := cephtest.Start(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -52,6 +50,15 @@ func TestGoceph(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	return cl
+}
+
+// TestGoceph runs every operation of the in-process cluster against a real
+// one, with its error kinds, then a monitor outage.
+func TestGoceph(t *testing.T) {
+	testenv.Require(t, cephtest.Missing())
+	ctx := context.Background()
+	cl := startCluster(t, ctx)
 	t.Logf("cluster up in %v", cl.StartTime.Round(time.Millisecond))
 	e := &gocephEnv{cl: cl, pool: cl.Pool, ctx: ctx,
 		cr: creds{cl.User, cl.Keyring}, admin: creds{"admin", cl.AdminKeyring}}

@@ -26,15 +26,7 @@ func TestUpgradeFromToolRecords(t *testing.T) {
 	testenv.Require(t, cephtest.Missing())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cl, err := cephtest.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cl.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	cl := startCluster(t, ctx)
 	rbdTool := func(args ...string) []byte {
 		t.Helper()
 		out, err := cl.Admin(ctx, "rbd", args...)
