@@ -65,5 +65,8 @@ func cephfsSetup(t *testing.T, dir string) ([]string, []string) {
 		"--cephfs-fs", c.FS,
 		"--cephfs-group", "sanity",
 		"--cephfs-client", "fuse",
+		// csi-sanity does not retry the Aborted a clone still running
+		// answers, and a clone takes 2.5-7 s, longer on a busy machine.
+		"--cephfs-clone-wait", "2m",
 	}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/docker/go-units"
 
@@ -17,8 +18,8 @@ import (
 // flag: it comes from CEPHFS_KEY, a file (CEPHFS_KEY_FILE) or a keyring
 // (CEPHFS_KEYRING).
 type cephfsFlags struct {
-	monitors, user, keyring, keyFile, fsName, group, client, quota, timeout string
-	key                                                                     string
+	monitors, user, keyring, keyFile, fsName, group, client, quota, timeout, cloneWait string
+	key                                                                                string
 }
 
 // cephfsSettings names each setting's flag and variable, for error messages.
@@ -45,6 +46,7 @@ func init() {
 		fs.StringVar(&f.client, "cephfs-client", env("CEPHFS_CLIENT", cephfs.ClientAuto), "cephfs: how nodes mount: "+strings.Join(cephfs.Clients, ", ")+" (auto: the kernel's client where the host has one, else ceph-fuse) (env CEPHFS_CLIENT)")
 		fs.StringVar(&f.quota, "cephfs-default-quota", env("CEPHFS_DEFAULT_QUOTA", "1GiB"), "cephfs: quota of a volume created without --limit-bytes or --required-bytes (env CEPHFS_DEFAULT_QUOTA)")
 		fs.StringVar(&f.timeout, "cephfs-timeout", env("CEPHFS_TIMEOUT", cephfs.DefaultCallTimeout.String()), "cephfs: time allowed to each call to Ceph (env CEPHFS_TIMEOUT)")
+		fs.StringVar(&f.cloneWait, "cephfs-clone-wait", env("CEPHFS_CLONE_WAIT", cephfs.DefaultCloneWait.String()), "cephfs: how long CreateVolume from a snapshot or volume waits for the clone before answering Aborted, for the caller to retry (env CEPHFS_CLONE_WAIT)")
 		f.key = env("CEPHFS_KEY", "")
 		return f.open
 	})
@@ -67,7 +69,7 @@ func (f *cephfsFlags) open(_ context.Context, c *config) (*openedBackend, error)
 }
 
 // config turns the settings into the backend's configuration, checking what
-// the backend cannot: the quota's and timeout's syntax, and that the key
+// the backend cannot: the quota's and durations' syntax, and that the key
 // comes from one place.
 func (f *cephfsFlags) config(c *config) (cephfs.Config, error) {
 	cfg := cephfs.Config{Monitors: f.monitors, User: f.user, Keyring: f.keyring, FsName: f.fsName,
@@ -79,6 +81,11 @@ func (f *cephfsFlags) config(c *config) (cephfs.Config, error) {
 	cfg.DefaultQuota = q
 	if cfg.CallTimeout, err = callTimeout("--cephfs-timeout (CEPHFS_TIMEOUT)", f.timeout); err != nil {
 		return cfg, err
+	}
+	// Swarm allows an RPC about 15 s; a client that does not retry an
+	// Aborted answer needs the clone's whole time.
+	if cfg.CloneWait, err = time.ParseDuration(f.cloneWait); err != nil || cfg.CloneWait < time.Second || cfg.CloneWait > 10*time.Minute {
+		return cfg, fmt.Errorf("--cephfs-clone-wait (CEPHFS_CLONE_WAIT) %q: want a duration from 1s to 10m", f.cloneWait)
 	}
 	// ceph-fuse need not inherit the key.
 	cfg.Key, err = cephKey("CEPHFS", cephfsSettings["key"], f.key, f.keyFile, f.keyring)

@@ -64,6 +64,8 @@ func TestCephFSSettingsInvalid(t *testing.T) {
 		{"bad quota", nil, with(base, "CEPHFS_DEFAULT_QUOTA", "lots"), "CEPHFS_DEFAULT_QUOTA"},
 		{"odd quota", nil, with(base, "CEPHFS_DEFAULT_QUOTA", "1000"), "CEPHFS_DEFAULT_QUOTA"},
 		{"bad timeout", nil, with(base, "CEPHFS_TIMEOUT", "1s"), "CEPHFS_TIMEOUT"},
+		{"bad clone wait", nil, with(base, "CEPHFS_CLONE_WAIT", "soon"), "CEPHFS_CLONE_WAIT"},
+		{"short clone wait", []string{"--cephfs-clone-wait=10ms"}, base, "--cephfs-clone-wait"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
