@@ -340,7 +340,31 @@ func (e *env) dump() {
 		fmt.Fprintf(&b, "\n--- [%s] dockerd warnings, errors and volume lines during this test\n%s\n", n.Name, lastLines(daemon, 150))
 		fmt.Fprintf(&b, "(by hand: %s docker ...)\n", n.DockerEnv())
 	}
+	b.WriteString(blockedProcs())
 	e.t.Logf("state at failure:%s", b.String())
+}
+
+// blockedProcs lists the processes waiting on the kernel (state D), with
+// their kernel stacks, and the FUSE daemons of the storage: a mount that
+// no longer answers shows up there.
+func blockedProcs() string {
+	var b strings.Builder
+	b.WriteString("\n--- processes in state D, and FUSE daemons\n")
+	for _, p := range harness.ListProcs() {
+		if p.State != "D" && p.Comm != "ceph-fuse" && p.Comm != "rbd-fuse" {
+			continue
+		}
+		cmd := p.Cmdline
+		if len(cmd) > 160 {
+			cmd = cmd[:160] + "..."
+		}
+		fmt.Fprintf(&b, "%d %s %s: %s\n", p.Pid, p.State, p.Comm, cmd)
+		if p.State == "D" {
+			stack, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stack", p.Pid))
+			fmt.Fprintf(&b, "%s", stack)
+		}
+	}
+	return b.String()
 }
 
 func lastLines(ls []string, n int) string {

@@ -171,6 +171,7 @@ type ProcInfo struct {
 	Pid, PPid int
 	Comm      string
 	Cmdline   string
+	State     string // R, S, D (uninterruptible: waiting on the kernel), Z...
 }
 
 // ListProcs returns every process.
@@ -197,7 +198,7 @@ func ListProcs() []ProcInfo {
 		}
 		ppid, _ := strconv.Atoi(f[1])
 		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		ps = append(ps, ProcInfo{Pid: pid, PPid: ppid, Comm: s[open+1 : closing],
+		ps = append(ps, ProcInfo{Pid: pid, PPid: ppid, Comm: s[open+1 : closing], State: f[0],
 			Cmdline: strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " "))})
 	}
 	return ps
