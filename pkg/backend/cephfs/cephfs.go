@@ -219,6 +219,11 @@ func newBackend(cfg Config, open func(Config, string, string) (cluster, error)) 
 // 16.2 freed an invalid pointer and aborted the process when its answer
 // came late. The driver bounds each call by its context instead
 // (goceph.go).
+//
+// ceph-fuse logs nothing to stderr: once mounted, its stderr is a pipe
+// that nobody reads, and a log thread blocked on a full pipe holds every
+// request of the mount (a container start waiting on a stat of it for
+// good). Its failures to mount are still printed before it detaches.
 func cephConf(c Config, keyring string) string {
 	t := int(c.CallTimeout.Seconds())
 	return fmt.Sprintf(`[global]
@@ -234,7 +239,7 @@ admin socket =
 run dir =
 log file =
 log to stderr = false
-err to stderr = true
+err to stderr = false
 `, c.Monitors, keyring, t, t)
 }
 
