@@ -344,24 +344,31 @@ func (e *env) dump() {
 	e.t.Logf("state at failure:%s", b.String())
 }
 
-// blockedProcs lists the processes waiting on the kernel (state D), with
-// their kernel stacks, and the FUSE daemons of the storage: a mount that
-// no longer answers shows up there.
+// blockedProcs lists the threads waiting on the kernel (state D) or on a
+// FUSE daemon's answer, with their kernel stacks, and the FUSE daemons of
+// the storage: a mount that no longer answers shows up there.
 func blockedProcs() string {
 	var b strings.Builder
-	b.WriteString("\n--- processes in state D, and FUSE daemons\n")
+	b.WriteString("\n--- threads in state D or waiting on FUSE, and FUSE daemons\n")
 	for _, p := range harness.ListProcs() {
-		if p.State != "D" && p.Comm != "ceph-fuse" && p.Comm != "rbd-fuse" {
-			continue
-		}
 		cmd := p.Cmdline
 		if len(cmd) > 160 {
 			cmd = cmd[:160] + "..."
 		}
-		fmt.Fprintf(&b, "%d %s %s: %s\n", p.Pid, p.State, p.Comm, cmd)
-		if p.State == "D" {
-			stack, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stack", p.Pid))
-			fmt.Fprintf(&b, "%s", stack)
+		if p.Comm == "ceph-fuse" || p.Comm == "rbd-fuse" {
+			fmt.Fprintf(&b, "%d %s %s: %s\n", p.Pid, p.State, p.Comm, cmd)
+		}
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", p.Pid))
+		for _, task := range tasks {
+			stat, _ := os.ReadFile(filepath.Join(task, "stat"))
+			wchan, _ := os.ReadFile(filepath.Join(task, "wchan"))
+			s := string(stat)
+			f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+			if len(f) == 0 || (f[0] != "D" && string(wchan) != "request_wait_answer") {
+				continue
+			}
+			stack, _ := os.ReadFile(filepath.Join(task, "stack"))
+			fmt.Fprintf(&b, "%d (%s) thread %s %s in %s:\n%s", p.Pid, p.Comm, filepath.Base(task), f[0], wchan, stack)
 		}
 	}
 	return b.String()
