@@ -354,23 +354,30 @@ func TestPublishUnpublish(t *testing.T) {
 	e.checkClean(t)
 }
 
+// createRetrying creates a volume as a CO does: on a loaded machine the
+// creation may outlast a test's short action budget, and its Aborted asks
+// for the retry Swarm makes.
+func (e *env) createRetrying(t *testing.T, ctx context.Context, name string) *backend.Volume {
+	t.Helper()
+	v, err := e.be.CreateVolume(ctx, spec(name))
+	for i := 0; err != nil && csierr.Code(err) == codes.Aborted && i < 50; i++ {
+		v, err = e.be.CreateVolume(ctx, spec(name))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
 // An attach slower than the budget answers Aborted; the retry finds the
 // attach running and waits for it: one attach action in all.
 func TestPublishResumesSlowAttach(t *testing.T) {
 	e := newEnv(t, false, withWait(150*time.Millisecond))
 	ctx := context.Background()
-	// On a loaded machine the creation may outlast the short budget too:
-	// retry it as a CO does.
-	v, err := e.be.CreateVolume(ctx, spec("slow"))
-	for i := 0; err != nil && csierr.Code(err) == codes.Aborted && i < 50; i++ {
-		v, err = e.be.CreateVolume(ctx, spec("slow"))
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := e.createRetrying(t, ctx, "slow")
 	e.cloud.SetActionDelay("attach_volume", 600*time.Millisecond)
 	node := sid(e.servers[0])
-	_, err = e.be.Publish(ctx, v, backend.Attachment{NodeID: node})
+	_, err := e.be.Publish(ctx, v, backend.Attachment{NodeID: node})
 	wantCode(t, err, codes.Aborted)
 	if !strings.Contains(err.Error(), "still in progress") {
 		t.Errorf("Aborted without saying why: %v", err)
@@ -500,7 +507,7 @@ func TestPublishAttachLimit(t *testing.T) {
 func TestExpandVolume(t *testing.T) {
 	e := newEnv(t, false, withWait(150*time.Millisecond))
 	ctx := context.Background()
-	v := must[*backend.Volume](t)(e.be.CreateVolume(ctx, spec("grow")))
+	v := e.createRetrying(t, ctx, "grow")
 	if size := must[int64](t)(e.be.ExpandVolume(ctx, v.ID, 14*backend.GiB+backend.GiB/2)); size != 15*backend.GiB {
 		t.Fatalf("expanded to %d, want 15 GiB", size)
 	}
